@@ -1,0 +1,17 @@
+"""The `alc` command line. Each subcommand lives in backend/commands/ and is registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from backend.commands import simulate
+
+app = typer.Typer(
+    help="Active label cleaning for Label Studio: decide which labelled tasks to re-annotate first.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.command("simulate")(simulate.simulate)
+
+if __name__ == "__main__":
+    app()

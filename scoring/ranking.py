@@ -1,0 +1,39 @@
+"""A strategy = a selector (posteriors) + a rule (priorities). This is where the two meet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scoring.rules import Priorities, Rule, get_rule
+from scoring.selectors.base import Selector
+
+DEFAULT_MC_SAMPLES = 20
+
+
+@dataclass
+class Strategy:
+    selector: Selector
+    rule: Rule
+
+    @classmethod
+    def build(cls, selector: Selector, rule_name: str | None = None) -> "Strategy":
+        rule = get_rule(rule_name or selector.default_rule)
+        if rule.input == "samples" and not selector.provides_samples:
+            raise ValueError(f"rule {rule.name!r} needs Monte-Carlo samples, which {type(selector).__name__} does not provide")
+        return cls(selector, rule)
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+    def model_output(self, data: Any) -> np.ndarray:
+        """What the rule consumes: posteriors (N, C), or MC samples (S, N, C) for sample rules."""
+        if self.rule.input == "samples":
+            return self.selector.predict_proba_samples(data, DEFAULT_MC_SAMPLES)
+        return self.selector.predict_proba(data)
+
+    def priorities(self, label_counts: np.ndarray, model_output: np.ndarray, seed: int | None = None) -> Priorities:
+        return self.rule(label_counts, model_output, seed=seed)
