@@ -11,6 +11,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def main() -> None:
+    """Keeps `alc <command>` a group even while it has a single subcommand."""
+
+
 app.command("simulate")(simulate.simulate)
 
 if __name__ == "__main__":

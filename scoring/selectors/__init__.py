@@ -18,6 +18,7 @@ BUILTIN_SELECTORS: dict[str, str] = {
     "random": "scoring.selectors.baselines:RandomSelector",
     "oracle": "scoring.selectors.baselines:OracleSelector",
     "posteriors": "scoring.selectors.baselines:PosteriorsSelector",
+    "linear": "scoring.selectors.linear:LinearSelector",
 }
 
 
@@ -37,18 +38,22 @@ def selector_class(name: str) -> type[Selector]:
     return getattr(module, attr)
 
 
-def make_selector(name: str, **context: Any) -> Selector:
-    """Instantiate a selector by name, passing only the context its ``__init__`` accepts.
+def make_selector(name: str, options: dict[str, Any] | None = None, **context: Any) -> Selector:
+    """Instantiate a selector by name.
 
-    Context is what the caller knows (true_distribution in a simulation, posteriors path, seed,
-    device, cache_dir, ...), so each selector takes what it needs and ignores the rest.
+    ``context`` is what the caller knows (true_distribution in a simulation, posteriors path, seed,
+    device, cache_dir, ...): each selector takes what its ``__init__`` accepts and ignores the rest.
+    ``options`` are the user's explicit parameters for this selector: an unknown one is an error.
     """
     cls = selector_class(name)
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return cls(**context)
-    accepted = {k: v for k, v in context.items() if k in params}
-    return cls(**accepted)
+    params = {} if cls.__init__ is object.__init__ else dict(inspect.signature(cls.__init__).parameters)
+    params.pop("self", None)
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(options or {}) - set(params)) if not takes_all else []
+    if unknown:
+        raise ValueError(f"selector {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(params) or 'none'}")
+    accepted = context if takes_all else {k: v for k, v in context.items() if k in params}
+    return cls(**(accepted | (options or {})))
 
 
 __all__ = [

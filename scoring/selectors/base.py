@@ -24,11 +24,13 @@ class Selector:
       default_rule: the priority rule used when none is named.
       allow_reselect: whether a task may be chosen again after its re-annotation (the oracle may).
       provides_samples: whether ``predict_proba_samples`` exists (needed by the 'bald' rule).
+      needs_data: whether ``fit`` learns from the images/features (so callers load them only when needed).
     """
 
     default_rule: str = "alc"
     allow_reselect: bool = False
     provides_samples: bool = False
+    needs_data: bool = True
 
     def fit(self, data: Any, label_counts: np.ndarray) -> "Selector":
         raise NotImplementedError

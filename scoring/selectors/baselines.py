@@ -15,13 +15,15 @@ class RandomSelector(Selector):
     """Uniform posteriors and the 'random' rule: the lower bound."""
 
     default_rule = "random"
+    needs_data = False
 
     def fit(self, data: Any, label_counts: np.ndarray) -> "RandomSelector":
-        self.n_classes_ = np.asarray(label_counts).shape[1]
+        self.n_tasks_, self.n_classes_ = np.asarray(label_counts).shape
         return self
 
     def predict_proba(self, data: Any) -> np.ndarray:
-        n = _n_tasks(data, self)
+        """Uniform posteriors for ``data`` (any sized collection), or for the fitted tasks when None."""
+        n = self.n_tasks_ if data is None else len(data)
         return np.full((n, self.n_classes_), 1.0 / self.n_classes_)
 
 
@@ -33,6 +35,7 @@ class OracleSelector(Selector):
 
     default_rule = "oracle"
     allow_reselect = True
+    needs_data = False
 
     def __init__(self, true_distribution: np.ndarray) -> None:
         self.true_distribution = check_probs(true_distribution, "true_distribution")
@@ -55,6 +58,8 @@ class PosteriorsSelector(Selector):
 
     Users with their own model need nothing else: export its posteriors, rank with any rule.
     """
+
+    needs_data = False
 
     def __init__(self, posteriors: str | Path | np.ndarray | None = None) -> None:
         if posteriors is None:
@@ -81,8 +86,3 @@ class PosteriorsSelector(Selector):
     def predict_proba(self, data: Any) -> np.ndarray:
         return self.probs_
 
-
-def _n_tasks(data: Any, selector: Selector) -> int:
-    if data is None:
-        raise ValueError(f"{type(selector).__name__}.predict_proba needs data (or its length) to know N")
-    return data if isinstance(data, int) else len(data)

@@ -1,0 +1,145 @@
+"""`alc simulate`: the relabelling simulation on CIFAR-10H or on a user's own arrays."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+
+
+def parse_strategy(spec: str) -> tuple[str, str | None]:
+    """'selector' or 'selector:rule' -> (selector, rule or None for the selector's default rule)."""
+    selector, _, rule = spec.strip().partition(":")
+    if not selector:
+        raise typer.BadParameter(f"empty selector in {spec!r}")
+    return selector, rule or None
+
+
+def simulate(
+    dataset: Annotated[str, typer.Option(help="'cifar10h', or 'arrays' with --true-dist and --initial-labels/--initial-counts")] = "cifar10h",
+    data_dir: Annotated[Optional[Path], typer.Option(help="CIFAR-10H folder (default: $ALC_DATA_DIR, else ../shared/data)")] = None,
+    subset: Annotated[int, typer.Option(help="CIFAR-10H subset size: all ambiguous images plus a seeded random rest")] = 5000,
+    temperature: Annotated[float, typer.Option(help="initial labels drawn from p^(1/T): T=2 ~15% noise, T=10 ~30%")] = 2.0,
+    data_seed: Annotated[int, typer.Option(help="seed of the subset and the initial labels (the same noisy dataset for all runs)")] = 0,
+    true_dist: Annotated[Optional[Path], typer.Option(help="arrays: (N, C) .npy of true label distributions")] = None,
+    initial_labels: Annotated[Optional[Path], typer.Option(help="arrays: (N,) .npy of initial labels")] = None,
+    initial_counts: Annotated[Optional[Path], typer.Option(help="arrays: (N, C) .npy of initial label counts")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="arrays: (N, H, W, 3) uint8 or (N, D) features .npy, for learned selectors")] = None,
+    posteriors: Annotated[Optional[Path], typer.Option(help="(N, C) .npy for the 'posteriors' selector")] = None,
+    selectors: Annotated[str, typer.Option(help="comma-separated selector[:rule], e.g. random,oracle,linear,linear:activelab")] = "random,oracle",
+    seeds: Annotated[str, typer.Option(help="comma-separated simulation seeds")] = "1,2,3,4,5",
+    budget_factor: Annotated[float, typer.Option(help="budget = factor x N x initial noise rate")] = 3.0,
+    budget: Annotated[Optional[int], typer.Option(help="budget in re-annotations (overrides --budget-factor)")] = None,
+    batch_size: Annotated[int, typer.Option(help="tasks taken per ranking (1 = the paper)")] = 1,
+    refit_every: Annotated[int, typer.Option(help="refit the selector every k re-annotations (0 = never)")] = 0,
+    max_per_task: Annotated[int, typer.Option(help="cap on re-annotations per selection of a task")] = 10,
+    selector_options: Annotated[str, typer.Option(help='JSON: {"selector": {"param": value}} passed to selectors')] = "{}",
+    cache_dir: Annotated[Path, typer.Option(help="embedding caches and checkpoints of learned selectors")] = Path(".alc/cache"),
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default runs/simulate-<time>)")] = None,
+) -> None:
+    """Simulate active label cleaning: accuracy vs re-annotations for each selector, with random and oracle as bounds."""
+    from scoring.data import load_arrays, load_cifar10h, resolve_data_dir
+    from scoring.ranking import Strategy
+    from scoring.report import write_all
+    from scoring.selectors import make_selector, selector_class
+    from scoring.simulation import simulate as run
+
+    specs = [parse_strategy(s) for s in selectors.split(",") if s.strip()]
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    try:
+        options: dict[str, dict[str, Any]] = json.loads(selector_options)
+        needs_images = any(selector_class(name).needs_data for name, _ in specs)
+    except (json.JSONDecodeError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from err
+
+    if dataset == "cifar10h":
+        data = load_cifar10h(data_dir, subset, temperature, data_seed, with_images=needs_images)
+        source = f"cifar10h (subset {subset}, T={temperature}, data seed {data_seed}) from {resolve_data_dir(data_dir)}"
+    elif dataset == "arrays":
+        if true_dist is None:
+            raise typer.BadParameter("--dataset arrays needs --true-dist")
+        data = load_arrays(true_dist, initial_labels, initial_counts, images)
+        source = f"arrays from {true_dist}"
+    else:
+        raise typer.BadParameter(f"unknown dataset {dataset!r}: use 'cifar10h' or 'arrays'")
+    if needs_images and data.images is None:
+        raise typer.BadParameter("a learned selector needs --images")
+
+    n_budget = budget if budget is not None else int(round(budget_factor * data.n_tasks * data.initial_noise_rate))
+    context = {
+        "true_distribution": data.true_distribution,
+        "posteriors": posteriors,
+        "n_classes": data.n_classes,
+        "cache_dir": cache_dir,
+        "device": None,
+    }
+
+    def factory(name: str, rule: str | None):
+        return lambda seed: Strategy.build(make_selector(name, options.get(name), seed=seed, **context), rule)
+
+    strategies = {(name if rule is None else f"{name}:{rule}"): factory(name, rule) for name, rule in specs}
+    out = out or Path("runs") / f"simulate-{datetime.now():%Y%m%d-%H%M%S}"
+    console.print(
+        f"[bold]{source}[/]: N={data.n_tasks}, C={data.n_classes}, initial noise {100 * data.initial_noise_rate:.1f}%, "
+        f"budget {n_budget} re-annotations"
+    )
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        job = bar.add_task("simulating", total=len(strategies) * len(seed_list))
+
+        def tick(name: str, seed: int) -> None:
+            bar.update(job, advance=1, description=f"{name} seed {seed}")
+
+        results = run(data, strategies, n_budget, seed_list, batch_size, refit_every, max_per_task, tick)
+    wall = time.perf_counter() - started
+    meta = {
+        "dataset": dataset,
+        "source": source,
+        "n_tasks": data.n_tasks,
+        "n_classes": data.n_classes,
+        "initial_noise_rate": data.initial_noise_rate,
+        "budget": n_budget,
+        "budget_factor": budget_factor if budget is None else None,
+        "batch_size": batch_size,
+        "refit_every": refit_every,
+        "max_per_task": max_per_task,
+        "seeds": seed_list,
+        "wall_seconds": wall,
+    }
+    summary = write_all(out, results, meta)
+    print_table(summary)
+    console.print(f"{len(strategies)} strategies x {len(seed_list)} seeds in {wall:.1f} s; wrote {out}/summary.json, curves.csv, curves.png")
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    table = Table(title=f"budget {summary['budget']} re-annotations, initial noise {100 * summary['initial_noise_rate']:.1f}%")
+    for col in ("selector", "reach 90%", "reach 95%", "nAUC", "final acc.", "fit s"):
+        table.add_column(col, justify="right" if col != "selector" else "left")
+    for name, s in summary["selectors"].items():
+        table.add_row(
+            name,
+            _fmt(s["reach_90"]),
+            _fmt(s["reach_95"]),
+            _fmt(s["nauc"], "{:.3f}"),
+            _fmt(s["final_accuracy"], "{:.3f}"),
+            _fmt(s["fit_seconds"], "{:.1f}"),
+        )
+    console.print(table)
+
+
+def _fmt(metric: dict[str, Any], pattern: str = "{:.0f}") -> str:
+    if metric["mean"] is None:
+        reached = [v for v in metric["per_seed"] if v is not None]
+        return f"never ({len(reached)}/{len(metric['per_seed'])} seeds reach)" if reached else "never"
+    return f"{pattern.format(metric['mean'])} ± {pattern.format(metric['sd'])}"

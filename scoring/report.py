@@ -1,0 +1,69 @@
+"""Simulation outputs: summary.json, curves.csv and curves.png (mean +- sd over seeds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scoring.simulation import StrategyResult
+
+BOUNDS = ("random", "oracle")  # drawn as dashed lines: the lower and upper bound
+
+
+def write_summary(path: Path, results: dict[str, StrategyResult], meta: dict[str, Any]) -> dict[str, Any]:
+    summary = dict(meta) | {"selectors": {name: r.summary() for name, r in results.items()}}
+    path.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def write_curves_csv(path: Path, results: dict[str, StrategyResult]) -> None:
+    """Long format: one row per strategy, seed and number of re-annotations."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["strategy", "seed", "reannotations", "accuracy", "mislabelled_clear", "mislabelled_ambiguous"])
+        for name, result in results.items():
+            for s in result.seeds:
+                for j, (acc, clear, amb) in enumerate(zip(s.accuracy, s.mislabelled_clear, s.mislabelled_ambiguous)):
+                    writer.writerow([name, s.seed, j, f"{acc:.6f}", int(clear), int(amb)])
+
+
+def plot_curves(path: Path, results: dict[str, StrategyResult], title: str = "") -> None:
+    """Accuracy vs re-annotations (left) and mislabelled tasks left (right), mean +- sd bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_left) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, result in results.items():
+        style = {"linestyle": "--", "linewidth": 1.2} if name in BOUNDS else {"linewidth": 1.8}
+        acc = 100 * result.curve("accuracy")
+        left = result.curve("mislabelled_clear") + result.curve("mislabelled_ambiguous")
+        x = np.arange(acc.shape[1])
+        for ax, values in ((ax_acc, acc), (ax_left, left)):
+            mean, sd = values.mean(axis=0), values.std(axis=0)
+            (line,) = ax.plot(x, mean, label=name, **style)
+            ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.15)
+    ax_acc.axhline(90, color="grey", linewidth=0.6)
+    ax_acc.axhline(95, color="grey", linewidth=0.6)
+    ax_acc.set(xlabel="re-annotations", ylabel="correct labels (%)", title="Label accuracy")
+    ax_left.set(xlabel="re-annotations", ylabel="mislabelled tasks", title="Mislabelled tasks left")
+    ax_acc.legend(loc="lower right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_all(out: Path, results: dict[str, StrategyResult], meta: dict[str, Any]) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = write_summary(out / "summary.json", results, meta)
+    write_curves_csv(out / "curves.csv", results)
+    title = f"{meta.get('dataset', '')}: N={meta.get('n_tasks')}, noise {100 * meta.get('initial_noise_rate', 0):.1f}%"
+    plot_curves(out / "curves.png", results, title)
+    return summary
