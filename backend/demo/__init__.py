@@ -1,0 +1,1 @@
+"""The demo: a redistributable image dataset with a known truth, and simulated annotators for Label Studio."""
