@@ -122,12 +122,13 @@ def counts_to_multiannotator(label_counts: np.ndarray) -> np.ndarray:
     Counts do not record who labelled what, so the j-th label of every row shares column j.
     """
     counts = np.rint(label_counts).astype(int)
+    n, c = counts.shape
     per_row = counts.sum(axis=1)
-    width = int(per_row.max())
-    out = np.full((counts.shape[0], width), np.nan)
-    for i, row in enumerate(counts):
-        labels = np.repeat(np.arange(counts.shape[1]), row)
-        out[i, : labels.size] = labels
+    labels = np.repeat(np.tile(np.arange(c), n), counts.ravel())  # every row's labels, rows in order
+    rows = np.repeat(np.arange(n), per_row)
+    slots = np.arange(labels.size) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    out = np.full((n, int(per_row.max())), np.nan)
+    out[rows, slots] = labels
     return out
 
 

@@ -57,8 +57,11 @@ def simulate(
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     try:
         options: dict[str, dict[str, Any]] = json.loads(selector_options)
+    except json.JSONDecodeError as err:
+        raise typer.BadParameter(f"--selector-options is not valid JSON: {err}") from err
+    try:
         needs_images = any(selector_class(name).needs_data for name, _ in specs)
-    except (json.JSONDecodeError, ValueError) as err:
+    except ValueError as err:
         raise typer.BadParameter(str(err)) from err
 
     if dataset == "cifar10h":

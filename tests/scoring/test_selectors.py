@@ -1,0 +1,88 @@
+"""The selector registry, third-party entry points and the built-in selectors that need no training."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+
+import numpy as np
+import pytest
+
+import scoring.selectors as registry
+from scoring.ranking import Strategy
+from scoring.selectors import LinearSelector, available_selectors, make_selector
+from scoring.selectors.base import Selector
+
+
+class ThirdPartySelector(Selector):
+    needs_data = False
+
+    def __init__(self, strength: float = 1.0):
+        self.strength = strength
+
+    def fit(self, data, label_counts):
+        self.n_ = np.asarray(label_counts).shape
+        return self
+
+    def predict_proba(self, data):
+        return np.full(self.n_, 1.0 / self.n_[1])
+
+
+def test_third_party_selector_from_entry_point(monkeypatch):
+    ep = EntryPoint("mine", f"{__name__}:ThirdPartySelector", "alc.selectors")
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == "alc.selectors" else [])
+    assert "mine" in available_selectors()
+    selector = make_selector("mine", {"strength": 2.0}, seed=3, true_distribution=None)
+    assert isinstance(selector, ThirdPartySelector) and selector.strength == 2.0
+    with pytest.raises(ValueError, match="no option"):
+        make_selector("mine", {"strenght": 2.0})
+
+
+def test_unknown_selector_lists_known_ones():
+    with pytest.raises(ValueError, match="oracle"):
+        make_selector("nope")
+
+
+def test_posteriors_selector_reads_a_users_npy(tmp_path):
+    probs = np.array([[0.9, 0.1], [0.3, 0.7]])
+    np.save(tmp_path / "p.npy", probs)
+    counts = np.array([[1, 0], [1, 0]])
+    strategy = Strategy.build(make_selector("posteriors", posteriors=tmp_path / "p.npy"))
+    strategy.selector.fit(None, counts)
+    prio = strategy.priorities(counts, strategy.model_output(None)).priority
+    assert prio[1] > prio[0]  # the model disagrees with task 1's label
+    with pytest.raises(ValueError, match="shape"):
+        make_selector("posteriors", posteriors=tmp_path / "p.npy").fit(None, np.array([[1, 0, 0]] * 2))
+    with pytest.raises(ValueError, match="not found"):
+        make_selector("posteriors", posteriors=tmp_path / "missing.npy").fit(None, counts)
+    with pytest.raises(ValueError, match="needs a posteriors file"):
+        make_selector("posteriors")
+
+
+def test_bald_rule_needs_a_sampling_selector():
+    with pytest.raises(ValueError, match="Monte-Carlo"):
+        Strategy.build(make_selector("random"), "bald")
+
+
+def test_linear_selector_learns_and_grades_out_of_fold(tiny300):
+    images = tiny300["images"]
+    labels = tiny300["cifar10h_probs"].argmax(axis=1)
+    counts = np.eye(10, dtype=int)[labels]
+    selector = LinearSelector(folds=3, image_size=8, seed=0).fit(images, counts)
+    probs = selector.predict_proba(images)
+    assert probs.shape == (300, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)
+    in_sample = LinearSelector(folds=1, image_size=8).fit(images, counts).predict_proba(images)
+    # out-of-fold posteriors have not memorised the labels: they agree with them less than in-sample ones
+    rows = np.arange(300)
+    assert probs[rows, labels].mean() < in_sample[rows, labels].mean()
+    assert (probs.argmax(axis=1) == labels).mean() > 0.15  # better than chance (0.10)
+
+
+def test_linear_selector_on_user_features():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+    x = np.eye(3)[y] * 3 + rng.normal(0, 0.5, (90, 3))
+    probs = LinearSelector(folds=3, c=1.0).fit(x, np.eye(3, dtype=int)[y]).predict_proba(x)
+    assert (probs.argmax(axis=1) == y).mean() > 0.9
+    with pytest.raises(ValueError, match="needs images"):
+        LinearSelector().fit(None, np.eye(3, dtype=int)[y])
