@@ -12,6 +12,7 @@ from typing import Any
 
 from scoring.selectors.base import Selector
 from scoring.selectors.baselines import OracleSelector, PosteriorsSelector, RandomSelector
+from scoring.selectors.linear import LinearSelector
 
 # Targets are imported only when chosen, so torch loads only for learned selectors.
 BUILTIN_SELECTORS: dict[str, str] = {
@@ -19,6 +20,10 @@ BUILTIN_SELECTORS: dict[str, str] = {
     "oracle": "scoring.selectors.baselines:OracleSelector",
     "posteriors": "scoring.selectors.baselines:PosteriorsSelector",
     "linear": "scoring.selectors.linear:LinearSelector",
+    "vanilla": "scoring.selectors.vanilla:VanillaSelector",
+    "coteaching": "scoring.selectors.coteaching:CoTeachingSelector",
+    "ssl-linear": "scoring.selectors.ssl_linear:SSLLinearSelector",
+    "bald": "scoring.selectors.bald:BaldSelector",
 }
 
 
@@ -61,6 +66,7 @@ __all__ = [
     "RandomSelector",
     "OracleSelector",
     "PosteriorsSelector",
+    "LinearSelector",
     "available_selectors",
     "make_selector",
     "selector_class",
