@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from backend.commands import simulate
+from backend.commands import serve, simulate, worker
 
 app = typer.Typer(
     help="Active label cleaning for Label Studio: decide which labelled tasks to re-annotate first.",
@@ -19,6 +19,8 @@ def main() -> None:
 
 
 app.command("simulate")(simulate.simulate)
+app.command("serve")(serve.serve)
+app.command("worker")(worker.worker)
 
 if __name__ == "__main__":
     app()

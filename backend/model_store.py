@@ -34,6 +34,7 @@ class Ranking:
     noisiness: np.ndarray
     ambiguity: np.ndarray
     scores: np.ndarray  # (N,) what Label Studio gets: lower = relabel first
+    predicted: np.ndarray  # (N,) the selector's most likely class, shown as the prediction's choice
 
     def row(self, task_id: int) -> int | None:
         if not hasattr(self, "_index"):
@@ -49,6 +50,7 @@ class Ranking:
             "noisiness": _floats(self.noisiness),
             "ambiguity": _floats(self.ambiguity),
             "scores": _floats(self.scores),
+            "predicted": [int(c) for c in self.predicted],
         }
 
     @classmethod
@@ -62,6 +64,7 @@ class Ranking:
             noisiness=arr("noisiness"),
             ambiguity=arr("ambiguity"),
             scores=arr("scores"),
+            predicted=np.asarray(data["predicted"], dtype=int),
         )
 
 

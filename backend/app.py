@@ -1,0 +1,308 @@
+"""The Flask app: Label Studio's ML-backend protocol, the webhook, /metrics and the dashboard.
+
+Routes: GET /health, POST /setup, POST /predict, POST /webhook (and the legacy POST /train, which
+Label Studio uses instead of a START_TRAINING webhook when its feature flag is off), GET /metrics, and
+the connectors' dashboard blueprint (GET /dashboard, GET /api/status) when installed.
+
+Auth: with BASIC_AUTH_USER/PASS set, every route but /health needs them. With ALC_WEBHOOK_SECRET set,
+/webhook needs the header ``X-ALC-Webhook-Secret`` instead (Label Studio's webhooks carry custom headers,
+not the ML backend's basic auth).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+from flask import Flask, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from backend import queue as q
+from backend.images import ImageError, ImageLoader
+from backend.metrics import Metrics
+from backend.model_store import ModelStore, ModelVersion
+from backend.protocol import ChoicesConfig, ProtocolError, TaskError, explanation, parse_project, score_from_priority
+from backend.settings import Settings
+from backend.webhooks import ANNOTATION_ACTIONS, WebhookEvent, parse_webhook
+
+log = logging.getLogger(__name__)
+SECRET_HEADER = "X-ALC-Webhook-Secret"
+UNTRAINED = "alc-untrained"
+
+
+@dataclass
+class AppState:
+    """What the routes (and the dashboard blueprint, via ``current_app.extensions['alc']``) share."""
+
+    settings: Settings
+    redis: redis.Redis
+    store: ModelStore
+    loader: ImageLoader
+    metrics: Metrics
+    cadence: q.Cadence
+    embedded_redis: q.EmbeddedRedis | None = None  # when this app started its own Redis
+
+
+def state() -> AppState:
+    return current_app.extensions["alc"]
+
+
+def create_app(settings: Settings) -> Flask:
+    """Build the app. Without REDIS_URL it starts the embedded Redis in ALC_DATA_HOME."""
+    app = Flask(__name__)
+    embedded = None
+    url = settings.redis_url
+    if url is None:
+        embedded = q.EmbeddedRedis(settings.data_home)
+        url = embedded.start()
+    conn = q.connect(url, fast_fail=True)
+    app.extensions["alc"] = AppState(
+        settings=settings,
+        redis=conn,
+        store=ModelStore(settings.models_path),
+        loader=ImageLoader.from_settings(settings),
+        metrics=Metrics(lambda: conn),
+        cadence=q.Cadence.from_settings(settings),
+        embedded_redis=embedded,
+    )
+    app.before_request(_authenticate)
+    app.register_error_handler(ProtocolError, lambda e: (jsonify(error=str(e)), e.status))
+    app.register_error_handler(HTTPException, lambda e: (jsonify(error=e.description), e.code))
+    for rule, view, methods in [
+        ("/health", health, ["GET"]),
+        ("/", health, ["GET"]),
+        ("/setup", setup, ["POST"]),
+        ("/predict", predict, ["POST"]),
+        ("/webhook", webhook, ["POST"]),
+        ("/train", train, ["POST"]),
+        ("/metrics", metrics, ["GET"]),
+    ]:
+        app.add_url_rule(rule, view.__name__ if rule != "/" else "index", view, methods=methods)
+    _register_dashboard(app)
+    return app
+
+
+def _register_dashboard(app: Flask) -> None:
+    try:
+        from backend.dashboard import bp
+    except ModuleNotFoundError as exc:
+        if exc.name != "backend.dashboard":
+            raise
+        return
+    app.register_blueprint(bp)
+
+
+# --- auth --------------------------------------------------------------------------------------
+
+
+def _authenticate() -> Response | None:
+    settings = state().settings
+    if request.path in ("/health", "/"):
+        return None
+    if request.path == "/webhook" and settings.webhook_secret is not None:
+        given = request.headers.get(SECRET_HEADER, "")
+        if hmac.compare_digest(given.encode(), settings.webhook_secret.get_secret_value().encode()):
+            return None
+        return jsonify(error=f"missing or wrong {SECRET_HEADER} header"), 401
+    expected = settings.basic_auth
+    if expected is None:
+        return None
+    auth = request.authorization
+    if (
+        auth is not None
+        and auth.type == "basic"
+        and hmac.compare_digest((auth.username or "").encode(), expected[0].encode())
+        and hmac.compare_digest((auth.password or "").encode(), expected[1].encode())
+    ):
+        return None
+    response = jsonify(error="basic auth required")
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Basic realm="active-label-cleaning"'
+    return response
+
+
+def _json_object() -> dict:
+    body = request.get_json(silent=True, force=True)
+    if not isinstance(body, dict):
+        raise ProtocolError("the request body must be a JSON object")
+    return body
+
+
+# --- ML-backend protocol -------------------------------------------------------------------------
+
+
+def health() -> Response:
+    st = state()
+    try:
+        redis_up = bool(st.redis.ping())
+    except redis.RedisError:
+        redis_up = False
+    return jsonify(
+        status="UP",
+        model_class="ActiveLabelCleaning",
+        selector=st.settings.selector,
+        rule=st.settings.rule,
+        redis="up" if redis_up else "down",
+    )
+
+
+def setup() -> Response:
+    """Label Studio connects (and re-checks before each predict): the serving model_version of the project."""
+    body = _json_object()
+    project_id = parse_project(body.get("project"))
+    ChoicesConfig.parse(body.get("schema") or body.get("label_config"))
+    st = state()
+    version = st.store.current_version(project_id)
+    if version is None:
+        _request_initial_training(project_id)
+    return jsonify(model_version=version or UNTRAINED)
+
+
+def _request_initial_training(project_id: int) -> None:
+    """First contact with a project: queue its first training (best effort: /setup must answer anyway)."""
+    st = state()
+    try:
+        st.redis.sadd(q.PROJECTS_KEY, project_id)
+        q.request_retrain(st.redis, project_id, st.cadence, force=True)
+    except redis.RedisError as exc:
+        log.warning("could not queue the first training of project %s: %s", project_id, exc)
+
+
+def predict() -> Response:
+    """Scores for Label Studio: one entry per task, lowest score = re-annotate first (see backend.protocol)."""
+    st = state()
+    started = time.perf_counter()
+    body = _json_object()
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list):
+        raise ProtocolError("'tasks' must be a list")
+    project_id = parse_project(body.get("project"))
+    config = ChoicesConfig.parse(body.get("label_config"))
+    model = st.store.load(project_id)
+    if model is None:
+        _request_initial_training(project_id)
+        raise ProtocolError(f"no model for project {project_id} yet: its first training has been queued", 404)
+    if tuple(model.ranking.class_names) != config.class_names:
+        raise ProtocolError(
+            f"the label config's classes {list(config.class_names)} differ from those of model {model.version} "
+            f"({model.ranking.class_names}); a retrain is needed (START_TRAINING or a new annotation)",
+            409,
+        )
+    results = []
+    for task in tasks:
+        try:
+            results.append(_predict_task(task, model, config))
+            st.metrics.predict_tasks.labels("ok").inc()
+        except (TaskError, ImageError) as exc:
+            task_id = task.get("id") if isinstance(task, dict) else None
+            results.append({"task": task_id, "error": str(exc), "model_version": model.version})
+            st.metrics.predict_tasks.labels("error").inc()
+    st.metrics.predict_latency.observe(time.perf_counter() - started)
+    return jsonify(results=results, model_version=model.version)
+
+
+def _predict_task(task: Any, model: ModelVersion, config: ChoicesConfig) -> dict:
+    """The stored ranking for tasks of the last retrain; a live score from the serving selector otherwise."""
+    if not isinstance(task, dict) or not isinstance(task.get("id"), int):
+        raise TaskError("task must be an object with an integer 'id'")
+    ranking, meta = model.ranking, model.meta
+    row = ranking.row(task["id"])
+    if row is not None:
+        priority, noisiness, ambiguity = ranking.priority[row], ranking.noisiness[row], ranking.ambiguity[row]
+        counts, score = ranking.counts[row], float(ranking.scores[row])
+        predicted = int(ranking.predicted[row])
+    else:
+        counts = config.counts_from_annotations(task)
+        if counts.sum() == 0:
+            raise TaskError("task has no label yet, so there is no label to check")
+        image = state().loader.load(config.image_ref(task))
+        priority, noisiness, ambiguity, probs = _live_priority(model, counts, image)
+        score = score_from_priority(priority)
+        predicted = int(np.argmax(probs))
+    why = explanation(priority, noisiness, ambiguity, counts, ranking.class_names, meta.get("selector_version", ""), meta.get("rule", ""))
+    why["in_ranking"] = row is not None
+    return config.prediction(predicted, score, model.version, why)
+
+
+def _live_priority(model: ModelVersion, counts: np.ndarray, image: np.ndarray) -> tuple[float, float, float, np.ndarray]:
+    from scoring.ranking import Strategy
+
+    strategy = Strategy.build(model.selector(), model.meta.get("rule"))
+    output = strategy.model_output(image[None])
+    pri = strategy.priorities(counts[None], output)
+    probs = output.mean(axis=0) if output.ndim == 3 else output
+    return float(pri.priority[0]), float(pri.noisiness[0]), float(pri.ambiguity[0]), probs[0]
+
+
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+def webhook() -> Response:
+    """Validate, count, enqueue, answer: Label Studio waits on this inside the annotator's submit."""
+    st = state()
+    started = time.perf_counter()
+    try:
+        event = parse_webhook(request.get_json(silent=True, force=True))
+    except ProtocolError:
+        st.metrics.webhooks.labels("invalid", "rejected").inc()
+        raise
+    if not event.handled:
+        st.metrics.webhooks.labels(event.action, "ignored").inc()
+        return jsonify(status="ignored", action=event.action)
+    try:
+        outcome = handle_event(st, event)
+    except redis.RedisError as exc:
+        st.metrics.webhooks.labels(event.action, "unavailable").inc()
+        log.warning("webhook %s for project %s not queued, Redis unavailable: %s", event.action, event.project_id, exc)
+        return (
+            jsonify(
+                error="the retraining queue (Redis) is unavailable; Label Studio keeps the annotation and the next sync counts it"
+            ),
+            503,
+        )
+    st.metrics.webhooks.labels(event.action, "queued").inc()
+    st.metrics.webhook_latency.observe(time.perf_counter() - started)
+    return jsonify(status="ok", action=event.action, project=event.project_id, retrain=outcome)
+
+
+def handle_event(st: AppState, event: WebhookEvent) -> str:
+    conn, cadence, project_id = st.redis, st.cadence, event.project_id
+    assert project_id is not None
+    if event.action in ANNOTATION_ACTIONS:
+        q.record_annotations(conn, project_id, 1)
+        q.enqueue_annotation_job(conn, project_id, event.task_id, cadence)
+        return q.request_retrain(conn, project_id, cadence)
+    if event.action == "ANNOTATIONS_DELETED":
+        q.record_annotations(conn, project_id, max(len(event.annotation_ids), 1))
+        return q.request_retrain(conn, project_id, cadence)
+    conn.sadd(q.PROJECTS_KEY, project_id)
+    if event.action == "START_TRAINING":
+        return q.request_retrain(conn, project_id, cadence, force=True)
+    # PROJECT_UPDATED fires for every change, our own model_version switches included: retrain only
+    # when the label config differs from the one the serving model was trained on.
+    known = conn.get(q.project_key(project_id, "config"))
+    if event.label_config_hash and known is not None and known.decode() != event.label_config_hash:
+        return q.request_retrain(conn, project_id, cadence, force=True)
+    return "unchanged"
+
+
+def train() -> Response:
+    """Legacy training call (Label Studio without the START_TRAINING webhook flag): same as START_TRAINING."""
+    st = state()
+    project_id = parse_project(_json_object().get("project"))
+    try:
+        st.redis.sadd(q.PROJECTS_KEY, project_id)
+        outcome = q.request_retrain(st.redis, project_id, st.cadence, force=True)
+    except redis.RedisError:
+        return jsonify(error="the retraining queue (Redis) is unavailable"), 503
+    return jsonify(status="ok", retrain=outcome)
+
+
+def metrics() -> Response:
+    return Response(generate_latest(state().metrics.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,77 @@
+"""Label Studio webhook payloads -> small events the queue understands.
+
+Label Studio posts every action of a project to the ML backend's /webhook (send_for_all_actions), waits
+1 s and never retries, inside the annotator's own request. So parsing is cheap and strict about what we
+use, and silent about actions we do not need (they are acknowledged and ignored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from backend.protocol import ProtocolError, config_hash, parse_project
+
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+HANDLED = ANNOTATION_ACTIONS + ("ANNOTATIONS_DELETED", "START_TRAINING", "PROJECT_UPDATED")
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    action: str
+    project_id: int | None
+    task_id: int | None = None
+    annotation_ids: list[int] = field(default_factory=list)
+    label_config_hash: str | None = None
+
+    @property
+    def handled(self) -> bool:
+        return self.action in HANDLED
+
+
+def parse_webhook(body: Any) -> WebhookEvent:
+    """Validate a webhook body; ProtocolError (4xx) for anything we cannot act on safely."""
+    if not isinstance(body, dict):
+        raise ProtocolError("webhook body must be a JSON object")
+    action = body.get("action")
+    if not isinstance(action, str) or not action:
+        raise ProtocolError("webhook body has no 'action'")
+    if action not in HANDLED:
+        return WebhookEvent(action, None)
+    project_id = _project_of(body)
+    if action in ANNOTATION_ACTIONS:
+        annotation = body.get("annotation")
+        if not isinstance(annotation, dict):
+            raise ProtocolError(f"{action} without an 'annotation' object")
+        task = annotation.get("task")
+        if isinstance(task, dict):
+            task = task.get("id")
+        if task is None and isinstance(body.get("task"), dict):
+            task = body["task"].get("id")
+        if not isinstance(task, int) or isinstance(task, bool):
+            raise ProtocolError(f"{action}: the annotation names no task id")
+        annotation_id = annotation.get("id")
+        ids = [annotation_id] if isinstance(annotation_id, int) else []
+        return WebhookEvent(action, project_id, task, ids)
+    if action == "ANNOTATIONS_DELETED":
+        items = body.get("annotations")
+        if not isinstance(items, list):
+            raise ProtocolError("ANNOTATIONS_DELETED without an 'annotations' list")
+        ids = [a["id"] for a in items if isinstance(a, dict) and isinstance(a.get("id"), int)]
+        return WebhookEvent(action, project_id, None, ids)
+    config = body.get("project", {}).get("label_config") if isinstance(body.get("project"), dict) else None
+    digest = config_hash(config) if isinstance(config, str) else None
+    return WebhookEvent(action, project_id, None, [], digest)
+
+
+def _project_of(body: dict) -> int:
+    """The project id: from 'project' (object or id), else the annotation's or task's 'project' field."""
+    candidates = [body.get("project")]
+    for key in ("annotation", "task"):
+        if isinstance(body.get(key), dict):
+            candidates.append(body[key].get("project"))
+    for value in candidates:
+        if value is None:
+            continue
+        return parse_project(value)
+    raise ProtocolError(f"{body.get('action')} names no project")
