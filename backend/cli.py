@@ -21,6 +21,7 @@ def main() -> None:
 app.command("simulate")(simulate.simulate)
 app.command("serve")(serve.serve)
 app.command("worker")(worker.worker)
+app.command("demo")(__import__("backend.commands.demo", fromlist=["demo"]).demo)
 
 if __name__ == "__main__":
     app()

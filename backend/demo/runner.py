@@ -1,0 +1,193 @@
+"""One demo run against a running Label Studio and backend: project, connection, queue, annotators, report.
+
+`alc demo` wraps this with the services it starts (backend.demo.services); the end-to-end test uses it
+with the shared Label Studio of the test session. The steps:
+
+1. make the dataset (digits, or CIFAR-10H with ``data_dir``) and create the Label Studio project;
+2. connect it to the backend (``alc connect``: sampling, webhook, ML backend, budget) and wait for the
+   first trained model to open the cleaning queue (the project's model_version switches to it);
+3. optionally let N simulated annotators work through the label stream;
+4. wait until the budget is spent and the stream is empty (or Ctrl-C), then read every annotation back
+   from Label Studio and compare with the truth.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import requests
+from label_studio_sdk import LabelStudio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from backend.demo.annotators import AnnotatorPool
+from backend.demo.dataset import DemoDataset, make_cifar10h, make_digits
+from backend.demo.project import DemoProject, create_project
+from backend.demo.report import read_labels, summarise
+
+Order = Literal["priority", "random"]
+
+
+@dataclass
+class DemoConfig:
+    n_images: int = 300
+    seed: int = 0
+    noise_rate: float = 0.15
+    data_dir: Path | None = None  # CIFAR-10H instead of digits
+    temperature: float = 2.0  # CIFAR-10H initial-label temperature
+    budget: int = 100
+    order: Order = "priority"
+    selector: str = "linear"  # the model behind the priority order
+    window: int = 20
+    retrain_after_annotations: int = 10
+    retrain_after_seconds: float = 30.0
+    max_annotations_per_task: int = 5
+    annotators: int = 0
+    pace: float = 2.0
+    idle_timeout: float = 30.0  # annotators stop after the stream stayed empty this long
+    first_model_timeout: float = 300.0
+    title: str | None = None
+
+    def backend_env(self) -> dict[str, str]:
+        """The backend's settings (backend.settings names) for this run: the order is the selector choice."""
+        return {
+            "ALC_SELECTOR": self.selector if self.order == "priority" else "random",
+            "ALC_BUDGET": str(self.budget),
+            "ALC_WINDOW": str(self.window),
+            "ALC_RETRAIN_AFTER_ANNOTATIONS": str(self.retrain_after_annotations),
+            "ALC_RETRAIN_AFTER_SECONDS": str(self.retrain_after_seconds),
+            "ALC_MAX_ANNOTATIONS_PER_TASK": str(self.max_annotations_per_task),
+            "ALC_INITIAL_LABEL_SOURCE": "annotations",
+        }
+
+
+def make_dataset(config: DemoConfig) -> DemoDataset:
+    if config.data_dir is not None:
+        return make_cifar10h(config.data_dir, config.n_images, config.seed, config.temperature)
+    return make_digits(config.n_images, config.seed, config.noise_rate)
+
+
+class DemoRun:
+    """A demo project in a running Label Studio, connected to a running backend."""
+
+    def __init__(self, config: DemoConfig, ls_url: str, ls_token: str, backend_url: str, backend_env: dict[str, str],
+                 console: Console | None = None) -> None:
+        self.config = config
+        self.ls_url = ls_url.rstrip("/")
+        self.ls_token = ls_token
+        self.backend_url = backend_url.rstrip("/")
+        self.backend_env = backend_env  # the environment `alc connect` runs with (same settings as the backend)
+        self.console = console or Console(stderr=True)
+        self.client = LabelStudio(base_url=self.ls_url, api_key=ls_token)
+        self.dataset: DemoDataset | None = None
+        self.project: DemoProject | None = None
+        self.pool: AnnotatorPool | None = None
+        self.model_versions: list[str] = []
+        self.started = time.monotonic()
+
+    # --- setup -----------------------------------------------------------------------------------
+
+    def setup(self) -> DemoProject:
+        cfg = self.config
+        with self.console.status("making the demo dataset"):
+            self.dataset = make_dataset(cfg)
+        title = cfg.title or f"Label cleaning demo ({self.dataset.name}, {cfg.order} order)"
+        with self.console.status(f"creating the project: {self.dataset.n_tasks} images with noisy labels"):
+            self.project = create_project(self.client, self.ls_url, self.ls_token, self.dataset, title)
+        self.console.print(f"project {self.project.id}: {self.dataset.n_tasks} tasks, initial label noise "
+                           f"{self.dataset.initial_noise_rate:.1%} ({self.dataset.name})")
+        self.connect()
+        self.wait_for_first_model()
+        return self.project
+
+    def connect(self) -> None:
+        """`alc connect --project ID`: the connectors set the project up for this backend."""
+        argv = [sys.executable, "-m", "backend.cli", "connect", "--project", str(self.project.id),
+                "--backend-url", self.backend_url]
+        result = subprocess.run(argv, env={**os.environ, **self.backend_env}, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"`alc connect` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        self.console.print(result.stdout.strip())
+
+    def wait_for_first_model(self) -> str:
+        """Ask the backend to train now and wait until Label Studio serves the queue under a model version."""
+        requests.post(f"{self.backend_url}/train", json={"project": self.project.id}, timeout=10).raise_for_status()
+        deadline = time.monotonic() + self.config.first_model_timeout
+        with self.console.status("fitting the selector and opening the cleaning queue"):
+            while time.monotonic() < deadline:
+                version = self.poll_model_version()
+                if version:
+                    return version
+                time.sleep(1.0)
+        raise TimeoutError(f"no model version in Label Studio after {self.config.first_model_timeout:.0f} s; "
+                           "see the worker's log")
+
+    def poll_model_version(self) -> str | None:
+        version = self.client.projects.get(self.project.id).model_version or None
+        if version and (not self.model_versions or self.model_versions[-1] != version):
+            self.model_versions.append(version)
+        return version
+
+    # --- annotating --------------------------------------------------------------------------------
+
+    def start_annotators(self) -> AnnotatorPool:
+        cfg = self.config
+        self.pool = AnnotatorPool(self.ls_url, self.project.id, self.dataset.true_distribution,
+                                  self.dataset.class_names, n=cfg.annotators, pace=cfg.pace, seed=cfg.seed)
+        self.pool.sign_in().start(idle_timeout=cfg.idle_timeout)
+        return self.pool
+
+    def spent(self) -> int:
+        """Re-annotations so far: the project's annotations beyond one initial label per task."""
+        project = self.client.projects.get(self.project.id)
+        return int(project.total_annotations_number or 0) - self.dataset.n_tasks
+
+    def watch(self, exit_when_done: bool, check_alive=lambda: None, timeout: float | None = None) -> None:
+        """Show the budget burning down until done (budget spent and annotators idle) or Ctrl-C."""
+        cfg = self.config
+        deadline = None if timeout is None else time.monotonic() + timeout
+        columns = [TextColumn("[bold]budget"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                   TimeElapsedColumn()]
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            bar = progress.add_task("", total=cfg.budget)
+            while True:
+                check_alive()
+                spent = self.spent()
+                version = self.poll_model_version()
+                progress.update(bar, completed=min(spent, cfg.budget), description=f"model {version}")
+                annotators_done = self.pool is not None and not self.pool.running
+                if self.pool is not None and self.pool.errors:
+                    raise RuntimeError(f"a simulated annotator failed: {self.pool.errors[0]}")
+                if exit_when_done and (annotators_done or (self.pool is None and spent >= cfg.budget)):
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"the demo did not finish within {timeout:.0f} s ({spent} of {cfg.budget} spent)")
+                time.sleep(1.0)
+
+    def stop_annotators(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
+
+    # --- report ------------------------------------------------------------------------------------
+
+    def report(self) -> dict:
+        labels = read_labels(self.client, self.project.id, self.dataset.class_names, self.dataset.n_tasks)
+        self.poll_model_version()
+        return summarise(
+            labels,
+            self.dataset.true_labels,
+            project=self.project.id,
+            dataset=self.dataset.name,
+            order=self.config.order,
+            budget=self.config.budget,
+            model_versions=list(self.model_versions),
+            simulated_annotators=self.config.annotators,
+            wall_seconds=round(time.monotonic() - self.started, 1),
+            config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},
+        )
