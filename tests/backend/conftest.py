@@ -29,6 +29,16 @@ LABEL_CONFIG = (
 
 
 @pytest.fixture(scope="session")
+def label_config() -> str:
+    return LABEL_CONFIG
+
+
+@pytest.fixture(scope="session")
+def classes() -> list[str]:
+    return list(CLASSES)
+
+
+@pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis-home"))
     server.start()

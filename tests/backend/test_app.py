@@ -1,0 +1,240 @@
+"""The HTTP API: protocol answers, bad input (4xx or per-task errors, never a 500), auth, Redis down, metrics."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import numpy as np
+import pytest
+from rq import Queue, SimpleWorker
+
+from backend import jobs
+from backend import queue as q
+from backend.app import SECRET_HEADER, UNTRAINED, create_app
+from backend.protocol import score_from_priority
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+LABEL_CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<Choices name="label" toName="image">' + "".join(f'<Choice value="{c}"/>' for c in CLASSES) + "</Choices></View>"
+)
+
+
+@pytest.fixture(autouse=True)
+def same_config_as_fixtures(label_config):
+    assert label_config == LABEL_CONFIG
+
+
+@pytest.fixture
+def client(settings):
+    return create_app(settings).test_client()
+
+
+@pytest.fixture
+def trained(settings, fake_ls, conn):
+    """Project 1 with a published model (one real retrain of the linear selector)."""
+    q.request_retrain(conn, 1, q.Cadence.from_settings(settings), force=True)
+    jobs.configure(settings)
+    SimpleWorker([Queue(q.TRAIN_QUEUE, connection=conn)], connection=conn).work(burst=True)
+    assert len(fake_ls.pushes) == 1
+    return fake_ls
+
+
+def task(task_id: int, image: str | None = "/data/upload/1/0.png", labels: list[str] = ("cat",)) -> dict:
+    data = {"image": image} if image is not None else {}
+    annotations = [
+        {"id": 1, "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [lab]}}]}
+        for lab in labels
+    ]
+    return {"id": task_id, "data": data, "annotations": annotations, "project": 1}
+
+
+def predict(client, tasks, project="1.1700000000", config=LABEL_CONFIG):
+    return client.post("/predict", json={"tasks": tasks, "project": project, "label_config": config})
+
+
+def test_health_and_setup(client, conn):
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json["status"] == "UP" and health.json["redis"] == "up"
+    setup = client.post("/setup", json={"project": "1.1700000000", "schema": LABEL_CONFIG})
+    assert setup.json == {"model_version": UNTRAINED}
+    assert Queue(q.TRAIN_QUEUE, connection=conn).count == 1  # first contact queues the first training
+
+
+def test_predict_serves_the_ranking_lowest_score_first(client, trained, settings):
+    project = trained.projects[1]
+    response = predict(client, [task(t) for t in project.task_ids])
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert len(results) == len(project.task_ids)
+    version = results[0]["model_version"]
+    assert version == client.post("/setup", json={"project": "1.1", "schema": LABEL_CONFIG}).json["model_version"]
+    priorities = np.array([r["explanation"]["priority"] for r in results])
+    scores = np.array([r["score"] for r in results])
+    assert np.all((scores > 0) & (scores < 1))
+    # lowest score <=> highest priority, and the order equals the order pushed to Label Studio
+    assert np.argmin(scores) == np.argmax(priorities)
+    order = [project.task_ids[i] for i in np.argsort(scores, kind="stable")[: settings.window]]
+    assert order == trained.pushes[0]["window"]
+    first = results[0]
+    assert first["result"][0]["from_name"] == "label" and first["result"][0]["value"]["choices"][0] in CLASSES
+    assert set(first["explanation"]) >= {"priority", "noisiness", "ambiguity", "label_counts", "selector_version"}
+    initial = CLASSES[int(np.argmax(project.counts[0]))]
+    assert first["explanation"]["label_counts"] == {initial: 1}
+    assert first["score"] == pytest.approx(score_from_priority(first["explanation"]["priority"]))
+
+
+def test_predict_scores_new_tasks_live_and_reports_per_task_errors(client, trained, image_server):
+    _, handler = image_server
+    response = predict(
+        client,
+        [
+            task(1, "/data/upload/1/3.png", ["dog", "dog"]),  # new task: scored by the serving selector
+            task(2, None),  # no image
+            task(3, "/data/upload/1/9999.png"),  # image does not load (404)
+            task(4, "/data/upload/1/3.png", ["unicorn"]),  # label outside the config's classes
+            task(5, "/data/upload/1/3.png", []),  # no label to check
+            {"no": "id"},
+            task(6, "file:///etc/passwd"),
+            task(7, "http://169.254.169.254/latest/meta-data"),
+        ],
+    )
+    assert response.status_code == 200
+    r = response.json["results"]
+    assert len(r) == 8
+    assert r[0]["explanation"]["label_counts"] == {"dog": 2} and 0 < r[0]["score"] < 1
+    assert "no image" in r[1]["error"]
+    assert "HTTP 404" in r[2]["error"]
+    assert "'unicorn' is not one of the config's classes" in r[3]["error"]
+    assert "no label" in r[4]["error"]
+    assert "integer 'id'" in r[5]["error"]
+    assert "scheme 'file'" in r[6]["error"]
+    assert "not on ALC_IMAGE_ALLOWED_HOSTS" in r[7]["error"]
+    assert all("result" not in x for x in r[1:])  # Label Studio skips entries without 'result'
+    assert not any("169.254" in seen["path"] for seen in handler.requests_seen)
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"{not json", 400, "JSON object"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b'{"tasks": "x", "project": "1.1", "label_config": "<View/>"}', 400, "'tasks' must be a list"),
+        (b'{"tasks": [], "project": "abc", "label_config": "<View/>"}', 400, "bad project"),
+        (b'{"tasks": [], "project": "1.1", "label_config": "<View><Image name=\\"i\\" value=\\"$i\\"/></View>"}', 422, "no <Choices>"),
+        (b'{"tasks": [], "project": "1.1", "label_config": "<View><broken"}', 422, "does not parse"),
+        (b'{"tasks": [], "project": "1.1"}', 422, "label_config is missing"),
+        (b'{"tasks": [], "project": "77.1", "label_config": "LABEL"}', 404, "no model for project 77"),
+    ],
+)
+def test_predict_bad_input_is_a_4xx_with_a_message(client, body, status, message):
+    response = client.post("/predict", data=body.replace(b"LABEL", LABEL_CONFIG.replace('"', '\\"').encode()), content_type="application/json")
+    assert response.status_code == status
+    assert message in response.json["error"]
+
+
+def test_predict_with_changed_classes_is_a_conflict(client, trained):
+    config = LABEL_CONFIG.replace('<Choice value="truck"/>', "")
+    response = predict(client, [task(1000)], config=config)
+    assert response.status_code == 409 and "differ" in response.json["error"]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"no": "action"}, "no 'action'"),
+        ({"action": "ANNOTATION_CREATED", "project": {"id": 1}}, "without an 'annotation'"),
+        ({"action": "ANNOTATION_CREATED", "annotation": {"id": 1}, "project": {"id": 1}}, "no task id"),
+        ({"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "task": 3}}, "names no project"),
+        ({"action": "ANNOTATIONS_DELETED", "project": {"id": 1}}, "'annotations' list"),
+        ({"action": "START_TRAINING", "project": {"id": "x"}}, "bad project"),
+    ],
+)
+def test_webhook_bad_input_is_a_400_and_queues_nothing(client, conn, body, message):
+    response = client.post("/webhook", json=body)
+    assert response.status_code == 400 and message in response.json["error"]
+    assert all(Queue(n, connection=conn).count == 0 for n in q.QUEUES)
+
+
+def test_webhook_ignores_actions_it_does_not_need(client, conn):
+    response = client.post("/webhook", json={"action": "TASKS_CREATED", "tasks": [{"id": 1}]})
+    assert response.status_code == 200 and response.json["status"] == "ignored"
+
+
+def test_annotations_deleted_counts_and_queues_a_reconcile(client, conn):
+    body = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 4}, {"id": 5}], "project": {"id": 3}}
+    assert client.post("/webhook", json=body).json["retrain"] == "scheduled"
+    assert int(conn.get(q.project_key(3, "new"))) == 2
+
+
+def test_redis_down_webhook_answers_503_fast_and_the_next_sync_recovers(settings, fake_ls, conn, tmp_path):
+    down = create_app(settings.model_copy(update={"redis_url": f"unix://{tmp_path}/no-redis.sock"})).test_client()
+    project = fake_ls.projects[1]
+    started = time.perf_counter()
+    for i in range(5):  # annotators keep working: Label Studio stores the annotations, our webhook fails
+        project.add_annotation(project.task_ids[i], 3)
+        response = down.post("/webhook", json={"action": "ANNOTATION_CREATED", "annotation": {"id": i, "task": project.task_ids[i]}, "project": {"id": 1}})
+        assert response.status_code == 503 and "Redis" in response.json["error"]
+    assert (time.perf_counter() - started) / 5 < 0.5
+    assert down.get("/health").json["redis"] == "down"
+    assert b"alc_redis_up 0.0" in down.get("/metrics").data
+
+    up = create_app(settings).test_client()
+    assert up.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}).status_code == 200
+    jobs.configure(settings)
+    SimpleWorker([Queue(q.TRAIN_QUEUE, connection=conn)], connection=conn).work(burst=True)
+    served = predict(up, [task(t) for t in project.task_ids[:5]]).json["results"]
+    for i, result in enumerate(served):  # each task now counts its initial label and the missed one
+        assert sum(result["explanation"]["label_counts"].values()) == 2
+        assert result["explanation"]["label_counts"].get("cat", 0) >= 1
+
+
+@pytest.fixture
+def locked(settings):
+    secured = settings.model_copy(
+        update={"basic_auth_user": "ls", "basic_auth_pass": _secret("pw"), "webhook_secret": _secret("hook")}
+    )
+    return create_app(secured).test_client()
+
+
+def _secret(value: str):
+    from pydantic import SecretStr
+
+    return SecretStr(value)
+
+
+def _basic(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_basic_auth_on_every_route_but_health(locked):
+    assert locked.get("/health").status_code == 200
+    for method, path in [("post", "/setup"), ("post", "/predict"), ("get", "/metrics"), ("post", "/train")]:
+        response = getattr(locked, method)(path, json={})
+        assert response.status_code == 401, path
+        assert "Basic" in response.headers["WWW-Authenticate"]
+        assert getattr(locked, method)(path, json={}, headers=_basic("ls", "wrong")).status_code == 401
+    assert locked.get("/metrics", headers=_basic("ls", "pw")).status_code == 200
+
+
+def test_webhook_secret_header(locked):
+    body = {"action": "START_TRAINING", "project": {"id": 9}}
+    assert locked.post("/webhook", json=body).status_code == 401
+    assert locked.post("/webhook", json=body, headers={SECRET_HEADER: "nope"}).status_code == 401
+    assert locked.post("/webhook", json=body, headers={SECRET_HEADER: "hook"}).status_code == 200
+
+
+def test_metrics(client, trained):
+    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    predict(client, [task(1000)])
+    text = client.get("/metrics").data.decode()
+    for line in [
+        'alc_queue_depth{queue="alc-train"} 1.0',
+        'alc_jobs_total{kind="retrain",outcome="ok"} 1.0',
+        "alc_predict_latency_seconds_count 1.0",
+        'alc_webhooks_total{action="START_TRAINING",outcome="queued"} 1.0',
+        "alc_redis_up 1.0",
+    ]:
+        assert line in text, line
+    assert 'alc_job_duration_seconds_total{kind="retrain",outcome="ok"}' in text
