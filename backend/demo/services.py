@@ -130,6 +130,13 @@ class Services:
 
     def stop(self, grace: float = 15.0) -> None:
         """Stop every process started here, newest first, then the embedded Redis."""
+        self.stop_processes(grace)
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def stop_processes(self, grace: float = 15.0) -> None:
+        """Stop every process started here, newest first (Redis stays up)."""
         while self.processes:
             name, process = self.processes.pop()
             if process.poll() is None:
@@ -139,9 +146,6 @@ class Services:
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
-        if self.redis is not None:
-            self.redis.stop()
-            self.redis = None
 
     def check_alive(self) -> None:
         """Raise if a service died while the demo runs."""
