@@ -1,0 +1,209 @@
+"""Shared machinery of the learned selectors: out-of-fold cross-fitting, versions, checkpoints.
+
+A subclass trains *members* (one per fold, or one on everything) through four hooks:
+``_inputs`` (images -> what members eat: images, or cached embeddings), ``_train_member``,
+``_refit_member`` (the cheap update) and ``_member_probs``; plus ``_member_state`` /
+``_load_member_state`` for checkpoints. With ``folds >= 2`` every task's posterior comes from a
+member that never saw its label (a model must not grade labels it memorised); without, one
+member is trained on all tasks and grades them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from scoring.checkpoints import load_checkpoint, make_version, save_checkpoint, state_hash
+from scoring.checks import check_counts
+from scoring.device import resolve_device, seed_everything
+from scoring.embeddings import images_hash
+from scoring.selectors.base import Selector
+from scoring.training import count_targets
+
+
+class LearnedSelector(Selector):
+    """Base of vanilla, co-teaching, ssl-linear and bald. See the module docstring for the hooks."""
+
+    def __init__(self, n_classes: int | None = None, seed: int = 0, device: str | None = None,
+                 cache_dir: str | Path | None = None, folds: int = 0, targets: str = "soft") -> None:
+        if folds == 1 or folds < 0:
+            raise ValueError(f"folds must be 0 (no cross-fitting) or >= 2, got {folds}")
+        self.n_classes = n_classes
+        self.seed = int(seed)
+        self.device = device
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.folds = int(folds)
+        self.targets = targets
+
+    # ----- hooks for subclasses -------------------------------------------------------------
+    def _inputs(self, images: np.ndarray) -> Any:
+        return images
+
+    def _train_member(self, inputs: Any, targets: np.ndarray, seed: int) -> Any:
+        raise NotImplementedError
+
+    def _refit_member(self, member: Any, inputs: Any, targets: np.ndarray, seed: int) -> Any:
+        return self._train_member(inputs, targets, seed)
+
+    def _member_probs(self, member: Any, inputs: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _member_state(self, member: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_member_state(self, state: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _extra_state(self) -> dict[str, Any]:
+        """State shared by all members (e.g. a pre-trained encoder), saved with the checkpoint."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        return None
+
+    # ----- the Selector interface -----------------------------------------------------------
+    @property
+    def device_(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def fit(self, images: np.ndarray, label_counts: np.ndarray) -> "LearnedSelector":
+        counts = self._check(images, label_counts)
+        self.fit_seconds_ = 0.0
+        start = time.perf_counter()
+        inputs = self._inputs(images)
+        targets = count_targets(counts, self.targets)
+        self.splits_ = self._splits(counts)
+        self.members_ = []
+        for f, (train, _) in enumerate(self.splits_):
+            seed_everything(self.seed + 1009 * f)
+            self.members_.append(self._train_member(_take(inputs, train), targets[train], self.seed + 1009 * f))
+        self._after_training(images, inputs, start)
+        return self
+
+    def update(self, images: np.ndarray, label_counts: np.ndarray) -> "LearnedSelector":
+        """Cheap refit on new counts for the same images; a full fit if the images changed."""
+        if not hasattr(self, "members_") or images_hash(images) != self.images_hash_:
+            return self.fit(images, label_counts)
+        counts = self._check(images, label_counts)
+        start = time.perf_counter()
+        inputs = self._inputs(images)
+        targets = count_targets(counts, self.targets)
+        self.updates_ = getattr(self, "updates_", 0) + 1
+        for f, (train, _) in enumerate(self.splits_):
+            seed = self.seed + 1009 * f + 7919 * self.updates_
+            seed_everything(seed)
+            self.members_[f] = self._refit_member(self.members_[f], _take(inputs, train), targets[train], seed)
+        self._after_training(images, inputs, start)
+        return self
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Out-of-fold posteriors for the fitted images (when folds >= 2), else the members' average."""
+        self._check_fitted()
+        if self.folds and images_hash(images) == self.images_hash_:
+            return self.oof_probs_
+        inputs = self._inputs(images)
+        return np.mean([self._member_probs(m, inputs) for m in self.members_], axis=0)
+
+    @property
+    def version(self) -> str:
+        return getattr(self, "version_", f"{type(self).__name__}-unfitted")
+
+    # ----- checkpoints ----------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """The ``__init__`` arguments, read back from the attributes of the same name (as scikit-learn does)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names if hasattr(self, n)}
+
+    def state_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "members": [self._member_state(m) for m in self.members_],
+            "extra": self._extra_state(),
+            "splits": [(tr, te) for tr, te in self.splits_],
+            "oof_probs": self.oof_probs_,
+            "images_hash": self.images_hash_,
+            "version": self.version_,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Atomic checkpoint with the class, its parameters and the fitted state."""
+        params = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.get_params().items()}
+        cls = type(self)
+        return save_checkpoint(path, {"class": f"{cls.__module__}:{cls.__qualname__}", "params": params,
+                                      "state": self.state_dict()})
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> "LearnedSelector":
+        """Rebuild a selector saved by :meth:`save` (``overrides`` e.g. device='cpu')."""
+        payload = load_checkpoint(path)
+        module_name, _, attr = payload["class"].partition(":")
+        target = getattr(__import__(module_name, fromlist=[attr]), attr)
+        if not issubclass(target, cls):
+            raise ValueError(f"checkpoint {path} holds a {payload['class']}, not a {cls.__name__}")
+        selector = target(**{**payload["params"], **overrides})
+        state = payload["state"]
+        selector._load_extra_state(state["extra"])
+        selector.members_ = [selector._load_member_state(s) for s in state["members"]]
+        selector.splits_ = [(np.asarray(tr), np.asarray(te)) for tr, te in state["splits"]]
+        selector.oof_probs_ = state["oof_probs"]
+        selector.images_hash_ = state["images_hash"]
+        selector.version_ = state["version"]
+        return selector
+
+    # ----- internals ------------------------------------------------------------------------
+    def _check(self, images: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
+        counts = check_counts(label_counts)
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        if len(images) != len(counts):
+            raise ValueError(f"{len(images)} images but {len(counts)} rows of label counts")
+        if self.n_classes is not None and counts.shape[1] != self.n_classes:
+            raise ValueError(f"label counts have {counts.shape[1]} classes, selector expects {self.n_classes}")
+        if self.folds and len(counts) < 2 * self.folds:
+            raise ValueError(f"{len(counts)} tasks are too few for {self.folds}-fold cross-fitting")
+        self.n_classes_ = counts.shape[1]
+        return counts
+
+    def _splits(self, counts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        n = len(counts)
+        if not self.folds:
+            everything = np.arange(n)
+            return [(everything, everything)]
+        labels = counts.argmax(axis=1)
+        smallest = np.bincount(labels).astype(float)
+        smallest = smallest[smallest > 0].min()
+        splitter = (StratifiedKFold if smallest >= self.folds else KFold)(self.folds, shuffle=True, random_state=self.seed)
+        return list(splitter.split(np.zeros(n), labels))
+
+    def _after_training(self, images: np.ndarray, inputs: Any, start: float) -> None:
+        n = len(images)
+        oof = np.zeros((n, self.n_classes_), dtype=np.float64)
+        for member, (_, held_out) in zip(self.members_, self.splits_):
+            oof[held_out] = self._member_probs(member, _take(inputs, held_out))
+        self.oof_probs_ = oof / oof.sum(axis=1, keepdims=True)
+        self.images_hash_ = images_hash(images)
+        states = {f"member{i}": state_hash(self._member_state(m)) for i, m in enumerate(self.members_)}
+        states["shared"] = state_hash(self._extra_state())
+        self.version_ = make_version(states)
+        self.fit_seconds_ = getattr(self, "fit_seconds_", 0.0) + time.perf_counter() - start
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "members_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(images, label_counts) first")
+
+
+def _take(inputs: Any, index: np.ndarray) -> Any:
+    return inputs[index]
+
+
+def softmax_probs(logits: torch.Tensor) -> np.ndarray:
+    """float64 softmax rows, renormalised so that they sum to 1 within float precision."""
+    probs = torch.softmax(logits.double(), dim=1).numpy()
+    return probs / probs.sum(axis=1, keepdims=True)
