@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.worker import Worker
@@ -232,15 +233,19 @@ def request_retrain(conn: redis.Redis, project_id: int, cadence: Cadence, *, for
 
 
 def promote(conn: redis.Redis, job_id: str) -> bool:
-    """Move a scheduled job to the front of the work now. Only one caller wins the ZREM."""
+    """Move a job scheduled by the cadence to the work queue now. Only one caller wins the ZREM.
+
+    A job waiting for a retry (it has run and failed) keeps its backoff.
+    """
     queue = Queue(TRAIN_QUEUE, connection=conn)
-    registry = ScheduledJobRegistry(queue=queue)
-    if not conn.zrem(registry.key, job_id):
-        return False  # already queued, running, or taken by the scheduler
     try:
         job = Job.fetch(job_id, connection=conn)
-    except Exception:
+    except NoSuchJobError:
         return False
+    if job.meta.get("failures"):
+        return False
+    if not conn.zrem(ScheduledJobRegistry(queue=queue).key, job_id):
+        return False  # already queued, running, or taken by the scheduler
     queue.enqueue_job(job)
     return True
 
@@ -252,8 +257,14 @@ def _on_failure_callback() -> Any:
 
 
 def release_after_failure(job: Job, connection: redis.Redis, *args: Any, **kwargs: Any) -> None:
-    """rq on_failure callback: once no retry is left, free the project's pending mark so that the next
-    annotation can schedule a new retrain (Label Studio still holds every annotation)."""
+    """rq on_failure callback (also run for abandoned jobs).
+
+    Counts the failure in the job's meta, so that :func:`promote` leaves a job waiting for its retry
+    alone; once no retry is left, frees the project's pending mark so that the next annotation can
+    schedule a new retrain (Label Studio still holds every annotation).
+    """
+    job.meta["failures"] = job.meta.get("failures", 0) + 1
+    job.save_meta()
     if job.retries_left:
         return
     project_id = job.args[0] if job.args else None

@@ -198,3 +198,15 @@ def test_project_level_webhooks(settings, fake_ls, conn, action):
     assert response.json["retrain"] == "unchanged"
     conn.set(q.project_key(1, "config"), "something-else")
     assert client.post("/webhook", json=body).json["retrain"] == "queued"
+
+
+def test_a_job_waiting_for_its_retry_keeps_its_backoff(settings, fake_ls, conn):
+    fake_ls.fail_reads = 1
+    cadence = q.Cadence.from_settings(settings)
+    assert q.request_retrain(conn, 1, cadence, force=True) == "queued"
+    jobs.configure(settings)
+    SimpleWorker([Queue(q.TRAIN_QUEUE, connection=conn)], connection=conn).work(burst=True)
+    train = Queue(q.TRAIN_QUEUE, connection=conn)
+    assert len(ScheduledJobRegistry(queue=train).get_job_ids()) == 1  # retry in 5 s
+    assert q.request_retrain(conn, 1, cadence, force=True) == "pending"  # e.g. Label Studio calling /setup again
+    assert train.count == 0 and len(ScheduledJobRegistry(queue=train).get_job_ids()) == 1
