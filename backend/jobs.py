@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +141,9 @@ def train_and_score(
         skipped[snapshot.task_ids[usable[j]]] = message
     rows = [usable[j] for j in ok]
     if len(rows) < 2:
-        raise ValueError(f"project {project_id}: {len(rows)} task(s) with a label and an image; need at least 2")
+        reasons = Counter(skipped.values()).most_common(3)
+        why = "; ".join(f"{n} x {reason}" for reason, n in reasons)
+        raise ValueError(f"project {project_id}: {len(rows)} task(s) with a label and an image; need at least 2 (skipped: {why})")
     data, counts = images[ok], counts[rows]
     task_ids = [snapshot.task_ids[i] for i in rows]
 

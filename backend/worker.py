@@ -21,6 +21,7 @@ MAINTENANCE_INTERVAL = 60  # seconds between rq's registry clean-ups (abandoned-
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
     """Work until stopped (or, with ``burst``, until the queues are empty). Returns whether any job ran."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Label Studio request is noise
     embedded = None
     url = settings.redis_url
     if url is None:
