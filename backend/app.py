@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ class AppState:
     metrics: Metrics
     cadence: q.Cadence
     embedded_redis: q.EmbeddedRedis | None = None  # when this app started its own Redis
+    missed: set[int] = field(default_factory=set)  # projects whose webhooks failed while Redis was down
 
 
 def state() -> AppState:
@@ -257,7 +258,9 @@ def webhook() -> Response:
         return jsonify(status="ignored", action=event.action)
     try:
         outcome = handle_event(st, event)
+        _recover_missed(st)
     except redis.RedisError as exc:
+        st.missed.add(event.project_id)
         st.metrics.webhooks.labels(event.action, "unavailable").inc()
         log.warning("webhook %s for project %s not queued, Redis unavailable: %s", event.action, event.project_id, exc)
         return (
@@ -269,6 +272,17 @@ def webhook() -> Response:
     st.metrics.webhooks.labels(event.action, "queued").inc()
     st.metrics.webhook_latency.observe(time.perf_counter() - started)
     return jsonify(status="ok", action=event.action, project=event.project_id, retrain=outcome)
+
+
+def _recover_missed(st: AppState) -> None:
+    """Redis is back: resync every project whose webhooks were refused, from Label Studio."""
+    while st.missed:
+        project_id = st.missed.pop()
+        try:
+            q.request_retrain(st.redis, project_id, st.cadence, force=True)
+        except redis.RedisError:
+            st.missed.add(project_id)
+            raise
 
 
 def handle_event(st: AppState, event: WebhookEvent) -> str:

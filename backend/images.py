@@ -20,6 +20,7 @@ from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 import requests
+import urllib3
 from PIL import Image, UnidentifiedImageError
 
 from backend.settings import Settings
@@ -103,14 +104,16 @@ class ImageLoader:
                 if declared > self.max_bytes:
                     raise ImageError(f"image is {declared} bytes, over the limit of {self.max_bytes}")
                 body = bytearray()
-                for chunk in response.iter_content(CHUNK):
+                # read1 returns whatever has arrived (iter_content would wait for a full chunk), so a slow
+                # server cannot hold the download past the deadline by more than one socket read
+                while chunk := response.raw.read1(CHUNK, decode_content=True):
                     body.extend(chunk)
                     if len(body) > self.max_bytes:
                         raise ImageError(f"image is over the limit of {self.max_bytes} bytes")
                     if time.monotonic() > deadline:
                         raise ImageError(f"image download took longer than {self.timeout} s")
                 return bytes(body)
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise ImageError(f"image could not be fetched: {type(exc).__name__}") from None
 
     def decode(self, raw: bytes) -> np.ndarray:

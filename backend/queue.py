@@ -88,7 +88,7 @@ class EmbeddedRedis:
 
     def running(self) -> bool:
         try:
-            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=0.5).ping())
+            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=0.5, retry=None).ping())
         except redis.RedisError:
             return False
 

@@ -7,11 +7,13 @@ import time
 
 import numpy as np
 import pytest
+import redis
 from rq import Queue, SimpleWorker
 
 from backend import jobs
 from backend import queue as q
 from backend.app import SECRET_HEADER, UNTRAINED, create_app
+from backend.queue import EmbeddedRedis
 from backend.protocol import score_from_priority
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -168,24 +170,35 @@ def test_annotations_deleted_counts_and_queues_a_reconcile(client, conn):
     assert int(conn.get(q.project_key(3, "new"))) == 2
 
 
-def test_redis_down_webhook_answers_503_fast_and_the_next_sync_recovers(settings, fake_ls, conn, tmp_path):
-    down = create_app(settings.model_copy(update={"redis_url": f"unix://{tmp_path}/no-redis.sock"})).test_client()
+def test_redis_down_webhook_answers_503_fast_and_the_next_sync_recovers(settings, fake_ls, tmp_path):
+    flaky = EmbeddedRedis(tmp_path / "flaky")
+    settings = settings.model_copy(update={"redis_url": flaky.start()})
+    client = create_app(settings).test_client()
+    flaky.stop()
     project = fake_ls.projects[1]
     started = time.perf_counter()
     for i in range(5):  # annotators keep working: Label Studio stores the annotations, our webhook fails
         project.add_annotation(project.task_ids[i], 3)
-        response = down.post("/webhook", json={"action": "ANNOTATION_CREATED", "annotation": {"id": i, "task": project.task_ids[i]}, "project": {"id": 1}})
+        body = {"action": "ANNOTATION_CREATED", "annotation": {"id": i, "task": project.task_ids[i]}, "project": {"id": 1}}
+        response = client.post("/webhook", json=body)
         assert response.status_code == 503 and "Redis" in response.json["error"]
     assert (time.perf_counter() - started) / 5 < 0.5
-    assert down.get("/health").json["redis"] == "down"
-    assert b"alc_redis_up 0.0" in down.get("/metrics").data
+    assert client.get("/health").json["redis"] == "down"
+    assert b"alc_redis_up 0.0" in client.get("/metrics").data
 
-    up = create_app(settings).test_client()
-    assert up.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}).status_code == 200
-    jobs.configure(settings)
-    SimpleWorker([Queue(q.TRAIN_QUEUE, connection=conn)], connection=conn).work(burst=True)
-    served = predict(up, [task(t) for t in project.task_ids[:5]]).json["results"]
-    for i, result in enumerate(served):  # each task now counts its initial label and the missed one
+    # Redis is back: the next webhook, of any project, also queues the resync of project 1 from Label Studio
+    flaky.start()
+    try:
+        body = {"action": "ANNOTATION_CREATED", "annotation": {"id": 99, "task": 2000}, "project": {"id": 2}}
+        assert client.post("/webhook", json=body).status_code == 200
+        conn = redis.Redis.from_url(settings.redis_url)
+        assert conn.get(q.project_key(1, "pending")) is not None
+        jobs.configure(settings)
+        SimpleWorker([Queue(q.TRAIN_QUEUE, connection=conn)], connection=conn).work(burst=True)
+        served = predict(client, [task(t) for t in project.task_ids[:5]]).json["results"]
+    finally:
+        flaky.stop()
+    for result in served:  # each task counts its initial label and the annotation whose webhook failed
         assert sum(result["explanation"]["label_counts"].values()) == 2
         assert result["explanation"]["label_counts"].get("cat", 0) >= 1
 

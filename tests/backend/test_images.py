@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -54,3 +56,11 @@ def test_load_many_keeps_going_past_failures(loader):
     images, errors = loader.load_many(["/data/upload/1/1.png", "/nope", "/data/upload/1/2.png"])
     assert images.shape == (3, 16, 16, 3) and list(errors) == [1]
     assert images[0].any() and not images[1].any()
+
+
+def test_a_slow_server_cannot_hold_a_download_past_the_time_limit(loader, image_server):
+    url, _ = image_server  # /slow trickles 64 bytes every 0.1 s for 4 s
+    started = time.perf_counter()
+    with pytest.raises(ImageError, match="longer than 1.0 s"):
+        loader.load(f"{url}/slow")
+    assert time.perf_counter() - started < 1.5
