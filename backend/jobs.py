@@ -153,9 +153,8 @@ def train_and_score(
         selector, mode = previous.selector(), "update"
         selector.update(data, counts)
     else:
-        selector, mode = make_selector(
-            settings.selector, **settings.selector_options, cache_dir=store.project_dir(project_id) / "cache"
-        ), "fit"
+        context = {"cache_dir": store.project_dir(project_id) / "cache", "n_classes": counts.shape[1]}
+        selector, mode = make_selector(settings.selector, **{**context, **settings.selector_options}), "fit"
         selector.fit(data, counts)
     strategy = Strategy.build(selector, settings.rule)
     output = strategy.model_output(data)

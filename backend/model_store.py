@@ -1,6 +1,7 @@
 """Versioned model artifacts in MODEL_DIR, switched atomically.
 
-Layout: ``<MODEL_DIR>/project-<id>/versions/<version>/`` holds ``selector.pkl`` (the fitted selector),
+Layout: ``<MODEL_DIR>/project-<id>/versions/<version>/`` holds the fitted selector (``selector.ckpt``,
+the selector's own checkpoint when it has ``save``/``load``, else ``selector.pkl``),
 ``ranking.json`` (per-task priority, components, counts) and ``meta.json``; ``current`` is a symlink
 to the serving version, replaced with one ``os.replace`` so a reader sees the old or the new version,
 never half of one. A training that fails never touches ``current``: the previous version keeps serving.
@@ -8,6 +9,7 @@ never half of one. A training that fails never touches ``current``: the previous
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -21,6 +23,8 @@ from typing import Any
 import numpy as np
 
 VERSIONS_KEPT = 5
+CHECKPOINT = "selector.ckpt"
+PICKLE = "selector.pkl"
 
 
 @dataclass
@@ -84,9 +88,16 @@ class ModelVersion:
     _selector: Any = field(default=None, repr=False)
 
     def selector(self) -> Any:
+        """The fitted selector: from its own checkpoint (learned selectors, loaded onto the CPU first) or a pickle."""
         if self._selector is None:
-            with open(self.path / "selector.pkl", "rb") as f:
-                self._selector = pickle.load(f)
+            checkpoint = self.path / CHECKPOINT
+            if checkpoint.is_file():
+                module_name, _, attr = self.meta["selector_class"].partition(":")
+                cls = getattr(importlib.import_module(module_name), attr)
+                self._selector = cls.load(checkpoint)
+            else:
+                with open(self.path / PICKLE, "rb") as f:
+                    self._selector = pickle.load(f)
         return self._selector
 
 
@@ -130,10 +141,15 @@ class ModelStore:
         version = make_version(meta.get("selector", "model"))
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
         try:
-            with open(staging / "selector.pkl", "wb") as f:
-                pickle.dump(selector, f, protocol=pickle.HIGHEST_PROTOCOL)
+            cls = type(selector)
+            if callable(getattr(selector, "save", None)) and callable(getattr(cls, "load", None)):
+                selector.save(staging / CHECKPOINT)  # learned selectors: their own versioned checkpoint
+            else:
+                with open(staging / PICKLE, "wb") as f:
+                    pickle.dump(selector, f, protocol=pickle.HIGHEST_PROTOCOL)
             (staging / "ranking.json").write_text(json.dumps(ranking.to_json()))
-            (staging / "meta.json").write_text(json.dumps({**meta, "version": version, "created_at": time.time()}))
+            meta = {**meta, "version": version, "created_at": time.time(), "selector_class": f"{cls.__module__}:{cls.__qualname__}"}
+            (staging / "meta.json").write_text(json.dumps(meta))
             os.rename(staging, versions / version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

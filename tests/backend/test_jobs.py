@@ -67,3 +67,18 @@ def test_old_versions_are_pruned(parts):
     versions = [store.publish(1, selector, ranking, meta) for _ in range(VERSIONS_KEPT + 2)]
     kept = sorted(p.name for p in (store.project_dir(1) / "versions").iterdir())
     assert len(kept) == VERSIONS_KEPT and versions[-1] in kept and store.current_version(1) == versions[-1]
+
+
+@pytest.mark.slow
+def test_a_learned_selector_is_stored_as_its_checkpoint_and_updated_next_time(parts):
+    settings, store, loader, fake = parts
+    settings = settings.model_copy(update={"selector": "vanilla", "selector_options": {"epochs": 1, "update_epochs": 1, "batch_size": 32}})
+    selector, ranking, meta = jobs.train_and_score(settings, 1, fake.read_snapshot(settings, 1), store, loader)
+    version = store.publish(1, selector, ranking, meta)
+    assert (store.project_dir(1) / "versions" / version / "selector.ckpt").is_file()
+    fresh = ModelStore(store.root).load(1)  # another process (the web app) loads it
+    images, _ = loader.load_many(fake.projects[1].image_refs[:3])
+    assert np.allclose(fresh.selector().predict_proba(images), selector.predict_proba(images), atol=1e-5)
+    fake.projects[1].add_annotation(1001, 2)
+    _, _, meta2 = jobs.train_and_score(settings, 1, fake.read_snapshot(settings, 1), store, loader)
+    assert meta2["mode"] == "update" and meta2["selector_version"] != meta["selector_version"]
