@@ -26,7 +26,7 @@ def demo(
     pace: Annotated[float, typer.Option(help="seconds a simulated annotator looks at a task (+-50%)")] = 2.0,
     budget: Annotated[int, typer.Option(min=1, help="re-annotations the queue may spend")] = 100,
     order: Annotated[Order, typer.Option(help="priority (active label cleaning) or random (the baseline)")] = "priority",
-    images: Annotated[int, typer.Option(min=10, help="tasks in the demo project")] = 300,
+    images: Annotated[int, typer.Option(min=10, help="tasks in the demo project")] = 400,
     noise_rate: Annotated[float, typer.Option(help="digits: the first-pass labeller's look-alike error rate")] = 0.15,
     data_dir: Annotated[Optional[Path], typer.Option(help="use CIFAR-10H from this folder instead of digits")] = None,
     temperature: Annotated[float, typer.Option(help="CIFAR-10H: initial labels drawn at this temperature")] = 2.0,
@@ -70,8 +70,8 @@ def demo(
             services.start_worker(env)
             console.print(f"[bold]Label Studio[/] {ls.url}  user [bold]{ls.email}[/]  password [bold]{ls.password}[/]")
             console.print(f"[bold]Dashboard[/]    {backend_url}/dashboard")
-            console.print(f"logs in {services.home / 'logs'}; Ctrl-C stops everything")
             up_seconds = time.monotonic() - started
+            console.print(f"services up in {up_seconds:.0f} s; logs in {services.home / 'logs'}; Ctrl-C stops everything")
             run = DemoRun(config, ls.url, ls.token, backend_url, env, console)
             project = run.setup()
             console.print(f"cleaning queue open: {ls.url}/projects/{project.id}/data  "

@@ -13,6 +13,7 @@ with the shared Label Studio of the test session. The steps:
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,7 +37,7 @@ Order = Literal["priority", "random"]
 
 @dataclass
 class DemoConfig:
-    n_images: int = 300
+    n_images: int = 400
     seed: int = 0
     noise_rate: float = 0.15
     data_dir: Path | None = None  # CIFAR-10H instead of digits
@@ -44,6 +45,7 @@ class DemoConfig:
     budget: int = 100
     order: Order = "priority"
     selector: str = "linear"  # the model behind the priority order
+    selector_options: dict | None = None  # None: the linear selector at the digits' native 8x8 (16x16 for CIFAR)
     window: int = 20
     retrain_after_annotations: int = 10
     retrain_after_seconds: float = 30.0
@@ -56,7 +58,7 @@ class DemoConfig:
 
     def backend_env(self) -> dict[str, str]:
         """The backend's settings (backend.settings names) for this run: the order is the selector choice."""
-        return {
+        env = {
             "ALC_SELECTOR": self.selector if self.order == "priority" else "random",
             "ALC_BUDGET": str(self.budget),
             "ALC_WINDOW": str(self.window),
@@ -65,6 +67,11 @@ class DemoConfig:
             "ALC_MAX_ANNOTATIONS_PER_TASK": str(self.max_annotations_per_task),
             "ALC_INITIAL_LABEL_SOURCE": "annotations",
         }
+        options = self.selector_options
+        if options is None and self.selector == "linear":
+            options = {"folds": 2, "image_size": 16 if self.data_dir else 8}
+        env["ALC_SELECTOR_OPTIONS"] = json.dumps(options or {} if self.order == "priority" else {})
+        return env
 
 
 def make_dataset(config: DemoConfig) -> DemoDataset:

@@ -34,7 +34,7 @@ def stack(label_studio, tmp_path_factory):
 def run_demo(order: str, label_studio, services: Services, redis_url: str) -> tuple[dict, DemoRun, dict]:
     """One demo run with its own backend and worker (the order is a backend setting), then both stop."""
     config = DemoConfig(
-        n_images=200, seed=11, noise_rate=0.15, budget=BUDGET, order=order, window=12,
+        n_images=400, seed=11, noise_rate=0.15, budget=BUDGET, order=order, window=12,
         retrain_after_annotations=8, retrain_after_seconds=10, max_annotations_per_task=5,
         annotators=4, pace=0.0, idle_timeout=12, first_model_timeout=180, title=f"e2e {order}",
     )
