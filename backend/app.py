@@ -161,12 +161,13 @@ def setup() -> Response:
     st = state()
     version = st.store.current_version(project_id)
     if version is None:
-        _request_initial_training(project_id)
+        _queue_training(project_id)
     return jsonify(model_version=version or UNTRAINED)
 
 
-def _request_initial_training(project_id: int) -> None:
-    """First contact with a project: queue its first training (best effort: /setup must answer anyway)."""
+def _queue_training(project_id: int) -> None:
+    """Queue a (coalesced) training of the project: on first contact, or when its classes changed.
+    Best effort: /setup and /predict must answer anyway."""
     st = state()
     try:
         st.redis.sadd(q.PROJECTS_KEY, project_id)
@@ -187,12 +188,13 @@ def predict() -> Response:
     config = ChoicesConfig.parse(body.get("label_config"))
     model = st.store.load(project_id)
     if model is None:
-        _request_initial_training(project_id)
+        _queue_training(project_id)
         raise ProtocolError(f"no model for project {project_id} yet: its first training has been queued", 404)
     if tuple(model.ranking.class_names) != config.class_names:
+        _queue_training(project_id)
         raise ProtocolError(
             f"the label config's classes {list(config.class_names)} differ from those of model {model.version} "
-            f"({model.ranking.class_names}); a retrain is needed (START_TRAINING or a new annotation)",
+            f"({model.ranking.class_names}); a retrain has been queued",
             409,
         )
     results = []
@@ -223,7 +225,10 @@ def _predict_task(task: Any, model: ModelVersion, config: ChoicesConfig) -> dict
         if counts.sum() == 0:
             raise TaskError("task has no label yet, so there is no label to check")
         image = state().loader.load(config.image_ref(task))
-        priority, noisiness, ambiguity, probs = _live_priority(model, counts, image)
+        try:
+            priority, noisiness, ambiguity, probs = _live_priority(model, counts, image)
+        except (ValueError, RuntimeError) as exc:
+            raise TaskError(f"model {model.version} could not score this task: {exc}") from None
         score = score_from_priority(priority)
         predicted = int(np.argmax(probs))
     why = explanation(priority, noisiness, ambiguity, counts, ranking.class_names, meta.get("selector_version", ""), meta.get("rule", ""))

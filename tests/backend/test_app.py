@@ -136,10 +136,11 @@ def test_predict_bad_input_is_a_4xx_with_a_message(client, body, status, message
     assert message in response.json["error"]
 
 
-def test_predict_with_changed_classes_is_a_conflict(client, trained):
+def test_predict_with_changed_classes_is_a_conflict(client, trained, conn):
     config = LABEL_CONFIG.replace('<Choice value="truck"/>', "")
     response = predict(client, [task(1000)], config=config)
     assert response.status_code == 409 and "differ" in response.json["error"]
+    assert conn.get(q.project_key(1, "pending")) is not None  # the retrain on the new classes is queued
 
 
 @pytest.mark.parametrize(
