@@ -11,6 +11,7 @@ not the ML backend's basic auth).
 
 from __future__ import annotations
 
+import atexit
 import hmac
 import logging
 import time
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> Flask:
     if url is None:
         embedded = q.EmbeddedRedis(settings.data_home)
         url = embedded.start()
+        atexit.register(embedded.stop)  # only stops it if this process started it
     conn = q.connect(url, fast_fail=True)
     app.extensions["alc"] = AppState(
         settings=settings,
