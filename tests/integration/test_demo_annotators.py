@@ -42,7 +42,7 @@ def test_annotators_work_the_stream_with_their_own_accounts(label_studio, client
                                                       for k in range(dataset.n_tasks)])
     pool = AnnotatorPool(label_studio.url, project.id, dataset.true_distribution, dataset.class_names,
                          n=3, pace=0.0, seed=2, email_domain="stream.test").sign_in()
-    pool.start(idle_timeout=3)
+    pool.start(idle_timeout=2)
     pool.join(120)
     assert not pool.running and not pool.errors
     submitted = pool.submitted
