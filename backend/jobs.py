@@ -24,8 +24,8 @@ from backend import queue as q
 from backend.images import ImageLoader
 from backend.metrics import record_job
 from backend.model_store import ModelStore, Ranking
-from backend.protocol import ChoicesConfig, config_hash, scores_from_priorities
-from backend.settings import Settings
+from backend.protocol import ChoicesConfig, ProtocolError, config_hash, scores_from_priorities
+from backend.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,23 @@ def train_and_score(
 # --- the rq jobs -------------------------------------------------------------------------------
 
 
+def _permanent_errors() -> tuple[type[BaseException], ...]:
+    """Failures a retry cannot fix: a missing setting, a refused key, an unknown project, a bad label config."""
+    from connectors.client import LabelStudioAuthError, UnknownProject
+
+    return SettingsError, LabelStudioAuthError, UnknownProject, ProtocolError
+
+
+def _no_retry_if_permanent(job: Any, exc: Exception) -> None:
+    """rq retries every failure; spare it the backoff when the error says a retry is pointless."""
+    try:
+        permanent = isinstance(exc, _permanent_errors())
+    except ImportError:
+        permanent = isinstance(exc, (SettingsError, ProtocolError))
+    if permanent and job is not None:
+        job.retries_left = 0
+
+
 def retrain(project_id: int) -> dict:
     """The coalesced retrain of one project: sync, fit/update, rescore, publish, push."""
     ctx = context()
@@ -204,9 +221,10 @@ def retrain(project_id: int) -> dict:
         version = ctx.store.publish(project_id, selector, ranking, meta)
         conn.set(q.project_key(project_id, "config"), config_hash(snapshot.label_config))
         push_ranking(ctx.settings, project_id, snapshot, ranking, version)
-    except Exception:
+    except Exception as exc:
         record_job(conn, "retrain", "error", time.monotonic() - started)
         log.exception("retrain of project %s failed; the previous model version keeps serving", project_id)
+        _no_retry_if_permanent(job, exc)
         raise
     seconds = time.monotonic() - started
     record_job(conn, "retrain", "ok", seconds)
@@ -223,8 +241,9 @@ def annotation_changed(project_id: int, task_id: int) -> Any:
     started = time.monotonic()
     try:
         result = settle_task(ctx.settings, project_id, task_id)
-    except Exception:
+    except Exception as exc:
         record_job(conn, "annotation", "error", time.monotonic() - started)
+        _no_retry_if_permanent(get_current_job(), exc)
         raise
     record_job(conn, "annotation", "ok", time.monotonic() - started)
     return result

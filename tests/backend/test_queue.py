@@ -210,3 +210,24 @@ def test_a_job_waiting_for_its_retry_keeps_its_backoff(settings, fake_ls, conn):
     assert len(ScheduledJobRegistry(queue=train).get_job_ids()) == 1  # retry in 5 s
     assert q.request_retrain(conn, 1, cadence, force=True) == "pending"  # e.g. Label Studio calling /setup again
     assert train.count == 0 and len(ScheduledJobRegistry(queue=train).get_job_ids()) == 1
+
+
+def test_a_permanent_error_is_not_retried(settings, fake_ls, conn):
+    """A project Label Studio does not know: failed at once, the project freed, no backoff wasted."""
+    cadence = q.Cadence.from_settings(settings)
+    q.request_retrain(conn, 404, cadence, force=True)
+    from connectors.client import UnknownProject
+
+    def unknown(s, project_id):
+        raise UnknownProject(f"Label Studio has no project {project_id}")
+
+    jobs_read = jobs.read_snapshot
+    try:
+        jobs.read_snapshot = unknown
+        run_burst_worker(conn, settings)
+    finally:
+        jobs.read_snapshot = jobs_read
+    train = Queue(q.TRAIN_QUEUE, connection=conn)
+    assert FailedJobRegistry(queue=train).count == 1
+    assert ScheduledJobRegistry(queue=train).count == 0
+    assert conn.get(q.project_key(404, "pending")) is None
