@@ -187,20 +187,26 @@ def train_and_score(
 # --- the rq jobs -------------------------------------------------------------------------------
 
 
+PERMANENT_CONNECTOR_ERRORS = ("LabelStudioAuthError", "UnknownProject", "ProjectConfigError")
+
+
 def _permanent_errors() -> tuple[type[BaseException], ...]:
     """Failures a retry cannot fix: a missing setting, a refused key, an unknown project, a bad label config."""
-    from connectors.client import LabelStudioAuthError, UnknownProject
+    import connectors.client
+    import connectors.errors
 
-    return SettingsError, LabelStudioAuthError, UnknownProject, ProtocolError
+    found = [
+        getattr(module, name)
+        for module in (connectors.errors, connectors.client)
+        for name in PERMANENT_CONNECTOR_ERRORS
+        if isinstance(getattr(module, name, None), type)
+    ]
+    return (SettingsError, ProtocolError, *found)
 
 
 def _no_retry_if_permanent(job: Any, exc: Exception) -> None:
     """rq retries every failure; spare it the backoff when the error says a retry is pointless."""
-    try:
-        permanent = isinstance(exc, _permanent_errors())
-    except ImportError:
-        permanent = isinstance(exc, (SettingsError, ProtocolError))
-    if permanent and job is not None:
+    if job is not None and isinstance(exc, _permanent_errors()):
         job.retries_left = 0
 
 
