@@ -1,31 +1,84 @@
 """One real Label Studio 1.23.2 for the whole test session, on 127.0.0.1.
 
-Installed into its own virtual environment on first use (the same code `alc demo` uses) and started
-headless in a fresh data directory. If it cannot be installed or started, every integration test
-fails with the reason: integration tests are never skipped.
+Installed into its own virtual environment on first use (backend.labelstudio_runtime, the same code
+`alc demo` uses) and started headless. The first start on an empty data dir runs ~60-75 s of
+migrations; a migrated, never-used data dir is kept as a template under ~/.cache/alc (ALC_LS_TEMPLATE
+overrides) and copied for later sessions, which then start in seconds. CI starts from nothing.
+If Label Studio cannot be installed or started, every integration test fails with the reason:
+integration tests are never skipped.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
-from backend.demo.services import LabelStudioAccount, Services, ensure_label_studio, free_port
+from backend.labelstudio_runtime import LABEL_STUDIO_VERSION, LabelStudioServer, create_user, ensure_installed
+
+
+@dataclass
+class Annotator:
+    email: str
+    password: str
+    token: str  # legacy API token: `Authorization: Token <token>`
+
+
+@dataclass
+class LabelStudioSession:
+    """A running Label Studio: its URL, the admin's credentials and token, and a way to add annotators."""
+
+    url: str
+    email: str
+    password: str
+    token: str
+    data_dir: Path
+    annotators: list[Annotator] = field(default_factory=list)
+
+    @property
+    def api_key(self) -> str:
+        return self.token
+
+    def create_user(self, name: str | None = None, password: str = "annotator-pass-1") -> Annotator:
+        """A new annotator account (signed up through Label Studio's sign-up page) with its own token."""
+        email = f"{name or 'annotator'}-{uuid.uuid4().hex[:8]}@tests.example"
+        annotator = Annotator(email, password, create_user(self.url, email, password))
+        self.annotators.append(annotator)
+        return annotator
+
+
+def _template_dir() -> Path:
+    default = Path.home() / ".cache" / "alc" / f"ls-{LABEL_STUDIO_VERSION}-migrated-template"
+    return Path(os.environ.get("ALC_LS_TEMPLATE") or default)
 
 
 @pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> LabelStudioAccount:
-    """url, email, password and the admin's API token of a running Label Studio."""
-    home: Path = tmp_path_factory.mktemp("label-studio-session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> LabelStudioSession:
+    """url, email, password, token (= api_key) of a running Label Studio, plus ``create_user()``."""
+    data = tmp_path_factory.mktemp("label-studio-session") / "data"
+    template = _template_dir()
     try:
-        exe = ensure_label_studio(Console(stderr=True))
+        exe = ensure_installed(progress=True)
     except Exception as exc:  # a failed install must fail the tests, with pip's reason
         pytest.fail(f"could not install Label Studio for the integration tests: {exc}")
-    with Services(home) as services:
-        try:
-            account = services.start_label_studio(exe, free_port(), timeout=400)
-        except Exception as exc:
-            pytest.fail(f"Label Studio did not start: {exc}")
-        yield account
+    fresh = not (template / "account").is_file()
+    if not fresh:
+        shutil.copytree(template, data)
+    server = LabelStudioServer(data, executable=exe)
+    try:
+        server.start()
+    except Exception as exc:
+        pytest.fail(f"Label Studio did not start: {exc}")
+    try:
+        if fresh:  # keep a copy of the migrated, still empty data dir for the next session
+            try:
+                shutil.copytree(data, template, ignore=shutil.ignore_patterns("*.log", "export", "media"))
+            except OSError:
+                shutil.rmtree(template, ignore_errors=True)
+        yield LabelStudioSession(server.url, server.username, server.password, server.token, data)
+    finally:
+        server.stop()

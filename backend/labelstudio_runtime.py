@@ -1,0 +1,226 @@
+"""Label Studio 1.23.2 in its own virtual environment, started headless on 127.0.0.1.
+
+Label Studio pins redis and rq versions our own environment cannot share, so it lives in a venv of its
+own (``ALC_LS_VENV``, default ``~/.cache/alc/label-studio-1.23.2``), installed on first use and reused.
+:class:`LabelStudioServer` runs one server on a data directory with an admin account whose legacy
+API token we choose (40 hex), logs to ``<data_dir>/label-studio.log``, and stops its whole process group.
+Used by `alc demo` and the integration tests.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from rich.console import Console
+
+LABEL_STUDIO_VERSION = "1.23.2"
+
+
+class LabelStudioRuntimeError(RuntimeError):
+    """Label Studio could not be installed or started; the message says why and where the log is."""
+
+
+def default_venv() -> Path:
+    return Path(os.environ.get("ALC_LS_VENV") or Path.home() / ".cache" / "alc" / f"label-studio-{LABEL_STUDIO_VERSION}")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _installed_version(venv: Path) -> str | None:
+    """The label-studio version in ``venv`` (read from its metadata: `label-studio --version` starts a server)."""
+    python = venv / "bin" / "python"
+    if not (venv / "bin" / "label-studio").is_file() or not python.is_file():
+        return None
+    result = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('label-studio'))"],
+        capture_output=True, text=True, timeout=60,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _wait_for_other_install(venv: Path, timeout: float) -> None:
+    """Another process holds the install lock: wait for it to finish rather than installing twice."""
+    lock = venv.with_name(venv.name + ".lock")
+    deadline = time.monotonic() + timeout
+    while lock.exists() and time.monotonic() < deadline:
+        time.sleep(2)
+
+
+def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeout: float = 1800) -> Path:
+    """The ``label-studio`` executable of a venv holding Label Studio 1.23.2, installing it if missing.
+
+    Concurrent callers (tests, demo) serialise on ``<venv>.lock``; a failed install removes the half-made venv.
+    """
+    venv = Path(venv_dir) if venv_dir else default_venv()
+    exe = venv / "bin" / "label-studio"
+    _wait_for_other_install(venv, timeout)
+    if _installed_version(venv) == LABEL_STUDIO_VERSION:
+        return exe
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    lock = venv.with_name(venv.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        _wait_for_other_install(venv, timeout)
+        if _installed_version(venv) == LABEL_STUDIO_VERSION:
+            return exe
+        raise LabelStudioRuntimeError(f"another process is installing Label Studio into {venv} (lock {lock})")
+    os.close(fd)
+    console = Console(stderr=True, quiet=not progress)
+    log = venv.with_name(venv.name + ".install.log")
+    try:
+        shutil.rmtree(venv, ignore_errors=True)
+        console.print(f"installing Label Studio {LABEL_STUDIO_VERSION} into {venv} (first use only, a few minutes)")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        argv = [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", f"label-studio=={LABEL_STUDIO_VERSION}"]
+        with open(log, "w") as out, console.status("pip install label-studio") as status:
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            assert process.stdout is not None
+            for line in process.stdout:
+                out.write(line)
+                if line.startswith(("Collecting", "Downloading", "Installing", "Successfully")):
+                    status.update(f"pip: {line.strip()[:100]}")
+            code = process.wait(timeout)
+        if code != 0 or _installed_version(venv) != LABEL_STUDIO_VERSION:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise LabelStudioRuntimeError(f"installing Label Studio {LABEL_STUDIO_VERSION} failed (pip exit {code}); see {log}")
+    finally:
+        lock.unlink(missing_ok=True)
+    return exe
+
+
+class LabelStudioServer:
+    """One headless Label Studio on 127.0.0.1; a context manager that always stops what it started.
+
+    The admin's email, password and token are kept in ``<data_dir>/account`` on the first start, so a
+    restart on the same (already migrated) data dir takes seconds and keeps the same credentials.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, username: str = "admin@example.com",
+                 password: str | None = None, token: str | None = None, executable: Path | None = None,
+                 start_timeout: float = 400.0) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        account = self.data_dir / "account"
+        if account.is_file():
+            username, password, token = account.read_text().split()
+        self.username = username
+        self.password = password or secrets.token_urlsafe(12)
+        self.token = token or secrets.token_hex(20)
+        if len(self.token) != 40 or any(c not in "0123456789abcdef" for c in self.token):
+            raise ValueError("the admin token must be 40 lowercase hex characters")
+        if not account.is_file():
+            account.write_text(f"{self.username} {self.password} {self.token}\n")
+            account.chmod(0o600)
+        self.port = port or free_port()
+        self.executable = executable
+        self.start_timeout = start_timeout
+        self.log_path = self.data_dir / "label-studio.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_key(self) -> str:
+        return self.token
+
+    def env(self) -> dict[str, str]:
+        return {
+            "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+            "LABEL_STUDIO_USERNAME": self.username,
+            "LABEL_STUDIO_PASSWORD": self.password,
+            "LABEL_STUDIO_USER_TOKEN": self.token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "SSRF_PROTECTION_ENABLED": "false",  # the ML backend and webhooks live on 127.0.0.1
+            "ML_BLOCK_LOCAL_IP": "false",
+        }
+
+    def start(self) -> "LabelStudioServer":
+        exe = self.executable or ensure_installed()
+        argv = [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
+                "--data-dir", str(self.data_dir)]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, env={**os.environ, **self.env()}, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        """Poll /health, then check the admin token works (the account is created after migrations)."""
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise LabelStudioRuntimeError(f"Label Studio exited with code {self.process.returncode}; see {self.log_path}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=3).ok and requests.get(
+                    f"{self.url}/api/current-user/whoami", headers={"Authorization": f"Token {self.token}"}, timeout=5
+                ).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise LabelStudioRuntimeError(f"Label Studio did not answer at {self.url} within {self.start_timeout:.0f} s; see {self.log_path}")
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM the whole process group (Label Studio forks), SIGKILL it after ``grace`` seconds."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "LabelStudioServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def create_user(url: str, email: str, password: str, timeout: float = 30.0) -> str:
+    """Sign a new annotator up through Label Studio's sign-up page (or sign in if it exists); its legacy API token.
+
+    Open-source Label Studio has no admin API to create users; the sign-up form is what a person uses.
+    """
+    url = url.rstrip("/")
+    session = requests.Session()
+    for path in ("/user/signup/", "/user/login/"):
+        session.get(url + path, timeout=timeout)
+        response = session.post(
+            url + path, allow_redirects=False, timeout=timeout, headers={"Referer": url + path},
+            data={"email": email, "password": password, "csrfmiddlewaretoken": session.cookies.get("csrftoken", "")},
+        )
+        if response.status_code == 302:
+            break
+    else:
+        raise LabelStudioRuntimeError(f"could not sign up or sign in {email} at {url}")
+    response = session.get(url + "/api/current-user/token", timeout=timeout)
+    if not response.ok or "token" not in response.json():
+        raise LabelStudioRuntimeError(f"no legacy API token for {email}: {response.status_code} {response.text[:200]}")
+    return response.json()["token"]
