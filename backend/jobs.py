@@ -99,10 +99,13 @@ def push_ranking(settings: Settings, project_id: int, snapshot: Snapshot, rankin
         task_ids=ranking.task_ids,
         scores=ranking.scores,
         priorities=ranking.priority,
+        noisiness=ranking.noisiness,
+        ambiguity=ranking.ambiguity,
         model_version=version,
         window=settings.window,
         budget=settings.budget,
         max_annotations=settings.max_annotations_per_task,
+        initial_label_source=settings.initial_label_source,
     )
 
 
@@ -111,7 +114,12 @@ def settle_task(settings: Settings, project_id: int, task_id: int) -> Any:
     from connectors.queue import on_annotation
 
     return on_annotation(
-        _client(settings), project_id, task_id, max_annotations=settings.max_annotations_per_task
+        _client(settings),
+        project_id,
+        task_id,
+        max_annotations=settings.max_annotations_per_task,
+        budget=settings.budget,
+        initial_label_source=settings.initial_label_source,
     )
 
 
@@ -226,7 +234,7 @@ def retrain(project_id: int) -> dict:
         selector, ranking, meta = train_and_score(ctx.settings, project_id, snapshot, ctx.store, ctx.loader)
         version = ctx.store.publish(project_id, selector, ranking, meta)
         conn.set(q.project_key(project_id, "config"), config_hash(snapshot.label_config))
-        push_ranking(ctx.settings, project_id, snapshot, ranking, version)
+        pushed = push_ranking(ctx.settings, project_id, snapshot, ranking, version)
     except Exception as exc:
         record_job(conn, "retrain", "error", time.monotonic() - started)
         log.exception("retrain of project %s failed; the previous model version keeps serving", project_id)
@@ -234,10 +242,17 @@ def retrain(project_id: int) -> dict:
         raise
     seconds = time.monotonic() - started
     record_job(conn, "retrain", "ok", seconds)
-    record = {"model_version": version, "seconds": round(seconds, 3), "tasks": meta["tasks"], "mode": meta["mode"]}
+    record = {"model_version": version, "seconds": round(seconds, 3), "tasks": meta["tasks"], "mode": meta["mode"],
+              "push": _push_summary(pushed)}
     follow_up = q.finish(conn, project_id, job.id, covered, cadence, record)
     log.info("project %s: model %s (%s, %d tasks) in %.1f s", project_id, version, meta["mode"], meta["tasks"], seconds)
     return {**record, "annotations": covered, "follow_up": follow_up}
+
+
+def _push_summary(pushed: Any) -> dict:
+    """How many tasks the push opened, kept and closed, and the budget after it (ids stay in Label Studio)."""
+    data = pushed.as_dict() if hasattr(pushed, "as_dict") else dict(pushed or {})
+    return {k: len(v) if isinstance(v, list) else v for k, v in data.items() if k != "window"}
 
 
 def annotation_changed(project_id: int, task_id: int) -> Any:

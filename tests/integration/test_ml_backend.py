@@ -173,10 +173,11 @@ def test_label_studio_uses_the_backend_and_a_new_annotation_retrains_it(label_st
     assert metric(backend_url, 'alc_webhooks_total{action="ANNOTATION_CREATED",outcome="queued"}') == webhooks_before + 1
     v2 = wait_for("a new model version", lambda: (v := serving_version(backend_url, project_id)) not in (v1, UNTRAINED) and v)
 
-    # ... and Label Studio shows it: the ML backend's model_version (from /setup) and the project's (the push)
-    backends = {m.id: m for m in ls.ml.list(project=project_id)}  # listing refreshes the backend's state
+    # ... and Label Studio shows it: the project's model_version (switched by the push that follows the
+    # publication) and the ML backend's (from /setup; listing the backends refreshes their state)
+    wait_for("the project to switch to the new version", lambda: ls.projects.get(id=project_id).model_version == v2, timeout=60)
+    backends = {m.id: m for m in ls.ml.list(project=project_id)}
     assert backends[ml.id].model_version == v2
-    assert ls.projects.get(id=project_id).model_version == v2
     status = requests.get(f"{backend_url}/metrics", timeout=5).text
     assert 'alc_jobs_total{kind="retrain",outcome="ok"}' in status
     assert not list((Path(home) / "models").glob("project-*/versions/.staging-*"))
