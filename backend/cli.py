@@ -22,6 +22,8 @@ app.command("simulate")(simulate.simulate)
 app.command("serve")(serve.serve)
 app.command("worker")(worker.worker)
 app.command("demo")(__import__("backend.commands.demo", fromlist=["demo"]).demo)
+app.command("connect")(__import__("backend.commands.connect", fromlist=["connect"]).connect)
+app.command("export")(__import__("backend.commands.export", fromlist=["export"]).export)
 
 if __name__ == "__main__":
     app()

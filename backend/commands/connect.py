@@ -1,0 +1,45 @@
+"""`alc connect --project ID`: set a Label Studio project up for the cleaning queue and print what was set."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from backend.settings import SettingsError, load_settings
+
+
+def connect(
+    project: Annotated[int, typer.Option("--project", help="Label Studio project id")],
+    backend_url: Annotated[Optional[str], typer.Option(help="this backend's URL as Label Studio reaches it: registers "
+                                                             "the ML backend and the webhook")] = None,
+    window: Annotated[Optional[int], typer.Option(min=1, help="open tasks at a time (default: ALC_WINDOW)")] = None,
+    budget: Annotated[Optional[int], typer.Option(min=0, help="re-annotations to spend (default: ALC_BUDGET)")] = None,
+) -> None:
+    """Sampling, overlap-first, webhook, ML backend, the 'Cleaning queue' tab, the baseline and the budget."""
+    from connectors.client import connect as connect_client
+    from connectors.errors import ConnectorError
+    from connectors.setup import configure_project
+
+    try:
+        settings = load_settings()
+        url, key = settings.require_label_studio()
+        client = connect_client(url, key, timeout=settings.label_studio_timeout, retries=3)
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+        report = configure_project(
+            client, project, backend_url=backend_url, webhook_secret=secret,
+            budget=budget if budget is not None else settings.budget,
+            window=window if window is not None else settings.window,
+            basic_auth=settings.basic_auth, initial_label_source=settings.initial_label_source,
+        )
+    except SettingsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    except ConnectorError as exc:
+        typer.echo(f"alc connect: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"project {report['project']} ({report['title']}) connected:")
+    for key in ("sampling", "show_overlap_first", "show_collab_predictions", "baseline", "budget", "window",
+                "webhook", "ml_backend", "tab"):
+        if key in report:
+            typer.echo(f"  {key.replace('_', ' ')}: {report[key]}")

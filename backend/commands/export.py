@@ -1,0 +1,46 @@
+"""`alc export --project ID --format csv|json`: final labels and the audit trail, one row per task."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from backend.settings import SettingsError, load_settings
+
+
+class Format(str, Enum):
+    csv = "csv"
+    json = "json"
+
+
+def export(
+    project: Annotated[int, typer.Option("--project", help="Label Studio project id")],
+    format: Annotated[Format, typer.Option("--format", help="csv or json")] = Format.json,
+    out: Annotated[Optional[Path], typer.Option("--out", help="file to write (default: standard output)")] = None,
+) -> None:
+    """Read every task from Label Studio and write its final label with the audit trail."""
+    from connectors.client import connect
+    from connectors.errors import ConnectorError
+    from connectors.export import export_rows, to_csv, to_json
+
+    try:
+        settings = load_settings()
+        url, key = settings.require_label_studio()
+        client = connect(url, key, timeout=settings.label_studio_timeout, retries=3)
+        rows = export_rows(client, project, settings.initial_label_source, settings.budget)
+    except SettingsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    except ConnectorError as exc:
+        typer.echo(f"alc export: {exc}", err=True)
+        raise typer.Exit(1) from None
+    text = to_csv(rows) if format is Format.csv else to_json(rows)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text)
+        settled = sum(bool(r["settled"]) for r in rows)
+        typer.echo(f"{len(rows)} tasks ({settled} settled) written to {out}", err=True)

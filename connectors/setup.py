@@ -1,0 +1,104 @@
+"""`alc connect`: set a Label Studio project up for the cleaning queue, and say what was set.
+
+Idempotent: connecting again updates what exists (webhook, ML backend, tab) instead of adding
+copies, and keeps the recorded baseline (so re-annotations made so far stay re-annotations).
+The project's ``maximum_annotations`` is left alone: changing it makes Label Studio reset every
+task's overlap, which would close or open the queue behind our back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+
+from connectors.client import get_project
+from connectors.counts import _plain, choices_tag, read_project
+from connectors.state import parse_state, write_state
+
+TAB_TITLE = "Cleaning queue"
+SECRET_HEADER = "X-ALC-Webhook-Secret"  # the header backend.app checks on /webhook
+ML_TITLE = "Active label cleaning"
+
+
+def configure_project(
+    client: LabelStudio,
+    project_id: int,
+    *,
+    backend_url: str | None = None,
+    webhook_secret: str | None = None,
+    budget: int | None = None,
+    window: int | None = None,
+    basic_auth: tuple[str, str] | None = None,
+    initial_label_source: str = "annotations",
+) -> dict[str, Any]:
+    """Sampling, overlap-first, blind re-annotation, webhook, ML backend, the tab, the baseline and budget."""
+    project = get_project(client, project_id)
+    choices_tag(project.label_config or "")  # fails early, clearly, on a config without <Choices>
+    report: dict[str, Any] = {"project": int(project_id), "title": project.title}
+
+    client.projects.update(int(project_id), sampling="Uncertainty sampling", show_overlap_first=True,
+                           show_collab_predictions=False)
+    report["sampling"] = "Uncertainty sampling (lowest prediction score of the current model version first)"
+    report["show_overlap_first"] = True
+    report["show_collab_predictions"] = "off (annotators re-label blind, no pre-filled label)"
+
+    state = parse_state(project.description)
+    if state.baseline_annotation_id is None:
+        snapshot = read_project(client, project_id, initial_label_source)
+        ids = [a.id for t in snapshot.tasks for a in t.annotations]
+        state = replace(state, baseline_annotation_id=max(ids, default=0),
+                        connected_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        report["baseline"] = f"{len(ids)} existing annotation(s) are initial labels (ids <= {state.baseline_annotation_id})"
+    else:
+        report["baseline"] = f"kept: annotations with ids <= {state.baseline_annotation_id} are initial labels"
+    if budget is not None:
+        state = replace(state, budget=int(budget))
+    if window is not None:
+        state = replace(state, window=int(window))
+    write_state(client, project_id, state)
+    report["budget"] = state.budget
+    report["window"] = state.window
+
+    if backend_url:
+        backend_url = backend_url.rstrip("/")
+        report["webhook"] = _ensure_webhook(client, project_id, f"{backend_url}/webhook", webhook_secret)
+        report["ml_backend"] = _ensure_ml_backend(client, project_id, backend_url, basic_auth)
+    report["tab"] = _ensure_tab(client, project_id)
+    return report
+
+
+def _ensure_webhook(client: LabelStudio, project_id: int, url: str, secret: str | None) -> str:
+    headers = {SECRET_HEADER: secret} if secret else {}
+    existing = [w for w in client.webhooks.list(project=str(project_id)) if _plain(w).get("url") == url]
+    kwargs = dict(url=url, headers=headers, send_payload=True, send_for_all_actions=True, is_active=True)
+    if existing:
+        client.webhooks.update(int(_plain(existing[0])["id"]), **kwargs)
+        verb = "updated"
+    else:
+        client.webhooks.create(project=int(project_id), **kwargs)
+        verb = "created"
+    return f"{verb} {url} (all actions{', with the secret header' if secret else ''})"
+
+
+def _ensure_ml_backend(client: LabelStudio, project_id: int, url: str, basic_auth: tuple[str, str] | None) -> str:
+    existing = [m for m in client.ml.list(project=int(project_id)) if _plain(m).get("url", "").rstrip("/") == url]
+    if existing:
+        return f"already registered: {url}"
+    auth: dict[str, Any] = {}
+    if basic_auth is not None:
+        auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
+    client.ml.create(project=int(project_id), url=url, title=ML_TITLE, is_interactive=False, auto_update=False, **auth)
+    return f"registered {url}"
+
+
+def _ensure_tab(client: LabelStudio, project_id: int) -> str:
+    data = {"title": TAB_TITLE, "ordering": ["tasks:predictions_score"], "type": "list", "target": "tasks"}
+    for view in client.views.list(project=int(project_id)):
+        view = _plain(view)
+        if (view.get("data") or {}).get("title") == TAB_TITLE:
+            return f"'{TAB_TITLE}' exists (tab {view['id']})"
+    created = _plain(client.views.create(project=int(project_id), data=data))
+    return f"created '{TAB_TITLE}' (tab {created.get('id')}), ordered by prediction score, lowest first"
