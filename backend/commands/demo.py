@@ -18,7 +18,8 @@ import typer
 from rich.console import Console
 
 from backend.demo.runner import DemoConfig, DemoRun, Order
-from backend.demo.services import Services, ensure_label_studio, free_port
+from backend.demo.services import Services, free_port
+from backend.labelstudio_runtime import ensure_installed
 
 
 def demo(
@@ -56,9 +57,9 @@ def demo(
     with Services(home) as services:
         try:
             redis_url = services.start_redis()
-            ls_exe = ensure_label_studio(console)
+            exe = ensure_installed()  # installs on first use, with its own progress display
             with console.status("starting Label Studio (the first start migrates its database: about a minute)"):
-                ls = services.start_label_studio(ls_exe, ls_port or free_port())
+                ls = services.start_label_studio(exe, ls_port or free_port())
             env = {
                 "LABEL_STUDIO_URL": ls.url,
                 "LABEL_STUDIO_API_KEY": ls.token,

@@ -8,10 +8,7 @@ period), in reverse order, whatever happened in between (Ctrl-C included). Logs 
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +17,12 @@ from pathlib import Path
 
 import requests
 
+from backend.labelstudio_runtime import LabelStudioServer, ensure_installed, free_port  # noqa: F401 (free_port re-exported)
 from backend.queue import EmbeddedRedis
 
 
 class ServiceError(RuntimeError):
     """A service did not come up; the message names its log file."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_up(url: str, what: str, log: Path, process: subprocess.Popen | None, timeout: float) -> None:
@@ -63,6 +55,7 @@ class Services:
     home: Path
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     redis: EmbeddedRedis | None = None
+    logs: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -75,7 +68,7 @@ class Services:
         self.stop()
 
     def log_path(self, name: str) -> Path:
-        return self.home / "logs" / f"{name}.log"
+        return self.logs.get(name, self.home / "logs" / f"{name}.log")
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         """Start a process in its own session (so Ctrl-C reaches us first and we stop it in order)."""
@@ -90,33 +83,16 @@ class Services:
         self.redis = EmbeddedRedis(self.home / "redis-home")
         return self.redis.start()
 
-    def start_label_studio(self, ls_bin: Path, port: int, timeout: float = 240.0) -> LabelStudioAccount:
-        """Label Studio 1.23.2 headless; the admin account and its token are created on the first start
-        and kept in ``<home>/label-studio/account`` so later runs reuse the migrated data dir (~8 s)."""
-        data = self.home / "label-studio"
-        data.mkdir(parents=True, exist_ok=True)
-        account_file = data / "account"
-        if account_file.is_file():
-            email, password, token = account_file.read_text().split()
-        else:
-            email, password, token = "admin@example.com", secrets.token_urlsafe(12), secrets.token_hex(20)
-            account_file.write_text(f"{email} {password} {token}\n")
-            account_file.chmod(0o600)
-        env = {
-            "LABEL_STUDIO_BASE_DATA_DIR": str(data),
-            "LABEL_STUDIO_USERNAME": email,
-            "LABEL_STUDIO_PASSWORD": password,
-            "LABEL_STUDIO_USER_TOKEN": token,
-            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-            "SSRF_PROTECTION_ENABLED": "false",  # the backend is on 127.0.0.1
-            "ML_BLOCK_LOCAL_IP": "false",
-        }
-        argv = [str(ls_bin), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-                "--data-dir", str(data)]
-        process = self.spawn("label-studio", argv, env)
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/health", "Label Studio", self.log_path("label-studio"), process, timeout)
-        return LabelStudioAccount(url, email, password, token)
+    def start_label_studio(self, executable: Path | None = None, port: int | None = None,
+                           timeout: float = 400.0) -> LabelStudioAccount:
+        """Label Studio 1.23.2 headless (backend.labelstudio_runtime); the admin account is kept in its data
+        dir, so later runs reuse the migrated database and start in seconds."""
+        server = LabelStudioServer(self.home / "label-studio", port=port, executable=executable or ensure_installed(),
+                                   start_timeout=timeout)
+        self.logs["label-studio"] = server.log_path
+        server.start()
+        self.processes.append(("label-studio", server.process))
+        return LabelStudioAccount(server.url, server.username, server.password, server.token)
 
     def start_backend(self, port: int, env: dict[str, str], timeout: float = 60.0) -> str:
         argv = [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -152,31 +128,3 @@ class Services:
         for name, process in self.processes:
             if process.poll() is not None:
                 raise ServiceError(f"{name} exited with code {process.returncode}; see {self.log_path(name)}")
-
-
-LABEL_STUDIO_VERSION = "1.23.2"
-
-
-def label_studio_venv() -> Path:
-    """Label Studio's own virtual environment (it pins redis and rq versions ours cannot share)."""
-    return Path(os.environ.get("ALC_LS_VENV", Path.home() / ".cache" / "alc" / f"label-studio-{LABEL_STUDIO_VERSION}"))
-
-
-def ensure_label_studio(console) -> Path:
-    """The label-studio executable, installed into its own venv on first use (a few minutes, shown live)."""
-    venv = label_studio_venv()
-    exe = venv / "bin" / "label-studio"
-    if exe.is_file():
-        return exe
-    console.print(f"installing Label Studio {LABEL_STUDIO_VERSION} into {venv} (first run only, a few minutes)")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    argv = [str(venv / "bin" / "pip"), "install", f"label-studio=={LABEL_STUDIO_VERSION}"]
-    with console.status("pip install label-studio") as status:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            if line.startswith(("Collecting", "Downloading", "Installing", "Successfully")):
-                status.update(f"pip: {line.strip()[:100]}")
-        if process.wait() != 0 or not exe.is_file():
-            shutil.rmtree(venv, ignore_errors=True)
-            raise ServiceError(f"installing Label Studio {LABEL_STUDIO_VERSION} failed (pip exit {process.returncode})")
-    return exe

@@ -63,7 +63,10 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path):
     pid_file = tmp_path / "ls.pid"
     exe = venv / "bin" / "label-studio"
     exe.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 300\n")
-    exe.chmod(0o755)
+    python = venv / "bin" / "python"  # answers the runtime's installed-version check
+    python.write_text("#!/bin/sh\necho 1.23.2\n")
+    for script in (exe, python):
+        script.chmod(0o755)
     home = tmp_path / "home"
     demo = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "demo", "--headless", "--home", str(home), "--ls-port", "0", "--port", "0"],
