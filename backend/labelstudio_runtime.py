@@ -183,18 +183,30 @@ class LabelStudioServer:
         raise LabelStudioRuntimeError(f"Label Studio did not answer at {self.url} within {self.start_timeout:.0f} s; see {self.log_path}")
 
     def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM the whole process group (Label Studio forks), SIGKILL it after ``grace`` seconds."""
+        """SIGTERM the whole process group (Label Studio forks), SIGKILL it after ``grace`` seconds.
+
+        Also when the main process already died: its children may still hold the port.
+        """
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
         try:
             os.killpg(process.pid, signal.SIGTERM)
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            process.poll()
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        try:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
         except ProcessLookupError:
             pass
+        process.wait()
 
     def __enter__(self) -> "LabelStudioServer":
         return self.start()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import requests
 
-pytestmark = pytest.mark.integration
+from backend.labelstudio_runtime import LabelStudioRuntimeError, LabelStudioServer
 
 
 def whoami(url: str, token: str) -> dict:
@@ -14,6 +19,7 @@ def whoami(url: str, token: str) -> dict:
     return response.json()
 
 
+@pytest.mark.integration
 def test_admin_and_two_annotators_have_their_own_tokens(label_studio):
     assert whoami(label_studio.url, label_studio.api_key)["email"] == label_studio.email
     first, second = label_studio.create_user("ann"), label_studio.create_user("ann")
@@ -22,6 +28,70 @@ def test_admin_and_two_annotators_have_their_own_tokens(label_studio):
     assert whoami(label_studio.url, second.token)["email"] == second.email
 
 
+@pytest.mark.integration
 def test_a_wrong_token_is_refused(label_studio):
     response = requests.get(f"{label_studio.url}/api/projects", headers={"Authorization": "Token " + "0" * 40}, timeout=10)
     assert response.status_code == 401
+
+
+# --- the server wrapper itself, with a stand-in executable (no Label Studio needed) -------------------
+
+FAKE = """#!{python}
+import os, subprocess, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+port = int(sys.argv[sys.argv.index("--port") + 1])
+child = subprocess.Popen(["sleep", "300"])  # Label Studio forks too: stop() must reach children
+open(os.environ["LABEL_STUDIO_BASE_DATA_DIR"] + "/child.pid", "w").write(str(child.pid))
+if os.environ.get("FAKE_MODE") == "crash":
+    sys.exit(3)
+class Ok(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"{{}}")
+    def log_message(self, *a): pass
+HTTPServer(("127.0.0.1", port), Ok).serve_forever()
+"""
+
+
+def fake_executable(tmp_path) -> Path:
+    exe = tmp_path / "label-studio"
+    exe.write_text(FAKE.format(python=sys.executable))
+    exe.chmod(0o755)
+    return exe
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waits for its parent's wait(); it no longer runs
+        return f.read().split()[2] != "Z"
+
+
+def test_stop_ends_the_whole_process_group(tmp_path):
+    server = LabelStudioServer(tmp_path / "data", executable=fake_executable(tmp_path), start_timeout=30)
+    with server:
+        assert requests.get(f"{server.url}/health", timeout=5).ok
+        child = int((tmp_path / "data" / "child.pid").read_text())
+        assert alive(child)
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(child)
+    # the admin account is kept for the next start on the same data dir
+    again = LabelStudioServer(tmp_path / "data", executable=fake_executable(tmp_path))
+    assert (again.username, again.password, again.token) == (server.username, server.password, server.token)
+
+
+def test_a_server_that_dies_at_start_names_its_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    server = LabelStudioServer(tmp_path / "data", executable=fake_executable(tmp_path), start_timeout=30)
+    with pytest.raises(LabelStudioRuntimeError, match="exited with code 3.*label-studio.log"):
+        server.start()
+    child = int((tmp_path / "data" / "child.pid").read_text())
+    assert not alive(child), "a crashed start must not leave its children behind"
+
+
+def test_a_bad_admin_token_is_refused_before_starting(tmp_path):
+    with pytest.raises(ValueError, match="40 lowercase hex"):
+        LabelStudioServer(tmp_path / "data", token="not-a-token")
