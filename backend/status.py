@@ -15,6 +15,8 @@ import numpy as np
 
 from backend.model_store import ModelStore, Ranking
 
+MIN_COST_PER_CORRECTION = 2  # re-annotations: two agreeing opinions outvote one initial label
+
 
 def label_accuracy_estimate(status: dict, ranking: Ranking | None, target: float = 0.95) -> dict[str, Any]:
     """Expected number of wrong labels now, from the model, and the spend forecast to reach ``target`` accuracy.
@@ -24,17 +26,23 @@ def label_accuracy_estimate(status: dict, ranking: Ranking | None, target: float
     probability of that label (for several labels, the geometric mean over them). Tasks the model did
     not score are left out. The forecast divides the corrections still needed by the corrections per
     re-annotation seen so far, so it only exists once some labels were changed.
+
+    The suggested budget (for the manager to accept with `alc connect --budget`) is the model's estimate
+    of wrong labels among all scored tasks times the cost of one correction: the cost seen so far, or
+    before any correction the least it can cost (two agreeing re-annotations outvote one initial label).
     """
     if ranking is None:
         return {"available": False, "reason": "no trained model yet"}
     settled = {row["task_id"] for row in status.get("settled_tasks", [])}
     p_correct = np.exp(-np.clip(np.asarray(ranking.noisiness, dtype=float), 0, None))
     wrong = 0.0
+    wrong_all = 0.0
     scored = 0
     for task_id, p in zip(ranking.task_ids, p_correct):
         if not math.isfinite(p):
             continue
         scored += 1
+        wrong_all += 1.0 - float(p)
         if task_id not in settled:
             wrong += 1.0 - float(p)
     if scored == 0:
@@ -53,6 +61,7 @@ def label_accuracy_estimate(status: dict, ranking: Ranking | None, target: float
         "corrections_needed": round(needed, 1),
         "reannotations_per_correction": round(per_correction, 2) if per_correction else None,
         "forecast_spend": math.ceil(needed * per_correction) if per_correction is not None else None,
+        "suggested_budget": math.ceil(wrong_all * (per_correction or MIN_COST_PER_CORRECTION)),
     }
 
 

@@ -100,6 +100,9 @@ def test_api_status_reports_what_happened_in_label_studio(backend, project):
     assert per[project["annotators"][0]]["annotations"] == 2 and per[project["annotators"][0]]["mean_lead_time"] == 3.0
     assert math.isclose(status["estimate"]["accuracy"], round(expected_accuracy(), 4))
     assert [e["spent"] for e in status["timeline"]] == [1, 2, 3]
+    # forecast: (1.15 wrong - 5% of 6) corrections at 3 re-annotations each; suggestion: 2.15 wrong x 3
+    assert status["estimate"]["forecast_spend"] == math.ceil((sum(1 - p for p in P_INITIAL[2:]) - 0.3) * 3)
+    assert status["estimate"]["suggested_budget"] == math.ceil(sum(1 - p for p in P_INITIAL) * 3)
 
 
 def test_bad_requests_get_clear_errors(backend):
