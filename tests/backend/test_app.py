@@ -252,3 +252,23 @@ def test_metrics(client, trained):
     ]:
         assert line in text, line
     assert 'alc_job_duration_seconds_total{kind="retrain",outcome="ok"}' in text
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"nope", 400, "JSON object"),
+        (b'{"project": "x.1", "schema": "LABEL"}', 400, "bad project"),
+        (b'{"project": "3.1", "schema": "<View><Text name=\\"t\\" value=\\"$t\\"/></View>"}', 422, "no <Choices>"),
+    ],
+)
+def test_setup_bad_input_is_a_4xx_with_a_message(client, body, status, message):
+    data = body.replace(b"LABEL", LABEL_CONFIG.replace('"', '\\"').encode())
+    response = client.post("/setup", data=data, content_type="application/json")
+    assert response.status_code == status and message in response.json["error"]
+
+
+def test_train_legacy_call_queues_a_retrain(client, conn):
+    response = client.post("/train", json={"project": "4.1700000000", "annotations": [], "label_config": LABEL_CONFIG})
+    assert response.status_code == 200 and response.json["retrain"] == "queued"
+    assert Queue(q.TRAIN_QUEUE, connection=conn).count == 1
