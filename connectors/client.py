@@ -65,11 +65,14 @@ class RetryingTransport(httpx.BaseTransport):
                     f"({status} on {what}): check LABEL_STUDIO_API_KEY (a personal access token or the legacy token "
                     "of a user who can see the project)"
                 )
-            if status in RETRY_STATUS and (idempotent or status in NOT_RECEIVED_STATUS):
+            if status in RETRY_STATUS:
                 response.read()
                 last = f"HTTP {status}: {response.text[:200]}"
                 response.close()
-                continue
+                if idempotent or status in NOT_RECEIVED_STATUS:
+                    continue
+                last += " (a POST is not retried: Label Studio may have applied it)"
+                break
             return response
         waited = time.monotonic() - started
         raise LabelStudioUnavailable(

@@ -1,0 +1,131 @@
+"""The cleaning queue against the fake: the window, the budget, settling, and a push that dies half-way."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.errors import LabelStudioUnavailable
+from connectors.ledger import reconcile
+from connectors.queue import on_annotation, push_window
+from connectors.state import ProjectState, with_state
+
+LABELS = ["cat", "dog", "bird"]
+
+
+def make_project(fake, n: int = 10, budget: int | None = 6) -> tuple[int, list[int]]:
+    pid = fake.add_project()
+    ids = [fake.add_task(pid, {"image": f"{i}.png"}, [LABELS[i % 3]]) for i in range(n)]
+    baseline = max(a["id"] for t in fake.tasks.values() for a in t["annotations"])
+    fake.projects[pid]["description"] = with_state("", ProjectState(budget=budget, baseline_annotation_id=baseline))
+    return pid, ids
+
+
+def push(client, pid, ids, version="m1", window=3, **kw):
+    scores = [1.0 - i / len(ids) for i in range(len(ids))]  # the last task first
+    return push_window(client, pid, task_ids=ids, scores=scores, priorities=[-s for s in scores],
+                       noisiness=[0.5] * len(ids), ambiguity=[0.1] * len(ids), model_version=version,
+                       window=window, **kw)
+
+
+def open_ids(fake, pid) -> list[int]:
+    return sorted(t["id"] for t in fake.tasks.values()
+                  if t["project"] == pid and t["overlap"] > fake.n_annotations(t["id"]))
+
+
+def test_push_opens_the_top_k_with_predictions_and_switches_the_version(fake, client_of):
+    pid, ids = make_project(fake)
+    result = push(client_of(fake), pid, ids, window=3)
+    top3 = sorted(ids[-3:])
+    assert result.opened == top3 and open_ids(fake, pid) == top3
+    for tid in top3:
+        task = fake.tasks[tid]
+        assert (task["overlap"], task["is_labeled"]) == (2, False)
+        [prediction] = task["predictions"]
+        assert prediction["model_version"] == "m1"
+        why = prediction["result"][0]["meta"]["alc"]
+        assert why["priority"] == pytest.approx(-prediction["score"]) and why["noisiness"] == 0.5
+    assert fake.tasks[ids[-1]]["predictions"][0]["score"] < fake.tasks[ids[-3]]["predictions"][0]["score"]
+    assert all(not fake.tasks[t]["predictions"] for t in ids[:-3]), "only the window is pushed"
+    assert fake.projects[pid]["model_version"] == "m1"
+    assert result.budget == {"total": 6, "spent": 0, "committed": 3, "remaining": 3, "exhausted": False}
+
+
+def test_open_slots_never_exceed_the_budget(fake, client_of):
+    pid, ids = make_project(fake, budget=2)
+    result = push(client_of(fake), pid, ids, window=5)
+    assert len(result.opened) == 2 and result.budget["remaining"] == 0
+
+
+def test_settle_on_majority_reopen_on_a_tie_close_at_the_cap(fake, client_of):
+    pid, ids = make_project(fake, n=6, budget=20)
+    client = client_of(fake)
+    push(client, pid, ids, window=2)
+    agree, tie = ids[-1], ids[-2]  # initial labels: ids[-1] -> LABELS[5 % 3] = bird, ids[-2] -> dog
+    fake.annotate(agree, "bird", by=2)
+    out = on_annotation(client, pid, agree, max_annotations=3)
+    assert out["action"] == "settled" and fake.tasks[agree]["overlap"] == 2 and fake.tasks[agree]["is_labeled"]
+
+    fake.annotate(tie, "cat", by=2)  # dog vs cat: no majority -> one more opinion
+    out = on_annotation(client, pid, tie, max_annotations=3)
+    assert out["action"].startswith("no majority") and fake.tasks[tie]["overlap"] == 3
+    assert on_annotation(client, pid, tie, max_annotations=3)["action"] == "waiting for an open slot"
+    fake.annotate(tie, "bird", by=3)  # dog, cat, bird: still none, and the cap (3) is reached
+    out = on_annotation(client, pid, tie, max_annotations=3)
+    assert out["action"].startswith("closed at the cap") and fake.tasks[tie]["overlap"] == 3
+    assert fake.tasks[tie]["is_labeled"]
+
+    # the next push skips both (settled / capped) and fills the window from the rest
+    result = push(client, pid, ids, version="m2", window=2, max_annotations=3)
+    assert result.opened == sorted(ids[-4:-2])
+
+
+def test_a_tie_is_not_reopened_when_the_budget_is_committed(fake, client_of):
+    pid, ids = make_project(fake, n=4, budget=2)
+    client = client_of(fake)
+    push(client, pid, ids, window=2)
+    tid = ids[-1]
+    fake.annotate(tid, "dog", by=2)  # cat vs dog; spent 1, committed 1 (the other open task): nothing left
+    out = on_annotation(client, pid, tid, max_annotations=5)
+    assert "not reopened" in out["action"] and fake.tasks[tid]["overlap"] == 2
+
+
+def test_budget_spent_closes_the_window(fake, client_of):
+    pid, ids = make_project(fake, n=5, budget=1)
+    client = client_of(fake)
+    push(client, pid, ids, window=3)
+    [tid] = open_ids(fake, pid)
+    fake.annotate(tid, "cat", by=2)
+    fake.tasks[ids[0]]["overlap"] = 2  # someone opened another task by hand
+    out = on_annotation(client, pid, tid, max_annotations=5)
+    assert out["action"] == "budget spent: window closed" and open_ids(fake, pid) == []
+    assert push(client, pid, ids, version="m2", window=3).opened == []
+    ledger = reconcile(client, pid)
+    assert ledger.budget.as_dict() == {"total": 1, "spent": 1, "committed": 0, "remaining": 0, "exhausted": True}
+
+
+def test_push_failing_half_way_is_retried_without_double_counting(fake, client_of):
+    pid, ids = make_project(fake, n=10, budget=4)
+    client = client_of(fake)
+    fake.fail_after[("PATCH", "/api/tasks")] = 2  # two tasks opened, then Label Studio fails
+    with pytest.raises(LabelStudioUnavailable):
+        push(client, pid, ids, window=4)
+    assert len(open_ids(fake, pid)) == 2
+    fake.fail_after.clear()
+    result = push(client, pid, ids, window=4)  # the same push again
+    assert sorted(result.kept + result.opened) == sorted(ids[-4:]) == open_ids(fake, pid)
+    assert all(fake.tasks[t]["overlap"] == 2 for t in ids[-4:]), "overlaps set, not incremented"
+    for tid in ids[-4:]:
+        assert [p["model_version"] for p in fake.tasks[tid]["predictions"]] == ["m1"], "no duplicate predictions"
+    assert result.budget == {"total": 4, "spent": 0, "committed": 4, "remaining": 0, "exhausted": False}
+    again = push(client, pid, ids, window=4)
+    assert again.opened == [] and again.predictions == 0
+
+
+def test_open_tasks_stay_open_across_a_re_rank(fake, client_of):
+    pid, ids = make_project(fake, n=8, budget=10)
+    client = client_of(fake)
+    push(client, pid, ids, window=2)
+    reversed_scores = [i / len(ids) for i in range(len(ids))]  # now the first task first
+    result = push_window(client, pid, task_ids=ids, scores=reversed_scores, model_version="m2", window=3)
+    assert result.kept == sorted(ids[-2:]) and result.opened == [ids[0]]
+    assert all(any(p["model_version"] == "m2" for p in fake.tasks[t]["predictions"]) for t in ids[-2:] + [ids[0]])
