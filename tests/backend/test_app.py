@@ -272,3 +272,10 @@ def test_train_legacy_call_queues_a_retrain(client, conn):
     response = client.post("/train", json={"project": "4.1700000000", "annotations": [], "label_config": LABEL_CONFIG})
     assert response.status_code == 200 and response.json["retrain"] == "queued"
     assert Queue(q.TRAIN_QUEUE, connection=conn).count == 1
+
+
+def test_the_dashboard_blueprint_is_served_behind_the_same_auth(locked, client):
+    assert locked.get("/api/status").status_code == 401
+    assert locked.get("/dashboard").status_code == 401
+    response = client.get("/api/status")  # no project has sent anything yet: a 400 that says what to add
+    assert response.status_code == 400 and "project" in response.json["error"]
