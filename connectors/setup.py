@@ -60,7 +60,7 @@ def configure_project(
         state = replace(state, window=int(window))
     write_state(client, project_id, state)
     report["budget"] = state.budget
-    report["window"] = state.window
+    report["window"] = state.window if state.window is not None else "the worker's ALC_WINDOW"
 
     if backend_url:
         backend_url = backend_url.rstrip("/")

@@ -13,8 +13,8 @@ def connect(
     project: Annotated[int, typer.Option("--project", help="Label Studio project id")],
     backend_url: Annotated[Optional[str], typer.Option(help="this backend's URL as Label Studio reaches it: registers "
                                                              "the ML backend and the webhook")] = None,
-    window: Annotated[Optional[int], typer.Option(min=1, help="open tasks at a time (default: ALC_WINDOW)")] = None,
-    budget: Annotated[Optional[int], typer.Option(min=0, help="re-annotations to spend (default: ALC_BUDGET)")] = None,
+    window: Annotated[Optional[int], typer.Option(min=1, help="open tasks at a time for this project (else ALC_WINDOW applies)")] = None,
+    budget: Annotated[Optional[int], typer.Option(min=0, help="re-annotations to spend on this project (default: ALC_BUDGET)")] = None,
 ) -> None:
     """Sampling, overlap-first, webhook, ML backend, the 'Cleaning queue' tab, the baseline and the budget."""
     from connectors.client import connect as connect_client
@@ -29,7 +29,7 @@ def connect(
         report = configure_project(
             client, project, backend_url=backend_url, webhook_secret=secret,
             budget=budget if budget is not None else settings.budget,
-            window=window if window is not None else settings.window,
+            window=window,
             basic_auth=settings.basic_auth, initial_label_source=settings.initial_label_source,
         )
     except SettingsError as exc:
