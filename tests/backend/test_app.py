@@ -274,7 +274,7 @@ def test_train_legacy_call_queues_a_retrain(client, conn):
     assert Queue(q.TRAIN_QUEUE, connection=conn).count == 1
 
 
-def test_the_dashboard_blueprint_is_served_behind_the_same_auth(locked, client):
+def test_the_dashboard_blueprint_is_served_behind_the_same_auth(locked, client, conn):
     assert locked.get("/api/status").status_code == 401
     assert locked.get("/dashboard").status_code == 401
     response = client.get("/api/status")  # no project has sent anything yet: a 400 that says what to add
