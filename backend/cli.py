@@ -24,6 +24,7 @@ app.command("worker")(worker.worker)
 app.command("demo")(__import__("backend.commands.demo", fromlist=["demo"]).demo)
 app.command("connect")(__import__("backend.commands.connect", fromlist=["connect"]).connect)
 app.command("export")(__import__("backend.commands.export", fromlist=["export"]).export)
+app.command("status")(__import__("backend.commands.status", fromlist=["status"]).status)
 
 if __name__ == "__main__":
     app()

@@ -1,36 +1,43 @@
 """The project manager's view: GET /dashboard (server-rendered, charts as inline SVG) and GET /api/status (JSON).
 
 Both read the project again from Label Studio on every request (through the connectors' ledger), so
-the page never shows state that only lives here. Charts are drawn with matplotlib; no build step.
+the page never shows state that only lives here. Charts are drawn with matplotlib's object API (no
+pyplot: requests are served from several threads); no JavaScript, no build step. Anything missing
+(no project given, Label Studio down or not configured, an unknown project, no model yet) is said on
+the page, never answered with a bare 500.
 """
 
 from __future__ import annotations
 
 import io
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
-import matplotlib
+import matplotlib.dates as mdates
+from flask import Blueprint, current_app, jsonify, render_template, request
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-matplotlib.use("Agg")
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from flask import Blueprint, current_app, jsonify, render_template, request  # noqa: E402
-
-from backend.queue import PROJECTS_KEY  # noqa: E402
-from backend.status import collect_status  # noqa: E402
+from backend.queue import PROJECTS_KEY
+from backend.settings import SettingsError
+from backend.status import collect_status
+from connectors.client import connect
+from connectors.errors import ConnectorError, UnknownProject
 
 bp = Blueprint("dashboard", __name__, template_folder="templates")
 
+QUEUE_ROWS = 50  # the page lists the first ones; /api/status has them all
+BLUE, ORANGE, GREEN, GREY = "#2563eb", "#ea580c", "#16a34a", "#9ca3af"
+
 
 class StatusRequestError(ValueError):
-    """A request the dashboard cannot answer (no project given and none known); answered with 400."""
+    """A request the dashboard cannot answer as asked (bad or missing parameters); answered with 400."""
 
 
 def _project_id(app_state: Any) -> int:
     raw = request.args.get("project")
-    if raw is not None:
+    if raw:
         if not raw.isdigit() or int(raw) <= 0:
             raise StatusRequestError(f"project must be a positive integer, got {raw!r}")
         return int(raw)
@@ -43,30 +50,39 @@ def _project_id(app_state: Any) -> int:
     return known[-1]
 
 
-def _status() -> dict:
-    from connectors.client import connect
+def _target() -> float:
+    raw = request.args.get("target", "0.95")
+    try:
+        target = float(raw)
+    except ValueError:
+        target = float("nan")
+    if not 0 < target < 1:
+        raise StatusRequestError(f"target must be a number between 0 and 1 (an accuracy), got {raw!r}")
+    return target
 
+
+def _status() -> dict:
     app_state = current_app.extensions["alc"]
     settings = app_state.settings
     project_id = _project_id(app_state)
-    target = float(request.args.get("target", 0.95))
-    if not 0 < target < 1:
-        raise StatusRequestError("target must be between 0 and 1")
+    target = _target()
     url, key = settings.require_label_studio()
     client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
     return collect_status(client, project_id, settings, store=app_state.store, redis_conn=app_state.redis, target=target)
 
 
-def _error(exc: Exception) -> tuple[Any, int]:
-    from connectors.errors import ConnectorError, UnknownProject
-
+def _error(exc: Exception) -> tuple[str, int]:
+    """The message and HTTP status for a request that cannot be answered."""
     if isinstance(exc, StatusRequestError):
-        return {"error": str(exc)}, 400
+        return str(exc), 400
     if isinstance(exc, UnknownProject):
-        return {"error": str(exc)}, 404
+        return str(exc), 404
+    if isinstance(exc, SettingsError):
+        return f"the backend is not set up to reach Label Studio: {exc}", 503
     if isinstance(exc, ConnectorError):
-        return {"error": str(exc)}, 502
-    raise exc
+        return f"Label Studio could not be read: {exc}", 502
+    current_app.logger.exception("status failed")
+    return f"the status could not be built ({type(exc).__name__}: {exc}); see the backend's log", 500
 
 
 @bp.get("/api/status")
@@ -74,70 +90,141 @@ def api_status():
     try:
         return jsonify(_status())
     except Exception as exc:
-        body, code = _error(exc)
-        return jsonify(body), code
+        message, code = _error(exc)
+        return jsonify(error=message), code
 
 
 @bp.get("/dashboard")
 def dashboard():
+    refresh = request.args.get("refresh", "15")
+    refresh = int(refresh) if refresh.isdigit() else 15
     try:
         status = _status()
     except Exception as exc:
-        body, code = _error(exc)
-        return render_template("dashboard_error.html", error=body["error"]), code
-    return render_template("dashboard.html", s=status, charts=charts(status))
+        message, code = _error(exc)
+        return render_template("dashboard_error.html", error=message, code=code,
+                               project=request.args.get("project", "")), code
+    return render_template("dashboard.html", s=status, charts=charts(status), refresh=refresh, rows=QUEUE_ROWS)
+
+
+@bp.app_template_filter("when")
+def when(value: str | None) -> str:
+    """An ISO time from Label Studio as 'YYYY-MM-DD HH:MM:SS UTC' ('-' when there is none)."""
+    if not value:
+        return "-"
+    try:
+        return _parse_time(value).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return str(value)
 
 
 # --- charts ------------------------------------------------------------------------------------------
 
 
-def _svg(fig) -> str:
+def _parse_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _figure() -> tuple[Figure, Any]:
+    fig = Figure(figsize=(4.1, 2.7))
+    ax = fig.add_subplot()
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.grid(True, color="#e5e7eb", linewidth=0.8)
+    ax.set_axisbelow(True)
+    return fig, ax
+
+
+def _svg(fig: Figure) -> str:
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(fig)
+    with rc_context({"svg.fonttype": "none"}):  # text stays text: smaller, and it takes the page's font
+        fig.savefig(buffer, format="svg", bbox_inches="tight")
     text = buffer.getvalue()
     return text[text.index("<svg"):]  # drop the XML prolog: the SVG goes inline in the page
 
 
-def _times(timeline: list[dict]) -> list[datetime]:
-    return [datetime.fromisoformat(str(e["time"]).replace("Z", "+00:00")) for e in timeline]
+def _empty(ax: Any, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#6b7280")
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
-def charts(status: dict) -> dict[str, str]:
-    """Inline SVGs: budget burn-down over time, labels corrected vs spend."""
-    timeline = [e for e in status.get("timeline", []) if e.get("time")]
+def burndown_chart(status: dict) -> str:
+    """Budget left after each re-annotation, over time, up to now; the open slots are drawn as committed."""
+    fig, ax = _figure()
     budget = status["budget"]
-    out = {}
-
-    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+    timeline = [e for e in status.get("timeline", []) if e.get("time")]
     if timeline:
-        times = _times(timeline)
-        times = [times[0]] + times  # start from the full budget, just before the first re-annotation
-        spent = [0] + [e["spent"] for e in timeline]
+        times = [_parse_time(e["time"]) for e in timeline]
+        now = max(_parse_time(status["generated_at"]), times[-1]) if status.get("generated_at") else times[-1]
+        xs = [times[0]] + times + [now]
+        spent = [0] + [e["spent"] for e in timeline] + [timeline[-1]["spent"]]
         if budget["total"] is not None:
-            ax.step(times, [budget["total"] - s for s in spent], where="post")
-            ax.axhline(0, color="grey", lw=0.8)
-            ax.set_ylabel("re-annotations left")
+            ax.step(xs, [budget["total"] - s for s in spent], where="post", color=BLUE, lw=2, label="not yet spent")
+            if budget["committed"]:
+                ax.step(xs[-2:], [budget["remaining"]] * 2, where="post", color=ORANGE, lw=1.5, ls="--",
+                        label=f"after the {budget['committed']} committed")
+            ax.set_ylim(bottom=0, top=budget["total"] * 1.05 + 0.5)
+            ax.set_ylabel("re-annotations")
+            ax.legend(frameon=False, fontsize=8, loc="lower left")
         else:
-            ax.step(times, spent, where="post")
-            ax.set_ylabel("re-annotations spent")
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
+            ax.step(xs, spent, where="post", color=BLUE, lw=2)
+            ax.set_ylabel("re-annotations spent (no budget set)")
+        locator = mdates.AutoDateLocator(minticks=3, maxticks=6)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.autofmt_xdate()
     else:
-        ax.text(0.5, 0.5, "no re-annotation yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title("Budget burn-down")
-    out["burndown"] = _svg(fig)
+        _empty(ax, "no re-annotation yet")
+    ax.set_title("Budget burn-down (UTC)", loc="left", fontsize=11)
+    return _svg(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+
+def corrected_chart(status: dict) -> str:
+    """Labels corrected (initial majority -> a different final majority) against re-annotations spent."""
+    fig, ax = _figure()
+    timeline = status.get("timeline", [])
     if timeline:
-        ax.plot([0] + [e["spent"] for e in timeline], [0] + [e["labels_changed"] for e in timeline], marker=".")
+        spent = [0] + [e["spent"] for e in timeline]
+        changed = [0] + [e["labels_changed"] for e in timeline]
+        ax.step(spent, changed, where="post", color=GREEN, lw=2)
+        ax.plot(spent[1:], changed[1:], "o", color=GREEN, ms=3)
         ax.set_xlabel("re-annotations spent")
         ax.set_ylabel("labels corrected")
+        ax.set_ylim(bottom=0, top=max(changed) + 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     else:
-        ax.text(0.5, 0.5, "no re-annotation yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title("Labels corrected vs spend")
-    out["corrected"] = _svg(fig)
-    return out
+        _empty(ax, "no re-annotation yet")
+    ax.set_title("Labels corrected vs spend", loc="left", fontsize=11)
+    return _svg(fig)
+
+
+def accuracy_chart(status: dict) -> str:
+    """The model's accuracy estimate before cleaning and now, and the forecast spend to the target."""
+    fig, ax = _figure()
+    estimate = status.get("estimate", {})
+    if estimate.get("available"):
+        spent = status["budget"]["spent"]
+        ax.plot([0, spent], [estimate["accuracy_before"], estimate["accuracy"]], "o-", color=BLUE, lw=2,
+                label="estimated")
+        ax.axhline(estimate["target"], color=GREY, ls=":", lw=1.2, label=f"target {estimate['target']:.0%}")
+        if estimate.get("forecast_spend") is not None and estimate["forecast_spend"] > 0:
+            ax.plot([spent, spent + estimate["forecast_spend"]], [estimate["accuracy"], estimate["target"]], "--",
+                    color=ORANGE, lw=1.5, label="forecast")
+        low = min(estimate["accuracy_before"], estimate["target"])
+        ax.set_ylim(max(0.0, low - 0.05), 1.0)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("re-annotations spent")
+        ax.legend(frameon=False, fontsize=8, loc="lower right")
+    else:
+        _empty(ax, estimate.get("reason", "no estimate"))
+    ax.set_title("Estimated label accuracy", loc="left", fontsize=11)
+    return _svg(fig)
+
+
+def charts(status: dict) -> dict[str, str]:
+    """The page's inline SVGs."""
+    return {"burndown": burndown_chart(status), "corrected": corrected_chart(status), "accuracy": accuracy_chart(status)}

@@ -1,0 +1,155 @@
+"""`alc status [--project ID] [--json]`: the dashboard's numbers and the job queue (with rq's failed-job registry) in a terminal."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from backend.model_store import ModelStore
+from backend.queue import PROJECTS_KEY, EmbeddedRedis
+from backend.queue import connect as connect_redis
+from backend.settings import Settings, SettingsError, load_settings
+from backend.status import build_status, jobs_status
+from connectors.client import connect
+from connectors.errors import ConnectorError
+from connectors.ledger import reconcile
+
+QUEUE_ROWS = 20
+
+
+def status(
+    project: Annotated[Optional[int], typer.Option("--project", min=1, help="Label Studio project id; "
+                                                   "without it only the job queue is shown")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON (the same as GET /api/status)")] = False,
+    target: Annotated[float, typer.Option(help="accuracy the forecast aims at, between 0 and 1")] = 0.95,
+) -> None:
+    """Budget spent and left, labels corrected, the estimated label accuracy, the queue, and the jobs."""
+    if not 0 < target < 1:
+        raise typer.BadParameter(f"must be between 0 and 1, got {target}", param_hint="--target")
+    console = Console()
+    try:
+        settings = load_settings()
+        redis_conn, redis_note = _redis(settings)
+        if project is None:
+            jobs = jobs_status(redis_conn, 0) if redis_conn is not None else {"error": redis_note}
+            known = sorted(int(p) for p in redis_conn.smembers(PROJECTS_KEY)) if "error" not in jobs else []
+            if as_json:
+                typer.echo(json.dumps({"jobs": jobs, "projects": known}, indent=2, default=str))
+            else:
+                _print_jobs(console, jobs)
+                console.print(f"Projects that sent webhooks here: {', '.join(map(str, known)) or 'none yet'}; "
+                              "add --project ID for one project's budget and queue.")
+            return
+        url, key = settings.require_label_studio()
+        client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
+        ledger = reconcile(client, project, settings.initial_label_source, settings.budget)
+        data = build_status(client, ledger, store=ModelStore(settings.models_path), redis_conn=redis_conn,
+                            target=target, budget=settings.budget)
+        if redis_conn is None:
+            data["jobs"] = {"error": redis_note}
+    except SettingsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    except ConnectorError as exc:
+        typer.echo(f"alc status: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        _print_status(console, data)
+
+
+def _redis(settings: Settings) -> tuple[Any, str]:
+    """The job queue's Redis, without starting one: REDIS_URL, or the embedded one if `alc serve` runs it."""
+    if settings.redis_url is not None:
+        return connect_redis(settings.redis_url, fast_fail=True), ""
+    embedded = EmbeddedRedis(settings.data_home)
+    if embedded.running():
+        return connect_redis(embedded.url, fast_fail=True), ""
+    return None, f"no Redis: REDIS_URL is not set and no `alc serve` runs an embedded one in {settings.data_home}"
+
+
+class _Table(Table):
+    """A rich table whose cells are plain text (an error message with [brackets] is not markup)."""
+
+    def add_row(self, *cells: str) -> None:  # type: ignore[override]
+        super().add_row(*(escape(str(c)) for c in cells))
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = _Table(title=title, title_justify="left", title_style="bold", show_header=any(columns))
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("#", "spent", "priority", "noisiness", "ambiguity",
+                                                               "re-annotations", "mean time (s)", "queued", "running",
+                                                               "scheduled", "failed") else "left")
+    return table
+
+
+def _print_status(console: Console, s: dict) -> None:
+    b, t, e = s["budget"], s["tasks"], s["estimate"]
+    console.print(f"[bold]{escape(s['project']['title'])}[/bold] (project {s['project']['id']}) {s['project']['url']}")
+    console.print(f"Label Studio serves by model version {s['model_version'] or 'none yet'}; "
+                  f"latest model: {s['model']['version'] or 'none trained yet'}")
+    if b["exhausted"]:
+        console.print("[bold red]Budget spent: the cleaning queue is closed.[/bold red]")
+
+    summary = _table("Budget and progress", "", "")
+    summary.add_row("budget (re-annotations)", str(b["total"]) if b["total"] is not None else "no limit")
+    summary.add_row("spent", str(b["spent"]))
+    summary.add_row("committed (open slots)", str(b["committed"]))
+    summary.add_row("remaining", str(b["remaining"]) if b["remaining"] is not None else "-")
+    summary.add_row("tasks settled", f"{t['settled']} of {t['total']}")
+    summary.add_row("labels corrected", str(t["labels_changed"]))
+    if e["available"]:
+        summary.add_row("estimated label accuracy", f"{100 * e['accuracy']:.1f}% (was {100 * e['accuracy_before']:.1f}%)")
+        summary.add_row("labels still wrong (model)", str(e["labels_wrong"]))
+        forecast = e["forecast_spend"] if e["forecast_spend"] is not None else "- (after the first correction)"
+        summary.add_row(f"re-annotations to {100 * e['target']:.0f}%", str(forecast))
+        summary.add_row("suggested budget", f"{e['suggested_budget']} (accept: alc connect --project "
+                                            f"{s['project']['id']} --budget {e['suggested_budget']})")
+    else:
+        summary.add_row("estimated label accuracy", f"- ({e['reason']})")
+    console.print(summary)
+
+    queue = _table(f"Cleaning queue ({len(s['queue'])} open)", "#", "task", "priority", "labels so far", "link")
+    for i, row in enumerate(s["queue"][:QUEUE_ROWS], 1):
+        queue.add_row(str(i), f"task {row['task_id']}", _num(row["priority"]),
+                      ", ".join(f"{k} {v}" for k, v in row["counts"].items()), row["url"] or "")
+    console.print(queue)
+
+    changes = _table("Recent label changes", "task", "from", "to", "when")
+    for c in s["recent_changes"]:
+        changes.add_row(f"task {c['task_id']}", str(c["from"]), str(c["to"]), c["time"] or "-")
+    console.print(changes)
+
+    people = _table("Annotators", "annotator", "re-annotations", "mean time (s)")
+    for a in s["annotators"]:
+        people.add_row(a["annotator"], str(a["annotations"]), _num(a["mean_lead_time"], 1))
+    console.print(people)
+    _print_jobs(console, s.get("jobs") or {"error": "not connected to the job queue"})
+
+
+def _print_jobs(console: Console, jobs: dict) -> None:
+    if "error" in jobs:
+        console.print(f"[red]Jobs: {escape(jobs['error'])}[/red]")
+        return
+    queues = _table("Job queues", "queue", "queued", "running", "scheduled", "failed")
+    for name, q in jobs["queues"].items():
+        queues.add_row(name, str(q["depth"]), str(q["started"]), str(q["scheduled"]), str(q["failed"]))
+    console.print(queues)
+    workers = ", ".join(f"{w['name']} ({w['state']})" for w in jobs["workers"]) or "none running"
+    console.print(f"Workers: {workers}")
+    if jobs["failed_jobs"]:
+        failed = _table("Failed jobs (rq's failed-job registry)", "queue", "job", "ended", "error")
+        for f in jobs["failed_jobs"]:
+            failed.add_row(f["queue"], f"{f['description']} [{f['id']}]", f["ended_at"] or "-", f["error"])
+        console.print(failed)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

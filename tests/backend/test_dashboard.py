@@ -1,0 +1,231 @@
+"""The project manager's view without a Label Studio: a hand-made project snapshot goes through the
+connectors' real ledger and ``project_status``, the backend's status (model estimate, rq registries),
+the Flask page and `alc status`. The same page against a real Label Studio in a real browser is in
+tests/integration/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from label_studio_sdk import LabelStudio
+from rq import Queue, SimpleWorker
+from typer.testing import CliRunner
+
+import backend.commands.status as status_command
+import backend.dashboard as dashboard
+from backend import queue as q
+from backend.app import create_app
+from backend.cli import app as cli
+from backend.model_store import ModelStore, Ranking
+from backend.status import build_status
+from connectors.counts import AnnotationRecord, PredictionRecord, ProjectSnapshot, TaskRecord
+from connectors.errors import LabelStudioUnavailable, UnknownProject
+from connectors.ledger import ledger_of
+from connectors.state import ProjectState
+
+LS_URL = "http://labelstudio.example:8080"
+CLASSES = ["cat", "dog", "bird"]
+PROJECT = 7
+TASKS = [11, 12, 13, 14, 15, 16]
+INITIAL = ["cat", "cat", "dog", "bird", "cat", "dog"]
+P_INITIAL = [0.1, 0.9, 0.5, 0.8, 0.6, 0.95]  # the model's probability of each initial label
+BUDGET = 10
+# re-annotations: task 11 corrected cat -> dog by two annotators, task 12 confirmed, task 13 open for one more
+REANNOTATIONS = [(11, "dog", "ann@example.com", "2026-11-23T10:00:00Z", 4.0),
+                 (11, "dog", "bob@example.com", "2026-11-23T10:05:00Z", 6.0),
+                 (12, "cat", "ann@example.com", "2026-11-23T10:20:00Z", 2.0)]
+
+
+def snapshot() -> ProjectSnapshot:
+    tasks, counts, initial_counts = [], np.zeros((6, 3), dtype=np.int64), np.zeros((6, 3), dtype=np.int64)
+    for row, (task_id, label) in enumerate(zip(TASKS, INITIAL)):
+        annotations = [AnnotationRecord(task_id * 10, "admin@example.com", 1, "2026-11-01T00:00:00Z", None, None,
+                                        label, cancelled=False, initial=True, valid=True)]
+        initial_counts[row, CLASSES.index(label)] = 1
+        for i, (tid, again, who, time, lead) in enumerate(REANNOTATIONS):
+            if tid == task_id:
+                annotations.append(AnnotationRecord(1000 + i, who, 2, time, time, lead, again, False, False, True))
+        for a in annotations:
+            counts[row, CLASSES.index(a.label)] += 1
+        overlap = len(annotations) + (1 if task_id == 13 else 0)
+        predictions = [PredictionRecord(1, "alc-linear-v1", -0.69, "dog",
+                                        {"priority": 0.693, "noisiness": 0.693, "ambiguity": 0.5}, None)] if task_id == 13 else []
+        tasks.append(TaskRecord(task_id, {"image": f"/img/{task_id}.png"}, overlap, annotations, predictions, label))
+    return ProjectSnapshot(PROJECT, "pets", "<View/>", CLASSES, "label", "annotations", "alc-linear-v1",
+                           ProjectState(budget=BUDGET), tasks, counts, initial_counts)
+
+
+def publish_ranking(store: ModelStore) -> None:
+    noisiness = -np.log(np.array(P_INITIAL))
+    counts = np.eye(3)[[CLASSES.index(label) for label in INITIAL]]
+    ranking = Ranking(task_ids=TASKS, class_names=CLASSES, counts=counts, priority=noisiness, noisiness=noisiness,
+                      ambiguity=np.zeros(6), scores=-noisiness, predicted=np.zeros(6, dtype=int))
+    store.publish(PROJECT, None, ranking, {"selector": "linear"})
+
+
+@pytest.fixture
+def sdk() -> LabelStudio:
+    return LabelStudio(base_url=LS_URL, api_key="x" * 40)  # only its base URL is used: no request is made
+
+
+@pytest.fixture
+def store(settings) -> ModelStore:
+    return ModelStore(settings.models_path)
+
+
+@pytest.fixture
+def served(settings, store, sdk, monkeypatch):
+    """The app whose status is built from the hand-made snapshot (what collect_status would read)."""
+    def fake_collect(client, project_id, settings_, store=None, redis_conn=None, target=0.95):
+        if project_id != PROJECT:
+            raise UnknownProject(f"project {project_id} does not exist in Label Studio at {LS_URL}")
+        return build_status(sdk, ledger_of(snapshot()), store=store, redis_conn=redis_conn, target=target)
+
+    monkeypatch.setattr(dashboard, "collect_status", fake_collect)
+    monkeypatch.setattr(dashboard, "connect", lambda *a, **k: sdk)
+    return create_app(settings).test_client()
+
+
+def expected() -> dict:
+    wrong = sum(1 - p for p in P_INITIAL[2:])  # tasks 11 and 12 are settled
+    wrong_all = sum(1 - p for p in P_INITIAL)
+    return {"accuracy": 1 - wrong / 6, "before": 1 - wrong_all / 6,
+            "forecast": math.ceil((wrong - 0.05 * 6) * 3), "suggested": math.ceil(wrong_all * 3)}
+
+
+def text_of(html: str, element_id: str) -> str:
+    match = re.search(rf'id="{element_id}"[^>]*>(.*?)</', html, re.S)
+    assert match, f"no #{element_id} on the page"
+    return match.group(1).strip()
+
+
+def test_status_adds_the_model_estimate_and_the_job_queue(sdk, store, conn):
+    publish_ranking(store)
+    status = build_status(sdk, ledger_of(snapshot()), store=store, redis_conn=conn, target=0.95)
+    assert status["budget"] == {"total": BUDGET, "spent": 3, "committed": 1, "remaining": 6, "exhausted": False}
+    assert (status["tasks"]["settled"], status["tasks"]["labels_changed"]) == (2, 1)
+    estimate = status["estimate"]
+    assert math.isclose(estimate["accuracy"], round(expected()["accuracy"], 4))
+    assert math.isclose(estimate["accuracy_before"], round(expected()["before"], 4))
+    assert estimate["reannotations_per_correction"] == 3.0
+    assert estimate["forecast_spend"] == expected()["forecast"]
+    assert estimate["suggested_budget"] == expected()["suggested"]
+    assert status["model"]["version"] == store.current_version(PROJECT) and status["model"]["selector"] == "linear"
+    assert set(status["jobs"]["queues"]) == {q.FAST_QUEUE, q.TRAIN_QUEUE}
+    assert status["queue"][0]["url"] == f"{LS_URL}/projects/{PROJECT}/data?task=13"
+    json.dumps(status)  # plain JSON data all the way down
+
+
+def test_estimate_before_any_correction_suggests_the_least_cost(sdk, store):
+    publish_ranking(store)
+    untouched = snapshot()
+    for task in untouched.tasks:
+        task.annotations[:] = task.annotations[:1]
+        task.overlap = 1
+    untouched.counts[:] = untouched.initial_counts
+    estimate = build_status(sdk, ledger_of(untouched), store=store)["estimate"]
+    assert estimate["accuracy"] == estimate["accuracy_before"]
+    assert estimate["forecast_spend"] is None  # no correction seen yet: no cost to extrapolate
+    assert estimate["suggested_budget"] == math.ceil(sum(1 - p for p in P_INITIAL) * 2)
+
+
+def test_dashboard_shows_the_key_numbers_and_links(served, store):
+    publish_ranking(store)
+    response = served.get(f"/dashboard?project={PROJECT}")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert text_of(html, "budget-total") == str(BUDGET)
+    assert text_of(html, "budget-spent") == "3"
+    assert text_of(html, "budget-committed") == "1"
+    assert text_of(html, "budget-remaining") == "6"
+    assert text_of(html, "labels-changed") == "1"
+    assert text_of(html, "tasks-settled") == "2"
+    assert text_of(html, "accuracy") == f"{100 * expected()['accuracy']:.1f}%"
+    assert text_of(html, "forecast") == str(expected()["forecast"])
+    assert text_of(html, "suggested-budget") == str(expected()["suggested"])
+    assert f"alc connect --project {PROJECT} --budget {expected()['suggested']}" in html
+    assert html.count("<svg") == 3  # burn-down, corrected vs spend, accuracy
+    assert f'href="{LS_URL}/projects/{PROJECT}/data?task=13"' in html  # the queue links into Label Studio
+    assert f'href="{LS_URL}/projects/{PROJECT}/data?task=11"' in html  # so do the recent changes
+    assert "bob@example.com" in html and "alc-fast" in html
+
+
+def test_api_status_is_the_same_as_json(served, store):
+    publish_ranking(store)
+    status = served.get(f"/api/status?project={PROJECT}&target=0.9").json
+    assert status["budget"]["spent"] == 3 and status["estimate"]["target"] == 0.9
+    assert [c["task_id"] for c in status["recent_changes"]] == [11]
+
+
+def test_without_a_model_the_page_says_so(served):
+    response = served.get(f"/dashboard?project={PROJECT}")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "No accuracy estimate: no trained model yet" in html
+    assert text_of(html, "accuracy") == "-" and text_of(html, "budget-spent") == "3"
+
+
+@pytest.mark.parametrize("query, code, message", [
+    ("project=abc", 400, "positive integer"),
+    ("project=7&target=2", 400, "between 0 and 1"),
+    ("project=99", 404, "project 99 does not exist"),
+    ("", 400, "which project?"),
+])
+def test_bad_requests_get_a_clear_page_and_json(served, query, code, message):
+    page = served.get(f"/dashboard?{query}")
+    assert page.status_code == code and message in page.get_data(as_text=True)
+    api = served.get(f"/api/status?{query}")
+    assert api.status_code == code and message in api.json["error"]
+
+
+def test_label_studio_down_or_not_configured_is_said_not_a_500(settings, monkeypatch):
+    def down(*args, **kwargs):
+        raise LabelStudioUnavailable("Label Studio did not answer GET http://127.0.0.1:9/api/current-user/whoami")
+
+    monkeypatch.setattr(dashboard, "connect", down)
+    page = create_app(settings).test_client().get(f"/dashboard?project={PROJECT}")
+    assert page.status_code == 502 and "Label Studio could not be read" in page.get_data(as_text=True)
+    unconfigured = settings.model_copy(update={"label_studio_url": None})
+    api = create_app(unconfigured).test_client().get(f"/api/status?project={PROJECT}")
+    assert api.status_code == 503 and "LABEL_STUDIO_URL" in api.json["error"]
+
+
+def test_label_studio_really_down(settings):
+    dead = settings.model_copy(update={"label_studio_url": "http://127.0.0.1:9"})  # nothing listens on port 9
+    page = create_app(dead).test_client().get(f"/dashboard?project={PROJECT}")
+    assert page.status_code == 502 and "127.0.0.1:9" in page.get_data(as_text=True)
+
+
+def failing_job() -> None:
+    raise RuntimeError("the selector ran out of memory")
+
+
+def test_alc_status_prints_the_tables_and_the_failed_jobs(settings, store, sdk, conn, monkeypatch):
+    publish_ranking(store)
+    Queue(q.TRAIN_QUEUE, connection=conn).enqueue(failing_job, description="retrain project 7")
+    SimpleWorker([Queue(q.TRAIN_QUEUE, connection=conn)], connection=conn).work(burst=True)
+    monkeypatch.setattr(status_command, "load_settings", lambda: settings)
+    monkeypatch.setattr(status_command, "connect", lambda *a, **k: sdk)
+    monkeypatch.setattr(status_command, "reconcile", lambda *a, **k: ledger_of(snapshot()))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["status", "--project", str(PROJECT)], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for needle in ("pets", "spent", "3", "remaining", "6", "labels corrected", f"{100 * expected()['accuracy']:.1f}%",
+                   "task 13", "retrain project 7", "ran out of memory", "bob@example.com"):
+        assert needle in out, needle
+    as_json = runner.invoke(cli, ["status", "--project", str(PROJECT), "--json"])
+    assert as_json.exit_code == 0
+    data = json.loads(as_json.output)
+    assert data["budget"]["remaining"] == 6 and data["jobs"]["failed_jobs"][0]["description"] == "retrain project 7"
+
+
+def test_alc_status_without_label_studio_fails_clearly(settings, monkeypatch):
+    monkeypatch.setattr(status_command, "load_settings", lambda: settings.model_copy(update={"label_studio_url": None}))
+    result = CliRunner().invoke(cli, ["status", "--project", str(PROJECT)])
+    assert result.exit_code == 2 and "LABEL_STUDIO_URL" in result.output
