@@ -79,8 +79,8 @@ def store(settings) -> ModelStore:
 
 
 @pytest.fixture
-def served(settings, store, sdk, monkeypatch):
-    """The app whose status is built from the hand-made snapshot (what collect_status would read)."""
+def served(settings, store, sdk, conn, monkeypatch):
+    """The app (on an empty Redis) whose status is built from the hand-made snapshot (what collect_status would read)."""
     def fake_collect(client, project_id, settings_, store=None, redis_conn=None, target=0.95):
         if project_id != PROJECT:
             raise UnknownProject(f"project {project_id} does not exist in Label Studio at {LS_URL}")
