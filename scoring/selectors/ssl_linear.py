@@ -29,7 +29,7 @@ from torch import nn
 
 from scoring.augment import Normalise, byol_views, to_tensor
 from scoring.checkpoints import load_checkpoint, save_checkpoint, state_hash
-from scoring.device import autocast, prepare_model, seed_everything
+from scoring.device import autocast, prepare_model, seed_everything, torch_threads
 from scoring.embeddings import EmbeddingCache, images_hash
 from scoring.models import MLP, build_encoder
 from scoring.selectors.learned import LearnedSelector, softmax_probs
@@ -236,14 +236,19 @@ class SSLLinearSelector(LearnedSelector):
         return soft_cross_entropy(logits, targets, self.label_smoothing) + self.logit_penalty * clipped.pow(2).mean()
 
     def _fit_head(self, head: nn.Linear, features: np.ndarray, targets: np.ndarray, steps: int) -> nn.Linear:
-        """Full-batch AdamW on the frozen embeddings (on CPU: the head is tiny)."""
+        """Full-batch AdamW on the frozen embeddings, on the CPU with one thread.
+
+        The head's operations are tiny: with several threads each step waits on thread wake-ups,
+        which on a busy shared CPU made a 500-step fit take minutes instead of about a second.
+        """
         x, y = torch.from_numpy(features), torch.from_numpy(targets)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=self.head_lr, weight_decay=self.head_weight_decay)
-        for _ in range(steps):
-            loss = self._head_loss(head(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        with torch_threads(1):
+            optimizer = torch.optim.AdamW(head.parameters(), lr=self.head_lr, weight_decay=self.head_weight_decay)
+            for _ in range(steps):
+                loss = self._head_loss(head(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
         return head
 
     def _train_member(self, features: np.ndarray, targets: np.ndarray, seed: int) -> nn.Linear:
@@ -255,7 +260,8 @@ class SSLLinearSelector(LearnedSelector):
 
     @torch.no_grad()
     def _member_probs(self, head: nn.Linear, features: np.ndarray) -> np.ndarray:
-        return softmax_probs(head(torch.from_numpy(features)))
+        with torch_threads(1):
+            return softmax_probs(head(torch.from_numpy(features)))
 
     def _member_state(self, head: nn.Linear) -> dict[str, Any]:
         return {k: v.detach().clone() for k, v in head.state_dict().items()}
