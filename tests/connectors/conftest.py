@@ -102,11 +102,22 @@ class FakeLabelStudio:
                 task = self.tasks[int(p["task"])]
                 task["predictions"].append({**p, "id": self._id(), "created_at": f"2026-01-02T00:00:{self.next_id % 60:02d}Z"})
             return httpx.Response(201, json={"created": len(body)})
+        if m := re.fullmatch(r"/api/projects/(\d+)/export", path):  # the JSON export leaves out overlap
+            rows = self._project_tasks(int(m.group(1)))
+            hidden = ("overlap", "is_labeled")
+            return httpx.Response(200, json=[
+                {**{k: v for k, v in self._task_json(t).items() if k not in hidden},
+                 "predictions": [p["id"] for p in t["predictions"]]}  # ids only, as Label Studio exports them
+                for t in rows])
         if path == "/api/tasks" and method == "GET":
             page, size = int(params.get("page", 1)), int(params.get("page_size", 100))
-            rows = sorted((t for t in self.tasks.values() if t["project"] == int(params["project"])), key=lambda t: t["id"])
+            rows = self._project_tasks(int(params["project"]))
             chunk = rows[(page - 1) * size: page * size]
-            return httpx.Response(200, json={"tasks": [self._task_json(t) for t in chunk], "total": len(rows)})
+            if page > 1 and not chunk:
+                return httpx.Response(404, json={"detail": "Invalid page."})
+            keep = params["include"].split(",") if "include" in params else None
+            items = [{k: v for k, v in self._task_json(t).items() if keep is None or k in keep} for t in chunk]
+            return httpx.Response(200, json={"tasks": items, "total": len(rows)})
         if m := re.fullmatch(r"/api/tasks/(\d+)", path):
             task = self.tasks.get(int(m.group(1)))
             if task is None:
@@ -115,6 +126,9 @@ class FakeLabelStudio:
                 task.update({k: v for k, v in body.items() if k in ("overlap", "is_labeled")})
             return httpx.Response(200, json=self._task_json(task))
         return httpx.Response(404, json={"detail": f"fake has no {method} {path}"})
+
+    def _project_tasks(self, project: int) -> list[dict]:
+        return sorted((t for t in self.tasks.values() if t["project"] == project), key=lambda t: t["id"])
 
     def _task_json(self, task: dict) -> dict:
         return {**task, "total_annotations": self.n_annotations(task["id"])}

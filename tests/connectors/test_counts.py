@@ -80,3 +80,16 @@ def test_state_line_round_trip_and_errors():
     assert parse_state("no state here") == ProjectState()
     with pytest.raises(ProjectConfigError, match="alc-state"):
         parse_state('alc-state: {"budget": "many"}')
+
+
+def test_a_task_imported_after_connect_brings_its_initial_label(fake, client_of):
+    pid = fake.add_project()
+    old = fake.add_task(pid, {"image": "a"}, ["cat"])
+    baseline = max(a["id"] for t in fake.tasks.values() for a in t["annotations"])
+    fake.projects[pid]["description"] = with_state("", ProjectState(budget=3, baseline_annotation_id=baseline))
+    new = fake.add_task(pid, {"image": "b"}, ["dog"])  # imported later, with its label
+    fake.annotate(new, "cat", by=2)
+    fake.annotate(old, "cat", by=2)
+    snap = read_project(client_of(fake), pid)
+    assert snap.initial_counts.tolist() == [[1, 0, 0], [0, 1, 0]]
+    assert [snap.task(old).reannotations, snap.task(new).reannotations] == [1, 1]

@@ -70,11 +70,14 @@ def test_connect_sets_the_project_up_and_initial_labels_are_read_back(label_stud
     assert (state.budget, state.window) == (7, 4)
     assert any((v.data or {}).get("title") == "Cleaning queue" for v in client.views.list(project=pid))
 
+    # a skipped annotation (made after connect) counts nowhere, in Label Studio's overlap or ours
+    client.annotations.create(id=ids[0], result=[], was_cancelled=True)
     snapshot = read_project(client, pid)
+    assert snapshot.task(ids[0]).annotations[-1].cancelled and snapshot.task(ids[0]).n_annotations == 1
     assert snapshot.task_ids == ids and snapshot.class_names == CLASSES
     assert [CLASSES[row.argmax()] for row in snapshot.initial_counts] == initial
     assert snapshot.counts.sum() == 5 and all(t.reannotations == 0 for t in snapshot.tasks)
-    assert state.baseline_annotation_id == max(a.id for t in snapshot.tasks for a in t.annotations)
+    assert state.baseline_annotation_id == max(a.id for t in snapshot.tasks for a in t.annotations if a.initial)
 
     # connecting again keeps the baseline and does not duplicate the tab
     assert alc(label_studio, "connect", "--project", str(pid)).returncode == 0
