@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from label_studio_sdk import LabelStudio
@@ -174,15 +174,19 @@ def parse_source(source: str) -> tuple[str, str | None]:
 
 
 def read_project(
-    client: LabelStudio, project_id: int, initial_label_source: str = "annotations", page_size: int = PAGE_SIZE
+    client: LabelStudio, project_id: int, initial_label_source: str = "annotations", page_size: int = PAGE_SIZE,
+    task_ids: Sequence[int] | None = None,
 ) -> ProjectSnapshot:
-    """Every task with its annotations and predictions (paged, ``page_size`` tasks a request) into counts."""
+    """Every task (or only ``task_ids``, one request each) with its annotations and predictions, into counts."""
     kind, arg = parse_source(initial_label_source)
     project = get_project(client, project_id)
     from_name, class_names = choices_tag(project.label_config or "")
     state = parse_state(project.description)
     users = _user_emails(client)
-    raw_tasks = read_tasks(client, project_id, page_size)
+    if task_ids is None:
+        raw_tasks = read_tasks(client, project_id, page_size)
+    else:
+        raw_tasks = sorted((_plain(client.tasks.get(str(int(t)))) for t in task_ids), key=lambda t: int(t["id"]))
 
     problems: list[str] = []
     index = {name: c for c, name in enumerate(class_names)}

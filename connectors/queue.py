@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 from label_studio_sdk import LabelStudio
 
-from connectors.counts import ProjectSnapshot, read_project
+from connectors.counts import ProjectSnapshot, TaskRecord, read_project
 from connectors.ledger import Budget, budget_of, settled_mask
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,17 @@ def on_annotation(
 ) -> dict:
     """After an annotation on ``task_id``: settled (strict majority) or at the cap -> closed; else one more slot.
 
-    One more slot is opened only when the budget can pay for it; when the budget is spent every open
-    task is closed. Everything is judged on a fresh read of the project, so a retry is harmless.
+    A settled or capped task is decided on a fresh read of that task alone (closing never spends). Otherwise
+    the whole project is read: one more slot is opened only when the budget can pay for it, and when the
+    budget is spent every open task is closed. Values are absolute, so a retry is harmless.
     """
+    one = read_project(client, project_id, initial_label_source, task_ids=[task_id])
+    task = one.tasks[0]
+    count = task.n_annotations
+    settled = bool(settled_mask(one)[0])
+    outcome = {"task_id": int(task_id), "annotations": count, "counts": one.counts[0].tolist()}
+    if settled or count >= max_annotations:  # the common case, decided on this task alone: closing spends nothing
+        return {**outcome, "action": _close(client, task, settled, max_annotations)}
     snap = read_project(client, project_id, initial_label_source)
     row = snap.row(task_id)
     task = snap.tasks[row]
@@ -161,12 +169,10 @@ def on_annotation(
         _set_overlaps(client, to_close)
         return {**outcome, "action": "budget spent: window closed", "closed": sorted(to_close),
                 "budget": Budget(state.total, state.spent, 0).as_dict()}
-    if settled or count >= max_annotations:
-        if task.overlap != count:
-            _set_overlaps(client, {task.id: (count, count)})
+    if settled or count >= max_annotations:  # another annotation arrived in between
         committed = state.committed - task.open_slots
-        action = "settled" if settled else f"closed at the cap of {max_annotations} annotations"
-        return {**outcome, "action": action, "budget": Budget(state.total, state.spent, committed).as_dict()}
+        return {**outcome, "action": _close(client, task, settled, max_annotations),
+                "budget": Budget(state.total, state.spent, committed).as_dict()}
     if task.reannotations == 0:
         return {**outcome, "action": "not in cleaning (no re-annotation yet)", "budget": state.as_dict()}
     if task.open_slots > 0:
@@ -176,6 +182,12 @@ def on_annotation(
     _set_overlaps(client, {task.id: (count + 1, count)})
     return {**outcome, "action": "no majority: one more opinion asked",
             "budget": Budget(state.total, state.spent, state.committed + 1).as_dict()}
+
+
+def _close(client: LabelStudio, task: TaskRecord, settled: bool, max_annotations: int) -> str:
+    if task.overlap != task.n_annotations:
+        _set_overlaps(client, {task.id: (task.n_annotations, task.n_annotations)})
+    return "settled" if settled else f"closed at the cap of {max_annotations} annotations"
 
 
 def _ranking(task_ids, scores, priorities, noisiness, ambiguity) -> dict[int, dict]:
