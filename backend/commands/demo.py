@@ -70,15 +70,16 @@ def demo(
             backend_url = services.start_backend(port or free_port(), env)
             services.start_worker(env)
             console.print(f"[bold]Label Studio[/] {ls.url}  user [bold]{ls.email}[/]  password [bold]{ls.password}[/]")
-            console.print(f"[bold]Dashboard[/]    {backend_url}/dashboard")
             up_seconds = time.monotonic() - started
             console.print(f"services up in {up_seconds:.0f} s; logs in {services.home / 'logs'}; Ctrl-C stops everything")
             run = DemoRun(config, ls.url, ls.token, backend_url, env, console)
             project = run.setup()
+            dashboard = f"{backend_url}/dashboard?project={project.id}"
             console.print(f"cleaning queue open: {ls.url}/projects/{project.id}/data  "
                           f"(annotate with 'Label All Tasks')")
+            console.print(f"[bold]Dashboard[/]    {dashboard}")
             if not headless:
-                webbrowser.open(f"{backend_url}/dashboard")
+                webbrowser.open(dashboard)
             if simulate_annotators:
                 run.start_annotators()
             run.watch(exit_when_done, services.check_alive, timeout)

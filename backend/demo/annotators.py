@@ -188,8 +188,8 @@ class SimulatedAnnotator:
             raise AnnotatorError(f"task {task.get('id')} has no valid data.demo_id: not a demo task, no truth to draw from")
         return self.class_names[self.rng.choice(len(self.class_names), p=self.true_distribution[int(demo_id)])]
 
-    def run(self, stop: threading.Event, idle_timeout: float = 20.0, poll: float = 0.5) -> None:
-        """Work until stopped, capped, or the stream stayed empty for ``idle_timeout`` seconds."""
+    def run(self, stop: threading.Event, idle_timeout: float | None = 20.0, poll: float = 0.5) -> None:
+        """Work until stopped, capped, or the stream stayed empty for ``idle_timeout`` seconds (None: never)."""
         idle_since: float | None = None
         while not stop.is_set():
             if self.step(stop):
@@ -198,7 +198,7 @@ class SimulatedAnnotator:
             if self.budget.limit is not None and self.budget.used >= self.budget.limit:
                 return
             idle_since = idle_since or time.monotonic()
-            if time.monotonic() - idle_since >= idle_timeout:
+            if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
                 log.info("%s: stream empty for %.0f s, stopping", self.name, idle_timeout)
                 return
             stop.wait(poll)
@@ -233,7 +233,7 @@ class AnnotatorPool:
             annotator.stream.sign_in()
         return self
 
-    def start(self, idle_timeout: float = 20.0, on_error: Callable[[BaseException], None] | None = None) -> "AnnotatorPool":
+    def start(self, idle_timeout: float | None = 20.0, on_error: Callable[[BaseException], None] | None = None) -> "AnnotatorPool":
         def work(annotator: SimulatedAnnotator) -> None:
             try:
                 annotator.run(self.stop_event, idle_timeout)

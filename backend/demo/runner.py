@@ -52,7 +52,7 @@ class DemoConfig:
     max_annotations_per_task: int = 5
     annotators: int = 0
     pace: float = 2.0
-    idle_timeout: float = 30.0  # annotators stop after the stream stayed empty this long
+    idle_timeout: float = 60.0  # done when nothing was served this long and the backend's queues were idle
     first_model_timeout: float = 300.0
     title: str | None = None
 
@@ -85,6 +85,8 @@ class DemoRun:
 
     def __init__(self, config: DemoConfig, ls_url: str, ls_token: str, backend_url: str, backend_env: dict[str, str],
                  console: Console | None = None) -> None:
+        self.redis_url = backend_env.get("REDIS_URL")
+        self._redis = None
         self.config = config
         self.ls_url = ls_url.rstrip("/")
         self.ls_token = ls_token
@@ -147,7 +149,7 @@ class DemoRun:
         cfg = self.config
         self.pool = AnnotatorPool(self.ls_url, self.project.id, self.dataset.true_distribution,
                                   self.dataset.class_names, n=cfg.annotators, pace=cfg.pace, seed=cfg.seed)
-        self.pool.sign_in().start(idle_timeout=cfg.idle_timeout)
+        self.pool.sign_in().start(idle_timeout=None)  # watch() decides when the queue has nothing left
         return self.pool
 
     def spent(self) -> int:
@@ -156,9 +158,12 @@ class DemoRun:
         return int(project.total_annotations_number or 0) - self.dataset.n_tasks
 
     def watch(self, exit_when_done: bool, check_alive=lambda: None, timeout: float | None = None) -> None:
-        """Show the budget burning down until done (budget spent and annotators idle) or Ctrl-C."""
+        """Show the budget burning down. With ``exit_when_done``, return once the budget is spent, or once
+        the simulated annotators found nothing to do for ``idle_timeout`` seconds while the backend's
+        queues were idle too (the queue cannot spend more: every task settled or capped)."""
         cfg = self.config
         deadline = None if timeout is None else time.monotonic() + timeout
+        last_activity, seen = time.monotonic(), 0
         columns = [TextColumn("[bold]budget"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                    TimeElapsedColumn()]
         with Progress(*columns, console=self.console, transient=False) as progress:
@@ -168,14 +173,34 @@ class DemoRun:
                 spent = self.spent()
                 version = self.poll_model_version()
                 progress.update(bar, completed=min(spent, cfg.budget), description=f"model {version}")
-                annotators_done = self.pool is not None and not self.pool.running
-                if self.pool is not None and self.pool.errors:
-                    raise RuntimeError(f"a simulated annotator failed: {self.pool.errors[0]}")
-                if exit_when_done and (annotators_done or (self.pool is None and spent >= cfg.budget)):
+                if self.pool is not None:
+                    if self.pool.errors:
+                        raise RuntimeError(f"a simulated annotator failed: {self.pool.errors[0]}")
+                    if spent >= cfg.budget:
+                        self.pool.stop()  # nothing is left to serve; in-flight submissions finish
+                    if len(self.pool.submitted) > seen or self.busy():
+                        last_activity, seen = time.monotonic(), len(self.pool.submitted)
+                    elif time.monotonic() - last_activity > cfg.idle_timeout:
+                        self.console.print(f"nothing served for {cfg.idle_timeout:.0f} s and the queues are idle")
+                        self.pool.stop()
+                if exit_when_done and (spent >= cfg.budget or (self.pool is not None and not self.pool.running)):
                     return
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"the demo did not finish within {timeout:.0f} s ({spent} of {cfg.budget} spent)")
                 time.sleep(1.0)
+
+    def busy(self) -> bool:
+        """Whether the backend's rq queues hold work (queued, running or scheduled jobs)."""
+        if self.redis_url is None:
+            return False
+        from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+
+        from backend import queue as q
+
+        if self._redis is None:
+            self._redis = q.connect(self.redis_url)
+        return any(queue.count or StartedJobRegistry(queue=queue).count or ScheduledJobRegistry(queue=queue).count
+                   for queue in q.queues(self._redis).values())
 
     def stop_annotators(self) -> None:
         if self.pool is not None:
