@@ -10,6 +10,9 @@ the page, never answered with a bare 500.
 from __future__ import annotations
 
 import io
+import threading
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,6 +31,7 @@ from connectors.errors import ConnectorError, UnknownProject
 bp = Blueprint("dashboard", __name__, template_folder="templates")
 
 QUEUE_ROWS = 50  # the page lists the first ones; /api/status has them all
+CACHE_SECONDS = 10.0  # a read of a 1,000-task project takes seconds: reloads and several viewers share one
 BLUE, ORANGE, GREEN, GREY = "#2563eb", "#ea580c", "#16a34a", "#9ca3af"
 
 
@@ -61,14 +65,40 @@ def _target() -> float:
     return target
 
 
+@dataclass
+class _StatusCache:
+    """The last status per (project, target) for CACHE_SECONDS, one read at a time per key; errors are not kept."""
+
+    entries: dict[tuple[int, float], tuple[float, dict]] = field(default_factory=dict)
+    locks: dict[tuple[int, float], threading.Lock] = field(default_factory=dict)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, key: tuple[int, float], build) -> dict:
+        with self.guard:
+            lock = self.locks.setdefault(key, threading.Lock())
+        with lock:
+            hit = self.entries.get(key)
+            if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+                return hit[1]
+            status = build()
+            self.entries[key] = (time.monotonic(), status)
+            return status
+
+
 def _status() -> dict:
     app_state = current_app.extensions["alc"]
     settings = app_state.settings
     project_id = _project_id(app_state)
     target = _target()
     url, key = settings.require_label_studio()
-    client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
-    return collect_status(client, project_id, settings, store=app_state.store, redis_conn=app_state.redis, target=target)
+
+    def build() -> dict:
+        client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
+        return collect_status(client, project_id, settings, store=app_state.store, redis_conn=app_state.redis,
+                              target=target)
+
+    cache = current_app.extensions.setdefault("alc_status_cache", _StatusCache())
+    return cache.get((project_id, target), build)
 
 
 def _error(exc: Exception) -> tuple[str, int]:
@@ -96,8 +126,8 @@ def api_status():
 
 @bp.get("/dashboard")
 def dashboard():
-    refresh = request.args.get("refresh", "15")
-    refresh = int(refresh) if refresh.isdigit() else 15
+    refresh = request.args.get("refresh", "30")
+    refresh = max(int(refresh), 5) if refresh.isdigit() else 30
     try:
         status = _status()
     except Exception as exc:

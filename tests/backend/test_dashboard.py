@@ -162,6 +162,18 @@ def test_api_status_is_the_same_as_json(served, store):
     assert [c["task_id"] for c in status["recent_changes"]] == [11]
 
 
+def test_reloads_share_one_read_of_label_studio(served, monkeypatch):
+    reads = []
+    real = dashboard.collect_status
+    monkeypatch.setattr(dashboard, "collect_status", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
+    for _ in range(3):
+        assert served.get(f"/dashboard?project={PROJECT}").status_code == 200
+    assert served.get(f"/api/status?project={PROJECT}").json["budget"]["spent"] == 3
+    assert reads == [PROJECT]  # within CACHE_SECONDS the page and the JSON reuse the first read
+    served.get(f"/api/status?project={PROJECT}&target=0.9")
+    assert reads == [PROJECT, PROJECT]  # another target is another status
+
+
 def test_without_a_model_the_page_says_so(served):
     response = served.get(f"/dashboard?project={PROJECT}")
     assert response.status_code == 200
