@@ -241,3 +241,19 @@ def test_alc_status_without_label_studio_fails_clearly(settings, monkeypatch):
     monkeypatch.setattr(status_command, "load_settings", lambda: settings.model_copy(update={"label_studio_url": None}))
     result = CliRunner().invoke(cli, ["status", "--project", str(PROJECT)])
     assert result.exit_code == 2 and "LABEL_STUDIO_URL" in result.output
+
+
+def test_alc_status_without_a_project_shows_the_jobs_and_never_starts_redis(settings, tmp_path, monkeypatch):
+    alone = settings.model_copy(update={"redis_url": None, "data_home": tmp_path / "nothing-runs-here"})
+    monkeypatch.setattr(status_command, "load_settings", lambda: alone)
+    result = CliRunner().invoke(cli, ["status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "no Redis: REDIS_URL is not set" in result.output
+    assert not (tmp_path / "nothing-runs-here" / "redis").exists()
+
+
+def test_alc_status_without_a_project_lists_queues_and_projects(settings, conn, monkeypatch):
+    conn.sadd(q.PROJECTS_KEY, 3, 7)
+    monkeypatch.setattr(status_command, "load_settings", lambda: settings)
+    result = CliRunner().invoke(cli, ["status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "alc-train" in result.output and "Projects that sent webhooks here: 3, 7" in result.output
