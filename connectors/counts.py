@@ -71,6 +71,7 @@ class TaskRecord:
     annotations: list[AnnotationRecord]
     predictions: list[PredictionRecord]
     initial_label: str | None  # the majority of the initial label(s); None when there is none or a tie
+    has_initial: bool = True  # False: no label yet (plain labelling work, not cleaning: never in the budget)
 
     @property
     def n_annotations(self) -> int:
@@ -88,8 +89,9 @@ class TaskRecord:
 
     @property
     def open_slots(self) -> int:
-        """Annotations Label Studio will still ask for (overlap above the count): committed budget."""
-        return max(0, self.overlap - self.n_annotations)
+        """Re-annotations Label Studio will still ask for (overlap above the count): committed budget.
+        A task without a label yet has none: its first annotation is its initial label, not a re-annotation."""
+        return max(0, self.overlap - self.n_annotations) if self.has_initial else 0
 
     def prediction(self, model_version: str | None) -> PredictionRecord | None:
         """The task's latest prediction of ``model_version``."""
@@ -213,8 +215,9 @@ def read_project(
                 counts[i, index[label]] += 1
                 initial_counts[i, index[label]] += 1
         initial_label = _majority_name(initial_counts[i], class_names)
+        has_initial = bool(initial_counts[i].sum() > 0 or any(a.initial and not a.cancelled for a in annotations))
         tasks.append(TaskRecord(task_id, raw.get("data") or {}, int(raw.get("overlap") or 0), annotations,
-                                predictions, initial_label))
+                                predictions, initial_label, has_initial))
     return ProjectSnapshot(
         project_id=int(project_id),
         title=project.title or "",

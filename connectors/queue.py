@@ -115,16 +115,17 @@ def push_window(
     free = max(0, int(window) - len(keep))
     affordable = after_close.affordable()
     candidates = sorted(
-        (tid for tid in ranked if tid in snap and tid not in done and snap.task(tid).open_slots == 0),
+        (tid for tid in ranked if tid in snap and tid not in done and snap.task(tid).has_initial
+         and snap.task(tid).open_slots == 0),
         key=lambda tid: (ranked[tid]["score"], -(ranked[tid].get("priority") or 0.0), tid),
     )
     opened = candidates[: int(min(free, affordable))]
 
     result = PushResult(model_version=model_version, kept=sorted(keep), closed=sorted(close))
-    _set_overlaps(client, {tid: (int(n[snap.row(tid)]),) * 2 for tid in close})
+    set_overlaps(client, {tid: (int(n[snap.row(tid)]),) * 2 for tid in close})
     window_ids = keep + opened
     result.predictions = _import_predictions(client, snap, window_ids, ranked, model_version)
-    _set_overlaps(client, {tid: (int(n[snap.row(tid)]) + 1, int(n[snap.row(tid)])) for tid in opened})
+    set_overlaps(client, {tid: (int(n[snap.row(tid)]) + 1, int(n[snap.row(tid)])) for tid in opened})
     result.opened = sorted(opened)
     if window_ids and snap.model_version != model_version:
         client.projects.update(int(project_id), model_version=model_version)
@@ -166,7 +167,7 @@ def on_annotation(
     outcome = {"task_id": int(task_id), "annotations": count, "counts": snap.counts[row].tolist()}
     if state.exhausted:
         to_close = {t.id: (t.n_annotations, t.n_annotations) for t in snap.tasks if t.open_slots > 0}
-        _set_overlaps(client, to_close)
+        set_overlaps(client, to_close)
         return {**outcome, "action": "budget spent: window closed", "closed": sorted(to_close),
                 "budget": Budget(state.total, state.spent, 0).as_dict()}
     if settled or count >= max_annotations:  # another annotation arrived in between
@@ -179,14 +180,14 @@ def on_annotation(
         return {**outcome, "action": "waiting for an open slot", "budget": state.as_dict()}
     if state.affordable() < 1:
         return {**outcome, "action": "no majority, but the budget is committed: not reopened", "budget": state.as_dict()}
-    _set_overlaps(client, {task.id: (count + 1, count)})
+    set_overlaps(client, {task.id: (count + 1, count)})
     return {**outcome, "action": "no majority: one more opinion asked",
             "budget": Budget(state.total, state.spent, state.committed + 1).as_dict()}
 
 
 def _close(client: LabelStudio, task: TaskRecord, settled: bool, max_annotations: int) -> str:
     if task.overlap != task.n_annotations:
-        _set_overlaps(client, {task.id: (task.n_annotations, task.n_annotations)})
+        set_overlaps(client, {task.id: (task.n_annotations, task.n_annotations)})
     return "settled" if settled else f"closed at the cap of {max_annotations} annotations"
 
 
@@ -240,7 +241,7 @@ def _to_name(snap: ProjectSnapshot) -> str:
     return control.to_name[0] if control.to_name else ""
 
 
-def _set_overlaps(client: LabelStudio, overlaps: dict[int, tuple[int, int]]) -> None:
+def set_overlaps(client: LabelStudio, overlaps: dict[int, tuple[int, int]]) -> None:
     """Task id -> (new overlap, its annotation count). ``is_labeled`` is set to match: Label Studio does not
     recompute it when a task's overlap is updated (measured on 1.23.2), and its stream filters on it."""
     if not overlaps:

@@ -16,6 +16,7 @@ from label_studio_sdk import LabelStudio
 
 from connectors.client import get_project
 from connectors.counts import _plain, choices_tag, read_project
+from connectors.queue import set_overlaps
 from connectors.state import parse_state, write_state
 
 TAB_TITLE = "Cleaning queue"
@@ -52,6 +53,11 @@ def configure_project(
         state = replace(state, baseline_annotation_id=max(ids, default=0),
                         connected_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         report["baseline"] = f"{len(ids)} existing annotation(s) are initial labels (ids <= {state.baseline_annotation_id})"
+        # from now on the queue decides which labelled tasks are open: close those opened before (an
+        # overlap above the annotation count, e.g. from an earlier 'maximum annotations' setting)
+        stray = {t.id: (t.n_annotations, t.n_annotations) for t in snapshot.tasks if t.open_slots > 0}
+        set_overlaps(client, stray)
+        report["closed"] = f"{len(stray)} labelled task(s) that were open outside the queue"
     else:
         report["baseline"] = f"kept: annotations with ids <= {state.baseline_annotation_id} are initial labels"
     if budget is not None:

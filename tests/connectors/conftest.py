@@ -31,6 +31,7 @@ class FakeLabelStudio:
     tasks: dict[int, dict] = field(default_factory=dict)
     users: dict[int, str] = field(default_factory=lambda: {1: "admin@example.com"})
     calls: list[tuple[str, str]] = field(default_factory=list)
+    views: list[dict] = field(default_factory=list)
     fail_after: dict[tuple[str, str], int] = field(default_factory=dict)
     next_id: int = 1
 
@@ -109,6 +110,11 @@ class FakeLabelStudio:
                 {**{k: v for k, v in self._task_json(t).items() if k not in hidden},
                  "predictions": [p["id"] for p in t["predictions"]]}  # ids only, as Label Studio exports them
                 for t in rows])
+        if path == "/api/dm/views":
+            if method == "POST":
+                self.views.append({"id": len(self.views) + 1, **body})
+                return httpx.Response(201, json=self.views[-1])
+            return httpx.Response(200, json=[v for v in self.views if v["project"] == int(params["project"])])
         if path == "/api/tasks" and method == "GET":
             page, size = int(params.get("page", 1)), int(params.get("page_size", 100))
             rows = self._project_tasks(int(params["project"]))

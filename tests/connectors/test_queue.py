@@ -129,3 +129,38 @@ def test_open_tasks_stay_open_across_a_re_rank(fake, client_of):
     result = push_window(client, pid, task_ids=ids, scores=reversed_scores, model_version="m2", window=3)
     assert result.kept == sorted(ids[-2:]) and result.opened == [ids[0]]
     assert all(any(p["model_version"] == "m2" for p in fake.tasks[t]["predictions"]) for t in ids[-2:] + [ids[0]])
+
+
+def test_unlabelled_tasks_are_labelling_work_not_budget(fake, client_of):
+    pid, ids = make_project(fake, n=4, budget=2)
+    blank = fake.add_task(pid, {"image": "new.png"})  # no label yet: Label Studio serves it (overlap 1)
+    client = client_of(fake)
+    result = push(client, pid, ids + [blank], window=3)
+    assert len(result.opened) == 2 and blank not in result.opened + result.closed
+    assert result.budget["committed"] == 2
+    assert fake.tasks[blank]["overlap"] == 1, "the queue leaves plain labelling alone"
+
+
+def test_connect_records_the_baseline_and_closes_tasks_open_outside_the_queue(fake, client_of):
+    from connectors.setup import configure_project
+    from connectors.state import read_state
+
+    pid = fake.add_project(description="Cats and dogs.")
+    a = fake.add_task(pid, {"image": "a"}, ["cat"])
+    b = fake.add_task(pid, {"image": "b"}, ["dog"])
+    fake.tasks[b]["overlap"] = 3  # left over from a 'maximum annotations = 3' setting
+    client = client_of(fake)
+    report = configure_project(client, pid, budget=9, window=4)
+    assert fake.tasks[b]["overlap"] == 1 and fake.tasks[b]["is_labeled"]
+    assert report["closed"].startswith("1 labelled task")
+    state = read_state(client, pid)
+    baseline = max(x["id"] for x in fake.tasks[a]["annotations"] + fake.tasks[b]["annotations"])
+    assert (state.budget, state.window, state.baseline_annotation_id) == (9, 4, baseline)
+    assert fake.projects[pid]["description"].startswith("Cats and dogs.")
+    assert fake.projects[pid]["sampling"] == "Uncertainty sampling" and fake.projects[pid]["show_overlap_first"]
+    assert [v["data"]["title"] for v in fake.views] == ["Cleaning queue"]
+
+    fake.annotate(a, "dog", by=2)
+    again = configure_project(client, pid)  # again: the baseline stays, the tab is not duplicated
+    assert read_state(client, pid).baseline_annotation_id == baseline and "kept" in again["baseline"]
+    assert len(fake.views) == 1 and read_state(client, pid).budget == 9
