@@ -102,3 +102,14 @@ def test_bad_url_and_missing_token():
         connect("localhost:8080", "x")
     with pytest.raises(LabelStudioAuthError, match="LABEL_STUDIO_API_KEY"):
         connect("http://localhost:8080", "")
+
+
+def test_connectors_never_import_torch():
+    """connectors/ runs in the web process and light workers: no torch, no scikit-learn."""
+    import subprocess
+    import sys
+
+    code = ("import sys, connectors.client, connectors.counts, connectors.queue, connectors.ledger, "
+            "connectors.export, connectors.setup; print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
