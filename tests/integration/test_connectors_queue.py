@@ -214,3 +214,26 @@ def test_budget_stops_the_queue_exactly_at_b_and_the_export_matches(label_studio
             assert row["chosen_model_version"].startswith("budget-") and row["chosen_score"] is not None
     csv_out = alc(label_studio, "export", "--project", str(pid), "--format", "csv")
     assert csv_out.returncode == 0 and csv_out.stdout.count("\n") >= len(ids) + 1
+
+
+def test_updated_and_deleted_annotations_are_honoured_by_reconcile(label_studio, client, annotators):
+    """Nothing is cached: an annotation changed or deleted in Label Studio changes counts, spend and settled."""
+    pid, ids = make_project(client, "connectors: update and delete", ["cat", "dog"])
+    assert alc(label_studio, "connect", "--project", str(pid), ALC_BUDGET="5").returncode == 0
+    push_window(client, pid, task_ids=ids, scores=[0.1, 0.2], model_version="ud-1", window=1)
+    task = annotators[2].next_task(pid)
+    assert task["id"] == ids[0]
+    created = annotators[2].submit(pid, ids[0], choice("cat"), 1.0, "2026-01-01T00:00:00Z")
+    assert on_annotation(client, pid, ids[0])["action"] == "settled"
+    ledger = reconcile(client, pid)
+    assert (ledger.budget.spent, ledger.settled.tolist(), ledger.final_labels) == (1, [True, False], ["cat", "dog"])
+
+    client.annotations.update(id=created["id"], result=choice("bird"))  # the annotator changed their mind
+    ledger = reconcile(client, pid)
+    assert ledger.snapshot.counts[0].tolist() == [1, 0, 1] and ledger.settled.tolist() == [False, False]
+    assert ledger.final_labels[0] == "cat", "a tie changes nothing"
+
+    client.annotations.delete(id=created["id"])
+    ledger = reconcile(client, pid)
+    assert ledger.budget.spent == 0 and ledger.snapshot.counts[0].tolist() == [1, 0, 0]
+    assert [row["time"] for row in ledger.timeline()] == []
