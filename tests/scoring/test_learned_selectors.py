@@ -108,3 +108,18 @@ def test_bad_input_is_refused_clearly(small, tmp_path):
         make_selector("ssl-linear", {"byol_epoch": 3})
     with pytest.raises(ValueError, match="pretrain_images"):
         build("ssl-linear", tmp_path, pretrain_images=str(tmp_path / "missing.npy")).fit(images, counts)
+
+
+def test_coteaching_training_follows_the_forget_rate_schedule(small, tmp_path, monkeypatch):
+    import scoring.selectors.coteaching as coteaching
+
+    images, counts = small
+    kept = []
+    real_split = coteaching.small_loss_split
+    monkeypatch.setattr(coteaching, "small_loss_split",
+                        lambda a, b, rate: kept.append((len(a), rate)) or real_split(a, b, rate))
+    selector = build("coteaching", tmp_path, noise_rate=0.2, epochs=3, warmup_epochs=1, ramp_epochs=2)
+    selector.fit(images, counts)
+    assert selector.forget_rates_ == pytest.approx([0.0, 0.1, 0.2])
+    assert sorted({round(rate, 6) for _, rate in kept}) == [0.0, 0.1, 0.2]  # every batch went through it
+    assert selector.members_[0].noise_rate == 0.2  # given, so not estimated
