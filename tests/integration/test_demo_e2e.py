@@ -65,9 +65,9 @@ def run_demo(order: str, label_studio, home) -> tuple[dict, DemoRun, dict]:
 
 def test_priority_order_beats_random_on_the_same_project_and_budget(label_studio, tmp_path):
     priority, run, env = run_demo("priority", label_studio, tmp_path)
+    print("\npriority:", json.dumps({k: v for k, v in priority.items() if k != "config"}), flush=True)
     random, _, _ = run_demo("random", label_studio, tmp_path)
-    print("\npriority:", json.dumps({k: v for k, v in priority.items() if k != "config"}))
-    print("random:  ", json.dumps({k: v for k, v in random.items() if k != "config"}))
+    print("random:  ", json.dumps({k: v for k, v in random.items() if k != "config"}), flush=True)
 
     # the same noisy dataset in both projects
     assert priority["initial_accuracy"] == random["initial_accuracy"]
