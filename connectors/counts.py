@@ -49,6 +49,7 @@ class AnnotationRecord:
     cancelled: bool  # skipped: counts nowhere
     initial: bool  # part of the initial label (the connect-time baseline)
     valid: bool  # counted in the label counts
+    ground_truth: bool = False  # Label Studio's star; imported annotations get it by default
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,18 @@ class TaskRecord:
         return sum(not a.cancelled for a in self.annotations)
 
     @property
+    def n_annotators(self) -> int:
+        """Distinct users behind the counted annotations: what Label Studio compares with ``overlap``
+        (a task is labelled once that many different users annotated it)."""
+        users = {a.annotator_id if a.annotator_id is not None else f"annotation {a.id}"
+                 for a in self.annotations if not a.cancelled}
+        return len(users)
+
+    @property
+    def ground_truth_ids(self) -> list[int]:
+        return [a.id for a in self.annotations if a.ground_truth and not a.cancelled]
+
+    @property
     def n_initial(self) -> int:
         return sum(a.initial and not a.cancelled for a in self.annotations)
 
@@ -89,9 +102,9 @@ class TaskRecord:
 
     @property
     def open_slots(self) -> int:
-        """Re-annotations Label Studio will still ask for (overlap above the count): committed budget.
-        A task without a label yet has none: its first annotation is its initial label, not a re-annotation."""
-        return max(0, self.overlap - self.n_annotations) if self.has_initial else 0
+        """Re-annotations Label Studio will still ask for (overlap above the annotators so far): committed
+        budget. A task without a label yet has none: its first annotation is its initial label."""
+        return max(0, self.overlap - self.n_annotators) if self.has_initial else 0
 
     def prediction(self, model_version: str | None) -> PredictionRecord | None:
         """The task's latest prediction of ``model_version``."""
@@ -300,6 +313,7 @@ def _annotations(raw: dict, from_name: str, users: dict[int, str], index: dict[s
             cancelled=cancelled,
             initial=initial,
             valid=valid,
+            ground_truth=bool(a.get("ground_truth")),
         ))
     return out
 

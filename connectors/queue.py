@@ -2,9 +2,10 @@
 
 How Label Studio 1.23.2 is steered (measured on the live server):
 
-- A labelled task re-enters the label stream when its ``overlap`` is raised above its annotation count;
-  ``overlap == annotations`` takes it out again. Opening a task = ``overlap = annotations + 1`` (one
-  slot, one more opinion); closing = ``overlap = annotations``. Values are absolute, never increments,
+- A labelled task re-enters the label stream when its ``overlap`` is raised above the number of
+  distinct users who annotated it (Label Studio's ``is_labeled`` test); ``overlap == annotators`` takes
+  it out again. Opening a task = ``overlap = annotators + 1`` (one slot, one more opinion); closing =
+  ``overlap = annotators``. Values are absolute, never increments,
   so a push or a settle that is retried after failing half-way does the same thing again, not twice.
 - 'Uncertainty sampling' serves the open task whose prediction of the project's current model_version
   has the LOWEST score. So a push imports one prediction per open task under a new model_version, its
@@ -122,10 +123,11 @@ def push_window(
     opened = candidates[: int(min(free, affordable))]
 
     result = PushResult(model_version=model_version, kept=sorted(keep), closed=sorted(close))
-    set_overlaps(client, {tid: (int(n[snap.row(tid)]),) * 2 for tid in close})
+    set_overlaps(client, {tid: (snap.task(tid).n_annotators,) * 2 for tid in close})
     window_ids = keep + opened
     result.predictions = _import_predictions(client, snap, window_ids, ranked, model_version)
-    set_overlaps(client, {tid: (int(n[snap.row(tid)]) + 1, int(n[snap.row(tid)])) for tid in opened})
+    clear_ground_truth(client, [a for tid in opened for a in snap.task(tid).ground_truth_ids])
+    set_overlaps(client, {tid: (snap.task(tid).n_annotators + 1, snap.task(tid).n_annotators) for tid in opened})
     result.opened = sorted(opened)
     if window_ids and snap.model_version != model_version:
         client.projects.update(int(project_id), model_version=model_version)
@@ -158,6 +160,8 @@ def on_annotation(
     outcome = {"task_id": int(task_id), "annotations": count, "counts": one.counts[0].tolist()}
     if settled or count >= max_annotations:  # the common case, decided on this task alone: closing spends nothing
         return {**outcome, "action": _close(client, task, settled, max_annotations)}
+    if task.reannotations == 0:
+        return {**outcome, "action": "not in cleaning (no re-annotation yet)"}
     snap = read_project(client, project_id, initial_label_source)
     row = snap.row(task_id)
     task = snap.tasks[row]
@@ -166,7 +170,7 @@ def on_annotation(
     settled = bool(settled_mask(snap)[row])
     outcome = {"task_id": int(task_id), "annotations": count, "counts": snap.counts[row].tolist()}
     if state.exhausted:
-        to_close = {t.id: (t.n_annotations, t.n_annotations) for t in snap.tasks if t.open_slots > 0}
+        to_close = {t.id: (t.n_annotators, t.n_annotators) for t in snap.tasks if t.open_slots > 0}
         set_overlaps(client, to_close)
         return {**outcome, "action": "budget spent: window closed", "closed": sorted(to_close),
                 "budget": Budget(state.total, state.spent, 0).as_dict()}
@@ -180,14 +184,15 @@ def on_annotation(
         return {**outcome, "action": "waiting for an open slot", "budget": state.as_dict()}
     if state.affordable() < 1:
         return {**outcome, "action": "no majority, but the budget is committed: not reopened", "budget": state.as_dict()}
-    set_overlaps(client, {task.id: (count + 1, count)})
+    clear_ground_truth(client, task.ground_truth_ids)
+    set_overlaps(client, {task.id: (task.n_annotators + 1, task.n_annotators)})
     return {**outcome, "action": "no majority: one more opinion asked",
             "budget": Budget(state.total, state.spent, state.committed + 1).as_dict()}
 
 
 def _close(client: LabelStudio, task: TaskRecord, settled: bool, max_annotations: int) -> str:
-    if task.overlap != task.n_annotations:
-        set_overlaps(client, {task.id: (task.n_annotations, task.n_annotations)})
+    if task.overlap != task.n_annotators:
+        set_overlaps(client, {task.id: (task.n_annotators, task.n_annotators)})
     return "settled" if settled else f"closed at the cap of {max_annotations} annotations"
 
 
@@ -242,14 +247,30 @@ def _to_name(snap: ProjectSnapshot) -> str:
 
 
 def set_overlaps(client: LabelStudio, overlaps: dict[int, tuple[int, int]]) -> None:
-    """Task id -> (new overlap, its annotation count). ``is_labeled`` is set to match: Label Studio does not
-    recompute it when a task's overlap is updated (measured on 1.23.2), and its stream filters on it."""
+    """Task id -> (new overlap, its distinct annotators). ``is_labeled`` is set to match: Label Studio does
+    not recompute it when a task's overlap is updated (measured on 1.23.2), and its stream filters on it."""
     if not overlaps:
         return
 
     def update(item: tuple[int, tuple[int, int]]) -> Any:
-        tid, (overlap, annotations) = item
-        return client.tasks.update(str(tid), overlap=int(overlap), is_labeled=bool(annotations >= overlap))
+        tid, (overlap, annotators) = item
+        return client.tasks.update(str(tid), overlap=int(overlap), is_labeled=bool(annotators >= overlap))
 
-    with ThreadPoolExecutor(max_workers=min(PATCH_THREADS, len(overlaps))) as pool:
-        list(pool.map(update, overlaps.items()))
+    _parallel(update, list(overlaps.items()))
+
+
+def clear_ground_truth(client: LabelStudio, annotation_ids: list[int]) -> None:
+    """Take Label Studio's ground-truth star off these annotations before their task is opened.
+
+    Label Studio 1.23.2 leaves ground-truth annotations out of its task-lock count (``Task.has_lock``)
+    but not out of ``is_labeled``; imported annotations are ground truth by default. An opened task
+    whose initial label is ground truth is therefore served to two annotators at once (measured), and
+    both are paid. Without the star the lock holds; the label itself is untouched.
+    """
+    _parallel(lambda aid: client.annotations.update(int(aid), ground_truth=False), list(annotation_ids))
+
+
+def _parallel(fn, items: list) -> None:
+    if items:
+        with ThreadPoolExecutor(max_workers=min(PATCH_THREADS, len(items))) as pool:
+            list(pool.map(fn, items))

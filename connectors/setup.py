@@ -47,19 +47,22 @@ def configure_project(
     report["show_collab_predictions"] = "off (annotators re-label blind, no pre-filled label)"
 
     state = parse_state(project.description)
+    snapshot = read_project(client, project_id, initial_label_source)
     if state.baseline_annotation_id is None:
-        snapshot = read_project(client, project_id, initial_label_source)
         ids = [a.id for t in snapshot.tasks for a in t.annotations]
         state = replace(state, baseline_annotation_id=max(ids, default=0),
                         connected_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         report["baseline"] = f"{len(ids)} existing annotation(s) are initial labels (ids <= {state.baseline_annotation_id})"
         # from now on the queue decides which labelled tasks are open: close those opened before (an
         # overlap above the annotation count, e.g. from an earlier 'maximum annotations' setting)
-        stray = {t.id: (t.n_annotations, t.n_annotations) for t in snapshot.tasks if t.open_slots > 0}
+        stray = {t.id: (t.n_annotators, t.n_annotators) for t in snapshot.tasks if t.open_slots > 0}
         set_overlaps(client, stray)
         report["closed"] = f"{len(stray)} labelled task(s) that were open outside the queue"
     else:
         report["baseline"] = f"kept: annotations with ids <= {state.baseline_annotation_id} are initial labels"
+    starred = sum(len(t.ground_truth_ids) for t in snapshot.tasks)
+    report["ground_truth"] = (f"{starred} annotation(s) carry the ground-truth star; the queue takes it off a "
+                              "task's annotations when it first opens the task (queue.clear_ground_truth)")
     if budget is not None:
         state = replace(state, budget=int(budget))
     if window is not None:

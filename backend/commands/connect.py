@@ -39,7 +39,7 @@ def connect(
         typer.echo(f"alc connect: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"project {report['project']} ({report['title']}) connected:")
-    for key in ("sampling", "show_overlap_first", "show_collab_predictions", "baseline", "closed", "budget", "window",
+    for key in ("sampling", "show_overlap_first", "show_collab_predictions", "baseline", "closed", "ground_truth", "budget", "window",
                 "webhook", "ml_backend", "tab"):
         if key in report:
             typer.echo(f"  {key.replace('_', ' ')}: {report[key]}")

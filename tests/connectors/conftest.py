@@ -44,24 +44,33 @@ class FakeLabelStudio:
         return pid
 
     def add_task(self, project: int, data: dict, labels: list[str] = (), by: int = 1) -> int:
+        """A task imported with its labels: imported annotations carry the ground-truth star, as in Label Studio."""
         tid = self._id()
         self.tasks[tid] = {"id": tid, "project": project, "data": data, "overlap": 1, "is_labeled": bool(labels),
                            "annotations": [], "predictions": []}
         for label in labels:
-            self.annotate(tid, label, by)
+            self.annotate(tid, label, by, ground_truth=True)
         return tid
 
     def annotate(self, task_id: int, label: str | None, by: int = 1, cancelled: bool = False,
-                 lead_time: float | None = 2.0) -> int:
+                 lead_time: float | None = 2.0, ground_truth: bool = False) -> int:
         aid = self._id()
         stamp = f"2026-01-01T00:{aid // 60:02d}:{aid % 60:02d}Z"
         self.tasks[task_id]["annotations"].append({
             "id": aid, "completed_by": by, "was_cancelled": cancelled, "lead_time": lead_time,
             "result": [region(label)] if label else [], "created_at": stamp, "updated_at": stamp,
+            "ground_truth": ground_truth,
         })
         task = self.tasks[task_id]
-        task["is_labeled"] = self.n_annotations(task_id) >= task["overlap"]  # Label Studio does this on save
+        task["is_labeled"] = self.n_annotators(task_id) >= task["overlap"]  # Label Studio does this on save
         return aid
+
+    def n_annotators(self, task_id: int) -> int:
+        """Label Studio's is_labeled test counts distinct users."""
+        return len({a["completed_by"] for a in self.tasks[task_id]["annotations"] if not a["was_cancelled"]})
+
+    def starred(self, task_id: int) -> list[int]:
+        return [a["id"] for a in self.tasks[task_id]["annotations"] if a.get("ground_truth")]
 
     def _id(self) -> int:
         self.next_id += 1
@@ -124,6 +133,13 @@ class FakeLabelStudio:
             keep = params["include"].split(",") if "include" in params else None
             items = [{k: v for k, v in self._task_json(t).items() if keep is None or k in keep} for t in chunk]
             return httpx.Response(200, json={"tasks": items, "total": len(rows)})
+        if m := re.fullmatch(r"/api/annotations/(\d+)", path):
+            found = [a for t in self.tasks.values() for a in t["annotations"] if a["id"] == int(m.group(1))]
+            if not found:
+                return httpx.Response(404, json={"detail": "Not found."})
+            if method == "PATCH":
+                found[0].update({k: v for k, v in body.items() if k in ("ground_truth", "result")})
+            return httpx.Response(200, json=found[0])
         if m := re.fullmatch(r"/api/tasks/(\d+)", path):
             task = self.tasks.get(int(m.group(1)))
             if task is None:

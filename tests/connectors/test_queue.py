@@ -29,7 +29,7 @@ def push(client, pid, ids, version="m1", window=3, **kw):
 
 def open_ids(fake, pid) -> list[int]:
     return sorted(t["id"] for t in fake.tasks.values()
-                  if t["project"] == pid and t["overlap"] > fake.n_annotations(t["id"]))
+                  if t["project"] == pid and t["overlap"] > fake.n_annotators(t["id"]))
 
 
 def test_push_opens_the_top_k_with_predictions_and_switches_the_version(fake, client_of):
@@ -46,6 +46,8 @@ def test_push_opens_the_top_k_with_predictions_and_switches_the_version(fake, cl
         assert why["priority"] == pytest.approx(-prediction["score"]) and why["noisiness"] == 0.5
     assert fake.tasks[ids[-1]]["predictions"][0]["score"] < fake.tasks[ids[-3]]["predictions"][0]["score"]
     assert all(not fake.tasks[t]["predictions"] for t in ids[:-3]), "only the window is pushed"
+    # the ground-truth star is taken off opened tasks only (Label Studio's task lock ignores starred annotations)
+    assert all(fake.starred(t) == [] for t in top3) and all(fake.starred(t) for t in ids[:-3])
     assert fake.projects[pid]["model_version"] == "m1"
     assert result.budget == {"total": 6, "spent": 0, "committed": 3, "remaining": 3, "exhausted": False}
 
@@ -164,3 +166,18 @@ def test_connect_records_the_baseline_and_closes_tasks_open_outside_the_queue(fa
     again = configure_project(client, pid)  # again: the baseline stays, the tab is not duplicated
     assert read_state(client, pid).baseline_annotation_id == baseline and "kept" in again["baseline"]
     assert len(fake.views) == 1 and read_state(client, pid).budget == 9
+
+
+def test_overlap_counts_distinct_annotators_like_label_studio(fake, client_of):
+    """Two initial labels by the importing user are one annotator to Label Studio: one slot = overlap 2."""
+    pid = fake.add_project()
+    tid = fake.add_task(pid, {"image": "a"}, ["cat", "dog"])
+    baseline = max(fake.tasks[tid]["annotations"][-1]["id"], 0)
+    fake.projects[pid]["description"] = with_state("", ProjectState(budget=3, baseline_annotation_id=baseline))
+    client = client_of(fake)
+    assert push_window(client, pid, task_ids=[tid], scores=[0.1], model_version="m", window=1).opened == [tid]
+    assert (fake.tasks[tid]["overlap"], fake.tasks[tid]["is_labeled"]) == (2, False)
+    fake.annotate(tid, "bird", by=2)  # cat, dog, bird: no majority, and Label Studio closed it (2 annotators)
+    assert fake.tasks[tid]["is_labeled"]
+    assert on_annotation(client, pid, tid, max_annotations=5)["action"] == "no majority: one more opinion asked"
+    assert fake.tasks[tid]["overlap"] == 3 and reconcile(client, pid).budget.committed == 1

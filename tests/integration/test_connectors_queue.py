@@ -237,3 +237,16 @@ def test_updated_and_deleted_annotations_are_honoured_by_reconcile(label_studio,
     ledger = reconcile(client, pid)
     assert ledger.budget.spent == 0 and ledger.snapshot.counts[0].tolist() == [1, 0, 0]
     assert [row["time"] for row in ledger.timeline()] == []
+
+
+def test_an_open_slot_is_served_to_one_annotator_only(label_studio, client, annotators):
+    """Imported annotations carry Label Studio's ground-truth star, which its task lock ignores: without
+    taking the star off, one open slot is served to two annotators at once (and both are paid)."""
+    pid, ids = make_project(client, "connectors: one slot, one annotator", ["cat"])
+    assert alc(label_studio, "connect", "--project", str(pid), ALC_BUDGET="3").returncode == 0
+    assert read_project(client, pid).tasks[0].ground_truth_ids, "Label Studio stars imported annotations"
+    push_window(client, pid, task_ids=ids, scores=[0.1], model_version="lock-1", window=1)
+    assert read_project(client, pid).tasks[0].ground_truth_ids == []
+    first = annotators[0].next_task(pid)
+    assert first["id"] == ids[0]
+    assert annotators[1].next_task(pid) is None, "the slot is locked by the first annotator"
