@@ -40,6 +40,8 @@ REANNOTATIONS = [(11, "dog", "ann@example.com", "2026-11-23T10:00:00Z", 4.0),
                  (11, "dog", "bob@example.com", "2026-11-23T10:05:00Z", 6.0),
                  (12, "cat", "ann@example.com", "2026-11-23T10:20:00Z", 2.0)]
 
+USER_IDS = {"ann@example.com": 2, "bob@example.com": 3}  # Label Studio counts distinct users against overlap
+
 
 def snapshot() -> ProjectSnapshot:
     tasks, counts, initial_counts = [], np.zeros((6, 3), dtype=np.int64), np.zeros((6, 3), dtype=np.int64)
@@ -49,7 +51,7 @@ def snapshot() -> ProjectSnapshot:
         initial_counts[row, CLASSES.index(label)] = 1
         for i, (tid, again, who, time, lead) in enumerate(REANNOTATIONS):
             if tid == task_id:
-                annotations.append(AnnotationRecord(1000 + i, who, 2, time, time, lead, again, False, False, True))
+                annotations.append(AnnotationRecord(1000 + i, who, USER_IDS[who], time, time, lead, again, False, False, True))
         for a in annotations:
             counts[row, CLASSES.index(a.label)] += 1
         overlap = len(annotations) + (1 if task_id == 13 else 0)
