@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from backend.settings import SettingsError, load_settings
+from backend.commands import exit_on_user_errors
+from backend.settings import load_settings
 
 
 def connect(
@@ -18,10 +19,9 @@ def connect(
 ) -> None:
     """Sampling, overlap-first, webhook, ML backend, the 'Cleaning queue' tab, the baseline and the budget."""
     from connectors.client import connect as connect_client
-    from connectors.errors import ConnectorError
     from connectors.setup import configure_project
 
-    try:
+    with exit_on_user_errors("connect"):
         settings = load_settings()
         url, key = settings.require_label_studio()
         client = connect_client(url, key, timeout=settings.label_studio_timeout, retries=3)
@@ -32,12 +32,6 @@ def connect(
             window=window,
             basic_auth=settings.basic_auth, initial_label_source=settings.initial_label_source,
         )
-    except SettingsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    except ConnectorError as exc:
-        typer.echo(f"alc connect: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"project {report['project']} ({report['title']}) connected:")
     for key in ("sampling", "show_overlap_first", "show_collab_predictions", "baseline", "closed", "ground_truth", "budget", "window",
                 "webhook", "ml_backend", "tab"):

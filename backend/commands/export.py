@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from backend.settings import SettingsError, load_settings
+from backend.commands import exit_on_user_errors
+from backend.settings import load_settings
 
 
 class Format(str, Enum):
@@ -23,20 +24,13 @@ def export(
 ) -> None:
     """Read every task from Label Studio and write its final label with the audit trail."""
     from connectors.client import connect
-    from connectors.errors import ConnectorError
     from connectors.export import export_rows, to_csv, to_json
 
-    try:
+    with exit_on_user_errors("export"):
         settings = load_settings()
         url, key = settings.require_label_studio()
         client = connect(url, key, timeout=settings.label_studio_timeout, retries=3)
         rows = export_rows(client, project, settings.initial_label_source, settings.budget)
-    except SettingsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    except ConnectorError as exc:
-        typer.echo(f"alc export: {exc}", err=True)
-        raise typer.Exit(1) from None
     text = to_csv(rows) if format is Format.csv else to_json(rows)
     if out is None:
         typer.echo(text)

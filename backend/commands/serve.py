@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 from gunicorn.app.base import BaseApplication
 
-from backend.settings import Settings, SettingsError, load_settings
+from backend.commands import exit_on_user_errors
+from backend.settings import Settings, load_settings
 
 
 class _Gunicorn(BaseApplication):
@@ -37,11 +38,8 @@ def serve(
     from backend.app import create_app
     from backend.queue import EmbeddedRedis
 
-    try:
+    with exit_on_user_errors("serve"):
         settings = load_settings()
-    except SettingsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
     embedded = None
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.data_home)

@@ -13,10 +13,10 @@ from rich.table import Table
 from backend.model_store import ModelStore
 from backend.queue import PROJECTS_KEY, EmbeddedRedis
 from backend.queue import connect as connect_redis
-from backend.settings import Settings, SettingsError, load_settings
+from backend.commands import exit_on_user_errors
+from backend.settings import Settings, load_settings
 from backend.status import build_status, jobs_status
 from connectors.client import connect
-from connectors.errors import ConnectorError
 from connectors.ledger import reconcile
 
 QUEUE_ROWS = 20
@@ -32,7 +32,7 @@ def status(
     if not 0 < target < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {target}", param_hint="--target")
     console = Console()
-    try:
+    with exit_on_user_errors("status"):
         settings = load_settings()
         redis_conn, redis_note = _redis(settings)
         if project is None:
@@ -52,12 +52,6 @@ def status(
                             target=target, budget=settings.budget)
         if redis_conn is None:
             data["jobs"] = {"error": redis_note}
-    except SettingsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    except ConnectorError as exc:
-        typer.echo(f"alc status: {exc}", err=True)
-        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
     else:

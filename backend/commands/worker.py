@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from backend.settings import SettingsError, load_settings
+from backend.commands import exit_on_user_errors
+from backend.settings import load_settings
 
 
 def worker(
@@ -16,9 +17,6 @@ def worker(
     """Run a worker: per-annotation bookkeeping, retraining, pushing rankings to Label Studio."""
     from backend.worker import run_worker
 
-    try:
+    with exit_on_user_errors("worker"):
         settings = load_settings()
-    except SettingsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
     run_worker(settings, burst=burst, name=name)
