@@ -22,59 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from scoring.ranked import Ranking  # re-exported: the value type lives in scoring/
+
 VERSIONS_KEPT = 5
 CHECKPOINT = "selector.ckpt"
 PICKLE = "selector.pkl"
-
-
-@dataclass
-class Ranking:
-    """What a retrain produced for one project: one row per task, in the snapshot's order."""
-
-    task_ids: list[int]
-    class_names: list[str]
-    counts: np.ndarray  # (N, C)
-    priority: np.ndarray  # (N,) higher = relabel first
-    noisiness: np.ndarray
-    ambiguity: np.ndarray
-    scores: np.ndarray  # (N,) what Label Studio gets: lower = relabel first
-    predicted: np.ndarray  # (N,) the selector's most likely class, shown as the prediction's choice
-
-    def row(self, task_id: int) -> int | None:
-        if not hasattr(self, "_index"):
-            self._index = {t: i for i, t in enumerate(self.task_ids)}
-        return self._index.get(task_id)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "task_ids": [int(t) for t in self.task_ids],
-            "class_names": list(self.class_names),
-            "counts": np.asarray(self.counts).astype(float).tolist(),
-            "priority": _floats(self.priority),
-            "noisiness": _floats(self.noisiness),
-            "ambiguity": _floats(self.ambiguity),
-            "scores": _floats(self.scores),
-            "predicted": [int(c) for c in self.predicted],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Ranking":
-        arr = lambda k: np.array([np.nan if v is None else v for v in data[k]], dtype=float)  # noqa: E731
-        return cls(
-            task_ids=[int(t) for t in data["task_ids"]],
-            class_names=list(data["class_names"]),
-            counts=np.asarray(data["counts"], dtype=float).reshape(len(data["task_ids"]), len(data["class_names"])),
-            priority=arr("priority"),
-            noisiness=arr("noisiness"),
-            ambiguity=arr("ambiguity"),
-            scores=arr("scores"),
-            predicted=np.asarray(data["predicted"], dtype=int),
-        )
-
-
-def _floats(values: Any) -> list[float | None]:
-    """JSON has no inf/nan: they become None (e.g. the oracle's -inf for tasks that need nothing)."""
-    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=float)]
 
 
 @dataclass
