@@ -187,9 +187,15 @@ def env_name(field: str) -> str:
     return _ENV_NAMES.get(field, field)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read the environment (plus explicit overrides); bad or missing values raise one SettingsError listing each."""
+def load_settings(*, use_profile: bool = True, **overrides: Any) -> Settings:
+    """Read the environment (plus explicit overrides); bad or missing values raise one SettingsError listing each.
+
+    Settings the environment and the overrides leave unset come from the deployment profile that
+    `alc demo` / `alc serve` wrote (backend.profile), so every command finds the running deployment.
+    """
     try:
+        if use_profile:
+            overrides = {**_from_profile(overrides), **overrides}
         return Settings(**overrides)
     except SourceError as exc:
         raise SettingsError(f"invalid settings: {exc}") from None
@@ -202,3 +208,16 @@ def load_settings(**overrides: Any) -> Settings:
             shown = "" if isinstance(given, dict) or "secret" in name.lower() or "KEY" in name or "PASS" in name else f" (got {given!r})"
             lines.append(f"{name}: {error['msg']}{shown}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def _from_profile(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The profile's values for the settings neither the environment nor ``overrides`` set."""
+    import os
+
+    from backend import profile
+
+    try:
+        values = profile.settings_values(profile.read())
+    except profile.ProfileError as exc:
+        raise SettingsError(str(exc)) from None
+    return {k: v for k, v in values.items() if k not in overrides and env_name(k) not in os.environ}

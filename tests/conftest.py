@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real data lives (ALC_DATA_DIR, default ../shared/data)."""
+"""Shared fixtures: where the real data lives (ALC_DATA_DIR, default ../shared/data); no deployment profile."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A running `alc demo` / `alc serve` writes a deployment profile that load_settings() reads: the tests
+# must not pick up the developer's deployment (tests that check the profile point ALC_PROFILE at a tmp file).
+os.environ["ALC_PROFILE"] = "none"
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,13 @@ import typer
 @contextmanager
 def exit_on_user_errors(command: str) -> Iterator[None]:
     """Bad settings exit with code 2, Label Studio refusing or unreachable with 1: one line each, no traceback."""
+    from backend.profile import ProfileError
     from backend.settings import SettingsError
     from connectors.errors import ConnectorError
 
     try:
         yield
-    except SettingsError as exc:
+    except (SettingsError, ProfileError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     except ConnectorError as exc:

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from backend import profile
 from backend.commands import exit_on_user_errors
 from backend.settings import load_settings
 
@@ -13,7 +14,8 @@ from backend.settings import load_settings
 def connect(
     project: Annotated[int, typer.Option("--project", help="Label Studio project id")],
     backend_url: Annotated[Optional[str], typer.Option(help="this backend's URL as Label Studio reaches it: registers "
-                                                             "the ML backend and the webhook")] = None,
+                                                             "the ML backend and the webhook (default: the running "
+                                                             "`alc demo` / `alc serve`, from its profile)")] = None,
     window: Annotated[Optional[int], typer.Option(min=1, help="open tasks at a time for this project (else ALC_WINDOW applies)")] = None,
     budget: Annotated[Optional[int], typer.Option(min=0, help="re-annotations to spend on this project (default: ALC_BUDGET)")] = None,
 ) -> None:
@@ -24,6 +26,7 @@ def connect(
     with exit_on_user_errors("connect"):
         settings = load_settings()
         url, key = settings.require_label_studio()
+        backend_url = backend_url or profile.read().get("backend_url")
         client = connect_client(url, key, timeout=settings.label_studio_timeout, retries=3)
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         report = configure_project(
@@ -32,6 +35,8 @@ def connect(
             window=window,
             basic_auth=settings.basic_auth, initial_label_source=settings.initial_label_source,
         )
+    if not isinstance(report.get("window"), int):  # the project has no window of its own: say which one applies
+        report["window"] = f"{settings.window} (ALC_WINDOW; set one for this project with --window)"
     typer.echo(f"project {report['project']} ({report['title']}) connected:")
     for key in ("sampling", "show_overlap_first", "show_collab_predictions", "baseline", "closed", "ground_truth", "budget", "window",
                 "webhook", "ml_backend", "tab"):

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from gunicorn.app.base import BaseApplication
 
+from backend import profile
 from backend.commands import exit_on_user_errors
 from backend.settings import Settings, load_settings
 
@@ -45,6 +46,7 @@ def serve(
         embedded = EmbeddedRedis(settings.data_home)
         settings = settings.model_copy(update={"redis_url": embedded.start()})
         typer.echo(f"embedded Redis at {settings.redis_url} (data in {embedded.dir})")
+    profile.write_deployment(settings, f"http://{host}:{port}")  # how `alc status/export/connect` find this server
     worker = _start_worker(settings) if with_worker else None
     owner = os.getpid()
     try:
