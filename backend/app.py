@@ -30,7 +30,8 @@ from backend.metrics import Metrics
 from backend.model_store import ModelStore, ModelVersion
 from backend.protocol import ChoicesConfig, ProtocolError, TaskError, explanation, parse_project, score_from_priority
 from backend.settings import Settings
-from backend.webhooks import ANNOTATION_ACTIONS, WebhookEvent, parse_webhook
+from backend.events import handle_event, recover_missed
+from backend.webhooks import parse_webhook
 
 log = logging.getLogger(__name__)
 SECRET_HEADER = "X-ALC-Webhook-Secret"
@@ -265,7 +266,7 @@ def webhook() -> Response:
         return jsonify(status="ignored", action=event.action)
     try:
         outcome = handle_event(st, event)
-        _recover_missed(st)
+        recover_missed(st)
     except redis.RedisError as exc:
         st.missed.add(event.project_id)
         st.metrics.webhooks.labels(event.action, "unavailable").inc()
@@ -279,38 +280,6 @@ def webhook() -> Response:
     st.metrics.webhooks.labels(event.action, "queued").inc()
     st.metrics.webhook_latency.observe(time.perf_counter() - started)
     return jsonify(status="ok", action=event.action, project=event.project_id, retrain=outcome)
-
-
-def _recover_missed(st: AppState) -> None:
-    """Redis is back: resync every project whose webhooks were refused, from Label Studio."""
-    while st.missed:
-        project_id = st.missed.pop()
-        try:
-            q.request_retrain(st.redis, project_id, st.cadence, force=True)
-        except redis.RedisError:
-            st.missed.add(project_id)
-            raise
-
-
-def handle_event(st: AppState, event: WebhookEvent) -> str:
-    conn, cadence, project_id = st.redis, st.cadence, event.project_id
-    assert project_id is not None
-    if event.action in ANNOTATION_ACTIONS:
-        q.record_annotations(conn, project_id, 1)
-        q.enqueue_annotation_job(conn, project_id, event.task_id, cadence)
-        return q.request_retrain(conn, project_id, cadence)
-    if event.action == "ANNOTATIONS_DELETED":
-        q.record_annotations(conn, project_id, max(len(event.annotation_ids), 1))
-        return q.request_retrain(conn, project_id, cadence)
-    conn.sadd(q.PROJECTS_KEY, project_id)
-    if event.action == "START_TRAINING":
-        return q.request_retrain(conn, project_id, cadence, force=True)
-    # PROJECT_UPDATED fires for every change, our own model_version switches included: retrain only
-    # when the label config differs from the one the serving model was trained on.
-    known = conn.get(q.project_key(project_id, "config"))
-    if event.label_config_hash and known is not None and known.decode() != event.label_config_hash:
-        return q.request_retrain(conn, project_id, cadence, force=True)
-    return "unchanged"
 
 
 def train() -> Response:
