@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,21 +50,33 @@ def config_hash(label_config: str) -> str:
     return hashlib.sha256(label_config.encode()).hexdigest()[:16]
 
 
+MAX_ID = 2**63 - 1  # Label Studio's ids are database integers; anything longer is not one of them
+_PROJECT = re.compile(r"([0-9]{1,19})(?:\.[0-9]{0,32})?")  # '<id>' or '<id>.<created-at timestamp>', ASCII digits only
+
+
+def parse_id(value: Any, what: str) -> int:
+    """A positive integer id (never a bool, never beyond a database integer), or ProtocolError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise ProtocolError(f"bad {what} {_shown(value)}: expected a positive integer id")
+    return value
+
+
 def parse_project(value: Any) -> int:
     """Label Studio sends the project as '<id>.<created-at timestamp>'; webhooks send a number or an object."""
     if isinstance(value, dict):
         value = value.get("id")
-    if isinstance(value, bool):
-        raise ProtocolError(f"bad project {value!r}")
-    if isinstance(value, int):
-        project = value
-    elif isinstance(value, str) and value.split(".", 1)[0].isdigit():
-        project = int(value.split(".", 1)[0])
-    else:
-        raise ProtocolError(f"bad project {value!r}: expected '<id>.<timestamp>' or an integer id")
-    if project <= 0:
-        raise ProtocolError(f"bad project id {project}")
-    return project
+    if isinstance(value, str):
+        match = _PROJECT.fullmatch(value)
+        if match is None:
+            raise ProtocolError(f"bad project {_shown(value)}: expected '<id>.<timestamp>' or an integer id")
+        value = int(match.group(1))
+    return parse_id(value, "project")
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A short, printable rendering of a bad value for an error message (ascii: lone surrogates stay escaped)."""
+    text = ascii(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True)
@@ -103,18 +116,22 @@ class ChoicesConfig:
         return value
 
     def counts_from_annotations(self, task: dict) -> np.ndarray:
-        """(C,) label counts from the task's annotations as Label Studio sends them (cancelled ones skipped)."""
+        """(C,) label counts from the task's annotations as Label Studio sends them (cancelled ones skipped).
+        Anything of the wrong shape is this task's error (TaskError), never an exception of the request."""
         counts = np.zeros(len(self.class_names))
-        for annotation in task.get("annotations") or []:
+        for annotation in _list(task.get("annotations"), "the task's 'annotations'"):
             if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
                 continue
-            for region in annotation.get("result") or []:
+            for region in _list(annotation.get("result"), "an annotation's 'result'"):
                 if not isinstance(region, dict) or region.get("from_name") != self.from_name:
                     continue
-                for choice in (region.get("value") or {}).get("choices") or []:
-                    if choice not in self.class_names:
+                value = region.get("value")
+                if not isinstance(value, dict):
+                    raise TaskError("a result's 'value' must be an object")
+                for choice in _list(value.get("choices"), "a result's 'choices'"):
+                    if not isinstance(choice, str) or choice not in self.class_names:
                         raise TaskError(
-                            f"label {choice!r} is not one of the config's classes ({', '.join(self.class_names)})"
+                            f"label {_shown(choice)} is not one of the config's classes ({', '.join(self.class_names)})"
                         )
                     counts[self.class_names.index(choice)] += 1
         return counts
@@ -125,6 +142,15 @@ class ChoicesConfig:
         value = PredictionValue(result=[region], score=score, model_version=model_version).model_dump()
         value["explanation"] = explanation
         return value
+
+
+def _list(value: Any, what: str) -> list:
+    """None -> []; a list as it is; anything else is the task's error."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TaskError(f"{what} must be a list, got {type(value).__name__}")
+    return value
 
 
 def explanation(
