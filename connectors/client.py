@@ -8,7 +8,9 @@ Here one httpx transport does the retrying for every SDK call (the SDK's own are
 - a POST (not idempotent: an import may have happened before the answer was lost) is retried only when
   the request certainly never reached Label Studio (connection refused, connect timeout, 502/503/504);
 - 401/403 raise :class:`LabelStudioAuthError` at once (a bad token does not get better by retrying);
-- :func:`get_project` turns a 404 into :class:`UnknownProject`.
+- other 4xx (404 included) are answers, never retried; :func:`get_project` turns a 404 into :class:`UnknownProject`;
+- a request carrying the ``X-ALC-No-Retry`` header is sent once (the project export: a retry would start
+  a second export while Label Studio still builds the first).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
 RETRY_STATUS = frozenset({500, 502, 503, 504})
 NOT_RECEIVED_STATUS = frozenset({502, 503, 504})  # a proxy answered: Label Studio never saw the request
 MAX_BACKOFF = 8.0
+NO_RETRY_HEADER = "X-ALC-No-Retry"  # set on one request: send it once (a retried export would start a second one)
 
 
 class RetryingTransport(httpx.BaseTransport):
@@ -42,9 +45,10 @@ class RetryingTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         idempotent = request.method in IDEMPOTENT
         what = f"{request.method} {request.url.copy_with(query=None)}"
+        once = request.headers.pop(NO_RETRY_HEADER, None) is not None
         started = time.monotonic()
         last = ""
-        for attempt in range(self.retries + 1):
+        for attempt in range(1 if once else self.retries + 1):
             if attempt:
                 time.sleep(min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF))
             try:

@@ -20,19 +20,22 @@ What counts (the numbers the queue and the budget are built on):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 from label_studio_sdk import LabelStudio
-from label_studio_sdk.label_interface import LabelInterface
-from label_studio_sdk.label_interface.control_tags import ChoicesTag
+from label_studio_sdk.core.api_error import ApiError
 
-from connectors.client import get_project
-from connectors.errors import ProjectConfigError
-from connectors.state import ProjectState, parse_state
+from connectors.client import NO_RETRY_HEADER, get_project
+from connectors.errors import TaskNotFound
+from connectors.project import ProjectConfig, choices_tag, project_config  # noqa: F401 (choices_tag re-exported)
+from connectors.state import ProjectState
+
+from scoring.majority import has_strict_majority, majority_label  # pure numpy: one majority rule everywhere
 
 PAGE_SIZE = 500
+EXPORT_TIMEOUT = 600.0  # seconds: a 10,000-task export took 12 s idle and passed 30 s under load
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,23 @@ class TaskRecord:
     predictions: list[PredictionRecord]
     initial_label: str | None  # the majority of the initial label(s); None when there is none or a tie
     has_initial: bool = True  # False: no label yet (plain labelling work, not cleaning: never in the budget)
+    counts: list[int] = field(default_factory=list)  # (C,) initial label(s) plus every valid re-annotation
+    initial_counts: list[int] = field(default_factory=list)  # (C,) the initial label(s) only
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "TaskRecord":
+        raw = json.loads(text)
+        raw["annotations"] = [AnnotationRecord(**a) for a in raw["annotations"]]
+        raw["predictions"] = [PredictionRecord(**p) for p in raw["predictions"]]
+        return cls(**raw)
+
+    @property
+    def settled(self) -> bool:
+        """A strict majority (scoring.majority, the one rule everywhere)."""
+        return bool(has_strict_majority(np.asarray(self.counts))) if self.counts else False
 
     @property
     def n_annotations(self) -> int:
@@ -128,6 +148,7 @@ class ProjectSnapshot:
     counts: np.ndarray  # (N, C) int: initial label(s) plus every valid re-annotation
     initial_counts: np.ndarray  # (N, C) int: the initial label(s) only
     problems: list[str] = field(default_factory=list)
+    config: ProjectConfig | None = field(default=None, repr=False)  # set by read_project / snapshot_of
     _index: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -162,88 +183,87 @@ class ProjectSnapshot:
         return self.tasks[self.row(task_id)]
 
 
-def choices_tag(label_config: str) -> tuple[str, list[str]]:
-    """(from_name, class names) of the label config's first <Choices>, read by the SDK's LabelInterface."""
-    try:
-        interface = LabelInterface(label_config)
-    except Exception as exc:  # lxml and the SDK raise their own errors for bad XML
-        raise ProjectConfigError(f"the project's label config does not parse: {exc}") from None
-    tags = interface.find_tags_by_class(ChoicesTag)
-    if not tags:
-        raise ProjectConfigError("the project's label config has no <Choices> tag: only classification labels are cleaned")
-    tag = tags[0]
-    if len(tag.labels) < 2:
-        raise ProjectConfigError(f"<Choices name={tag.name!r}> needs at least two <Choice> values")
-    return tag.name, list(tag.labels)
-
-
-def parse_source(source: str) -> tuple[str, str | None]:
-    kind, _, arg = (source or "").partition(":")
-    if source == "annotations":
-        return "annotations", None
-    if kind in ("data", "predictions") and arg:
-        return kind, arg
-    raise ProjectConfigError(
-        f"initial label source must be 'annotations', 'data:<field>' or 'predictions:<model_version>', got {source!r}"
-    )
-
-
 def read_project(
     client: LabelStudio, project_id: int, initial_label_source: str = "annotations", page_size: int = PAGE_SIZE,
     task_ids: Sequence[int] | None = None,
 ) -> ProjectSnapshot:
     """Every task (or only ``task_ids``, one request each) with its annotations and predictions, into counts."""
-    kind, arg = parse_source(initial_label_source)
-    project = get_project(client, project_id)
-    from_name, class_names = choices_tag(project.label_config or "")
-    state = parse_state(project.description)
-    users = _user_emails(client)
+    config = project_config(get_project(client, project_id), initial_label_source)
+    users = user_emails(client)
     if task_ids is None:
         raw_tasks = read_tasks(client, project_id, page_size)
     else:
         raw_tasks = sorted((_plain(client.tasks.get(str(int(t)))) for t in task_ids), key=lambda t: int(t["id"]))
-
     problems: list[str] = []
-    index = {name: c for c, name in enumerate(class_names)}
-    n, n_classes = len(raw_tasks), len(class_names)
-    counts = np.zeros((n, n_classes), dtype=np.int64)
-    initial_counts = np.zeros((n, n_classes), dtype=np.int64)
-    tasks: list[TaskRecord] = []
-    for i, raw in enumerate(raw_tasks):
-        task_id = int(raw["id"])
-        predictions = [_prediction(p, from_name) for p in raw.get("predictions") or []]
-        annotations = _annotations(raw, from_name, users, index, kind, state, problems)
-        for a in annotations:
-            if a.valid:
-                counts[i, index[a.label]] += 1
-                if a.initial:
-                    initial_counts[i, index[a.label]] += 1
-        if kind != "annotations":
-            label = _external_initial(raw, predictions, kind, arg)
-            if label is None:
-                problems.append(f"task {task_id}: no initial label in {initial_label_source}")
-            elif label not in index:
-                problems.append(f"task {task_id}: initial label {label!r} ({initial_label_source}) is not one of the classes")
-            else:
-                counts[i, index[label]] += 1
-                initial_counts[i, index[label]] += 1
-        initial_label = _majority_name(initial_counts[i], class_names)
-        has_initial = bool(initial_counts[i].sum() > 0 or any(a.initial and not a.cancelled for a in annotations))
-        tasks.append(TaskRecord(task_id, raw.get("data") or {}, int(raw.get("overlap") or 0), annotations,
-                                predictions, initial_label, has_initial))
+    tasks = [task_record(raw, config, users, problems) for raw in raw_tasks]
+    return snapshot_of(config, tasks, problems)
+
+
+def read_task(client: LabelStudio, config: ProjectConfig, task_id: int, users: dict[int, str] | None = None,
+              problems: list[str] | None = None) -> TaskRecord:
+    """One task, one request (its annotations, predictions and overlap); :class:`TaskNotFound` on a 404."""
+    try:
+        raw = _plain(client.tasks.get(str(int(task_id))))
+    except ApiError as exc:
+        if exc.status_code == 404:
+            raise TaskNotFound(f"Label Studio has no task {task_id}") from None
+        raise
+    if int(raw.get("project") or config.project_id) != config.project_id:
+        raise TaskNotFound(f"task {task_id} is not in project {config.project_id}")
+    return task_record(raw, config, users or {}, problems if problems is not None else [])
+
+
+def task_record(raw: dict, config: ProjectConfig, users: dict[int, str], problems: list[str]) -> TaskRecord:
+    """One task as Label Studio returns it, with its counts per the module's rules."""
+    kind, arg = config.source
+    index = config.index
+    task_id = int(raw["id"])
+    predictions = [_prediction(p, config.from_name) for p in raw.get("predictions") or [] if isinstance(p, dict)]
+    annotations = _annotations(raw, config.from_name, users, index, kind, config.state, problems)
+    counts = [0] * len(index)
+    initial = [0] * len(index)
+    for a in annotations:
+        if a.valid:
+            counts[index[a.label]] += 1
+            if a.initial:
+                initial[index[a.label]] += 1
+    if kind != "annotations":
+        label = _external_initial(raw, predictions, kind, arg)
+        if label is None:
+            problems.append(f"task {task_id}: no initial label in {config.initial_label_source}")
+        elif label not in index:
+            problems.append(f"task {task_id}: initial label {label!r} ({config.initial_label_source}) is not one of the classes")
+        else:
+            counts[index[label]] += 1
+            initial[index[label]] += 1
+    top = majority_label(np.asarray(initial)) if sum(initial) else None
+    initial_label = config.class_names[top] if top is not None else None
+    has_initial = bool(sum(initial) > 0 or any(a.initial and not a.cancelled for a in annotations))
+    overlap = raw.get("overlap")
+    return TaskRecord(task_id, raw.get("data") or {}, int(overlap if overlap is not None else 1), annotations,
+                      predictions, initial_label, has_initial, counts, initial)
+
+
+def snapshot_of(config: ProjectConfig, tasks: list[TaskRecord], problems: list[str] | None = None) -> ProjectSnapshot:
+    """The snapshot of these task records (ordered by id), whether read in full or kept in the working state."""
+    tasks = sorted(tasks, key=lambda t: t.id)
+    n_classes = len(config.class_names)
+    counts = np.array([t.counts for t in tasks], dtype=np.int64).reshape(len(tasks), n_classes)
+    initial = np.array([t.initial_counts for t in tasks], dtype=np.int64).reshape(len(tasks), n_classes)
     return ProjectSnapshot(
-        project_id=int(project_id),
-        title=project.title or "",
-        label_config=project.label_config or "",
-        class_names=class_names,
-        from_name=from_name,
-        initial_label_source=initial_label_source,
-        model_version=project.model_version or None,
-        state=state,
+        project_id=config.project_id,
+        title=config.title,
+        label_config=config.label_config,
+        class_names=list(config.class_names),
+        from_name=config.from_name,
+        initial_label_source=config.initial_label_source,
+        model_version=config.model_version,
+        state=config.state,
         tasks=tasks,
         counts=counts,
-        initial_counts=initial_counts,
-        problems=problems,
+        initial_counts=initial,
+        problems=list(problems or []),
+        config=config,
     )
 
 
@@ -255,8 +275,10 @@ def read_tasks(client: LabelStudio, project_id: int, page_size: int = PAGE_SIZE)
     list with ``fields=all`` takes 33 s) but names predictions by id only and leaves out ``overlap``;
     the task list restricted to ``include=id,overlap,predictions`` gives those (4 s).
     """
+    # its own long timeout, never retried: a retry would start a second export that Label Studio keeps building
+    options = {"timeout_in_seconds": EXPORT_TIMEOUT, "max_retries": 0, "additional_headers": {NO_RETRY_HEADER: "1"}}
     export = b"".join(client.projects.exports.download_sync(int(project_id), export_type="JSON",
-                                                             download_all_tasks=True))
+                                                             download_all_tasks=True, request_options=options))
     tasks = sorted(json.loads(export), key=lambda t: int(t["id"]))
     listed_by_id: dict[int, dict] = {}
     page, pages = 1, 1
@@ -353,14 +375,7 @@ def _choice(result: Any, from_name: str) -> str | None:
     return None
 
 
-def _majority_name(row: np.ndarray, class_names: list[str]) -> str | None:
-    if row.sum() == 0:
-        return None
-    top = np.flatnonzero(row == row.max())
-    return class_names[int(top[0])] if top.size == 1 else None
-
-
-def _user_emails(client: LabelStudio) -> dict[int, str]:
+def user_emails(client: LabelStudio) -> dict[int, str]:
     """User id -> email (one request); annotations name their annotator by id only."""
     try:
         return {int(u.id): str(u.email or u.username or f"user {u.id}") for u in client.users.list()}

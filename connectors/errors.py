@@ -19,5 +19,9 @@ class UnknownProject(ConnectorError):
     """No project with this id in Label Studio (404), or the token cannot see it."""
 
 
+class TaskNotFound(ConnectorError):
+    """No task with this id in the project (404): a deleted task or a forged webhook; never retried."""
+
+
 class ProjectConfigError(ConnectorError):
     """The project cannot be cleaned as configured (no <Choices> in its label config, bad initial label source)."""

@@ -22,13 +22,7 @@ from label_studio_sdk import LabelStudio
 from connectors.client import task_url
 from connectors.counts import ProjectSnapshot, read_project
 
-try:  # pure numpy, shared with the simulation so both settle alike
-    from scoring.majority import has_strict_majority
-except ImportError:  # pragma: no cover - connectors installed without scoring
-    def has_strict_majority(counts):  # type: ignore[no-redef]
-        counts = np.asarray(counts)
-        top2 = np.sort(counts, axis=-1)[..., -2:]
-        return (counts.sum(axis=-1) > 1) & (top2[..., 1] > top2[..., 0])
+from scoring.majority import has_strict_majority  # pure numpy, shared with the simulation so both settle alike
 
 
 @dataclass(frozen=True)
