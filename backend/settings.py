@@ -78,6 +78,19 @@ class Settings(BaseSettings):
     )
     image_timeout: float = Field(10.0, gt=0, validation_alias=AliasChoices("ALC_IMAGE_TIMEOUT", "image_timeout"))
     image_size: int = Field(32, ge=4, le=1024, validation_alias=AliasChoices("ALC_IMAGE_SIZE", "image_size"))
+    image_max_pixels: int = Field(
+        16_000_000, ge=1, validation_alias=AliasChoices("ALC_IMAGE_MAX_PIXELS", "image_max_pixels")
+    )
+    image_workers: int = Field(4, ge=1, le=64, validation_alias=AliasChoices("ALC_IMAGE_WORKERS", "image_workers"))
+    max_request_bytes: int = Field(
+        10_000_000, ge=1024, validation_alias=AliasChoices("ALC_MAX_REQUEST_BYTES", "max_request_bytes")
+    )
+    max_predict_tasks: int = Field(
+        1000, ge=1, validation_alias=AliasChoices("ALC_MAX_PREDICT_TASKS", "max_predict_tasks")
+    )
+    health_worker_timeout: float = Field(
+        120.0, gt=0, validation_alias=AliasChoices("ALC_HEALTH_WORKER_TIMEOUT", "health_worker_timeout")
+    )
     job_timeout: int = Field(1800, ge=1, validation_alias=AliasChoices("ALC_JOB_TIMEOUT", "job_timeout"))
     job_retries: int = Field(3, ge=0, validation_alias=AliasChoices("ALC_JOB_RETRIES", "job_retries"))
     label_studio_timeout: float = Field(
