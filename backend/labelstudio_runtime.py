@@ -52,12 +52,46 @@ def _installed_version(venv: Path) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def _wait_for_other_install(venv: Path, timeout: float) -> None:
-    """Another process holds the install lock: wait for it to finish rather than installing twice."""
+def _wait_for_other_install(venv: Path, timeout: float, console: Console | None = None) -> None:
+    """Another process holds the install lock: wait for it to finish rather than installing twice, showing
+    who holds it, for how long, and the last line of its pip log (a silent wait looks like a hang)."""
     lock = venv.with_name(venv.name + ".lock")
-    deadline = time.monotonic() + timeout
-    while lock.exists() and time.monotonic() < deadline:
-        time.sleep(2)
+    log = venv.with_name(venv.name + ".install.log")
+    if not lock.exists():
+        return
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    deadline = started + timeout
+    with console.status("") as status:
+        while lock.exists() and time.monotonic() < deadline:
+            holder = _read(lock) or "?"
+            if holder.isdigit() and not _alive(int(holder)):
+                console.print(f"removing a stale install lock {lock} (pid {holder} is gone)")
+                lock.unlink(missing_ok=True)
+                break
+            last = (_read(log).splitlines() or [""])[-1][:90]
+            status.update(f"waiting {time.monotonic() - started:.0f} s for another process (pid {holder}) installing "
+                          f"Label Studio into {venv} (lock {lock}): {last}")
+            time.sleep(1)
+    if time.monotonic() - started > 1:
+        console.print(f"the other install finished after {time.monotonic() - started:.0f} s of waiting")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeout: float = 1800) -> Path:
@@ -67,7 +101,8 @@ def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeou
     """
     venv = Path(venv_dir) if venv_dir else default_venv()
     exe = venv / "bin" / "label-studio"
-    _wait_for_other_install(venv, timeout)
+    console = Console(stderr=True, quiet=not progress)
+    _wait_for_other_install(venv, timeout, console)
     if _installed_version(venv) == LABEL_STUDIO_VERSION:
         return exe
     venv.parent.mkdir(parents=True, exist_ok=True)
@@ -75,12 +110,12 @@ def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeou
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        _wait_for_other_install(venv, timeout)
+        _wait_for_other_install(venv, timeout, console)
         if _installed_version(venv) == LABEL_STUDIO_VERSION:
             return exe
         raise LabelStudioRuntimeError(f"another process is installing Label Studio into {venv} (lock {lock})")
+    os.write(fd, str(os.getpid()).encode())  # who holds the lock, for whoever waits on it
     os.close(fd)
-    console = Console(stderr=True, quiet=not progress)
     log = venv.with_name(venv.name + ".install.log")
     try:
         shutil.rmtree(venv, ignore_errors=True)

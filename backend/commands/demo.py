@@ -9,6 +9,9 @@ Ctrl-C stops everything it started.
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 import time
 import webbrowser
 from pathlib import Path
@@ -17,9 +20,24 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from backend import profile
 from backend.demo.runner import DemoConfig, DemoRun, Order
 from backend.demo.services import Services, free_port
 from backend.labelstudio_runtime import ensure_installed
+
+DEFAULT_HOME = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "alc" / "demo"
+
+
+def port_or_free(preferred: int | None) -> int:
+    """``preferred`` when it is free on 127.0.0.1 (another user's demo may hold it), else any free port."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    return free_port()
 
 
 def demo(
@@ -35,12 +53,13 @@ def demo(
     window: Annotated[int, typer.Option(min=1, help="tasks open in the queue at a time")] = 20,
     retrain_after: Annotated[int, typer.Option(min=1, help="retrain after this many new annotations")] = 10,
     seed: Annotated[int, typer.Option(help="seed of the dataset and the annotators")] = 0,
-    home: Annotated[Path, typer.Option(help="where Label Studio, Redis and models keep their data")] = Path.home() / ".local" / "share" / "alc" / "demo",
-    ls_port: Annotated[int, typer.Option(help="Label Studio's port (0: any free port)")] = 8080,
-    port: Annotated[int, typer.Option(help="the backend's port (0: any free port)")] = 9090,
+    home: Annotated[Path, typer.Option(help="where Label Studio, Redis and models keep their data (per user)")] = DEFAULT_HOME,
+    ls_port: Annotated[Optional[int], typer.Option(help="Label Studio's port (default 8080 if free, else any free port)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="the backend's port (default 9090 if free, else any free port)")] = None,
     headless: Annotated[bool, typer.Option("--headless", help="do not open a browser")] = False,
-    exit_when_done: Annotated[bool, typer.Option("--exit-when-done", help="stop once the budget is spent and the stream is empty")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="write the JSON report here")] = None,
+    exit_when_done: Annotated[bool, typer.Option("--exit-when-done", help="stop everything once the cleaning is done "
+                                                 "(else the services stay up until Ctrl-C)")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="write the JSON report here (default: <home>/report-<project>.json)")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="give up after this many seconds of annotating")] = None,
 ) -> None:
     """Bring up Label Studio, Redis, the backend and a worker; create and clean a demo project."""
@@ -54,48 +73,98 @@ def demo(
     result: dict | None = None
     run: DemoRun | None = None
     up_seconds: float | None = None
+    written: Path | None = None
+    # the service is closed by default (issue 10): the demo makes its own credentials and prints them
+    auth_user, auth_pass, webhook_secret = "alc", secrets.token_urlsafe(12), secrets.token_urlsafe(24)
     with Services(home) as services:
         try:
             redis_url = services.start_redis()
-            exe = ensure_installed()  # installs on first use, with its own progress display
+            exe = ensure_installed()  # installs on first use (or waits on another install), with progress
             with console.status("starting Label Studio (the first start migrates its database: about a minute)"):
-                ls = services.start_label_studio(exe, ls_port or free_port())
+                ls = services.start_label_studio(exe, port_or_free(ls_port or 8080))
             env = {
                 "LABEL_STUDIO_URL": ls.url,
                 "LABEL_STUDIO_API_KEY": ls.token,
                 "REDIS_URL": redis_url,
                 "ALC_DATA_HOME": str(services.home / "backend"),
+                "BASIC_AUTH_USER": auth_user,
+                "BASIC_AUTH_PASS": auth_pass,
+                "ALC_WEBHOOK_SECRET": webhook_secret,
+                "ALC_PROFILE": "none",  # the demo writes the profile itself; its children must not
                 **config.backend_env(),
             }
-            backend_url = services.start_backend(port or free_port(), env)
+            backend_url = services.start_backend(port_or_free(port or 9090), env)
             services.start_worker(env)
+            deployment = {
+                "label_studio_url": ls.url, "label_studio_api_key": ls.token, "redis_url": redis_url,
+                "data_home": services.home / "backend", "model_dir": services.home / "backend" / "models",
+                "basic_auth_user": auth_user, "basic_auth_pass": auth_pass, "webhook_secret": webhook_secret,
+                "backend_url": backend_url, "label_studio_user": ls.email, "label_studio_password": ls.password,
+                "written_by": "alc demo",
+            }
+            written = profile.write(deployment)
             console.print(f"[bold]Label Studio[/] {ls.url}  user [bold]{ls.email}[/]  password [bold]{ls.password}[/]")
+            console.print(f"[bold]Backend[/]      {backend_url}  basic auth user [bold]{auth_user}[/]  password "
+                          f"[bold]{auth_pass}[/]  (webhook secret {webhook_secret})")
             up_seconds = time.monotonic() - started
             console.print(f"services up in {up_seconds:.0f} s; logs in {services.home / 'logs'}; Ctrl-C stops everything")
             run = DemoRun(config, ls.url, ls.token, backend_url, env, console)
             project = run.setup()
+            if written is not None:
+                written = profile.write({**deployment, "project": project.id})
             dashboard = f"{backend_url}/dashboard?project={project.id}"
             console.print(f"cleaning queue open: {ls.url}/projects/{project.id}/data  "
                           f"(annotate with 'Label All Tasks')")
-            console.print(f"[bold]Dashboard[/]    {dashboard}")
+            console.print(f"[bold]Dashboard[/]    {dashboard}  (user {auth_user}, password {auth_pass})")
+            _print_how_to_use(console, project.id, written)
             if not headless:
                 webbrowser.open(dashboard)
             if simulate_annotators:
                 run.start_annotators()
-            run.watch(exit_when_done, services.check_alive, timeout)
+            because = run.watch(services.check_alive, timeout)
+            result = _report(run, up_seconds)
+            path = report or services.home / f"report-{project.id}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2))
+            console.print_json(json.dumps({k: v for k, v in result.items() if k != "config"}))
+            left = result["open_slots"]
+            queue = "closed" if left == 0 else f"left with {left} open slot(s)"
+            console.print(f"[bold green]Done:[/] {because}; the cleaning queue is {queue}; "
+                          f"final accuracy {result['final_accuracy']:.1%} (was {result['initial_accuracy']:.1%}); "
+                          f"report written to {path}")
+            if not exit_when_done:
+                console.print("The services stay up to explore (the commands above work); Ctrl-C stops everything.")
+                while True:
+                    services.check_alive()
+                    time.sleep(2.0)
         except KeyboardInterrupt:
             console.print("stopping")
+            if run is not None and run.project is not None and result is None:
+                run.stop_annotators()
+                try:
+                    result = _report(run, up_seconds)
+                    console.print_json(json.dumps({k: v for k, v in result.items() if k != "config"}))
+                except Exception as exc:  # the run's own error (if any) is the one to see
+                    console.print(f"no report: {exc}")
         finally:
             if run is not None:
                 run.stop_annotators()
-                if run.project is not None:
-                    try:
-                        result = {**run.report(), "services_up_seconds": round(up_seconds or 0.0, 1)}
-                    except Exception as exc:  # the run's own error (if any) is the one to see
-                        console.print(f"no report: {exc}")
-    if result is not None:
-        console.print_json(json.dumps({k: v for k, v in result.items() if k != "config"}))
-        if report is not None:
-            report.parent.mkdir(parents=True, exist_ok=True)
-            report.write_text(json.dumps(result, indent=2))
-            console.print(f"report written to {report}")
+            if written is not None:
+                profile.remove(written)
+
+
+def _report(run: DemoRun, up_seconds: float | None) -> dict:
+    """The run's report plus what only the command knows; the time from the last annotation to now (the
+    'Done' line follows within milliseconds)."""
+    result = {**run.report(), "services_up_seconds": round(up_seconds or 0.0, 1)}
+    submitted = run.pool.submitted if run.pool is not None else []
+    result["done_seconds_after_last_annotation"] = round(time.time() - submitted[-1].at, 1) if submitted else None
+    return result
+
+
+def _print_how_to_use(console: Console, project_id: int, written: Path | None) -> None:
+    where = f"they read {written}" if written else "set LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY / REDIS_URL first"
+    console.print(f"From another terminal ({where}):")
+    for line in (f"alc status --project {project_id}", f"alc export --project {project_id} --format csv --out cleaned.csv",
+                 f"alc connect --project {project_id} --budget 150    # change the budget"):
+        console.print(f"  [bold]{line}[/]")

@@ -9,6 +9,9 @@ from the image's true label distribution. Nothing is written to Label Studio's d
 
 An annotator stops when told to, when its share of an optional cap is spent, or when the stream has
 stayed empty for ``idle_timeout`` seconds (the queue may be re-ranking: a short empty spell is normal).
+An empty stream is asked again after a growing pause (0.5 s doubling to ``MAX_BACKOFF``): Label Studio
+logs a traceback for every empty next-task call, and polling it twice a second filled its log.
+The pool measures its *stalls*: spells when every annotator found the stream empty (``longest_stall``).
 
 Label Studio 1.23.2's next-task call is not atomic: two calls in the same few milliseconds can both
 take the last open slot of a task (its log then says "Num takes=3 > overlap=2 ... it's a bug").
@@ -31,6 +34,7 @@ import requests
 from backend.demo.dataset import choice_result
 
 log = logging.getLogger(__name__)
+MAX_BACKOFF = 2.0  # seconds between next-task calls of an annotator whose stream is empty
 
 
 class AnnotatorError(RuntimeError):
@@ -148,8 +152,10 @@ class SimulatedAnnotator:
 
     def __init__(self, stream: LabelStream, project_id: int, true_distribution: np.ndarray, class_names: list[str],
                  pace: float = 1.0, seed: int = 0, budget: Budget | None = None,
-                 next_lock: threading.Lock | None = None) -> None:
+                 next_lock: threading.Lock | None = None,
+                 on_stream: Callable[["SimulatedAnnotator", bool], None] | None = None) -> None:
         self.stream = stream
+        self.on_stream = on_stream or (lambda annotator, empty: None)
         self.next_lock = next_lock or threading.Lock()
         self.project_id = project_id
         self.true_distribution = np.asarray(true_distribution, dtype=float)
@@ -169,6 +175,7 @@ class SimulatedAnnotator:
             return False
         with self.next_lock:
             task = self.stream.next_task(self.project_id)
+        self.on_stream(self, task is None)
         if task is None or stop.is_set():
             self.budget.give_back()
             return False
@@ -189,11 +196,14 @@ class SimulatedAnnotator:
         return self.class_names[self.rng.choice(len(self.class_names), p=self.true_distribution[int(demo_id)])]
 
     def run(self, stop: threading.Event, idle_timeout: float | None = 20.0, poll: float = 0.5) -> None:
-        """Work until stopped, capped, or the stream stayed empty for ``idle_timeout`` seconds (None: never)."""
+        """Work until stopped, capped, or the stream stayed empty for ``idle_timeout`` seconds (None: never).
+
+        While the stream is empty the pause between asks doubles from ``poll`` up to MAX_BACKOFF."""
         idle_since: float | None = None
+        pause = poll
         while not stop.is_set():
             if self.step(stop):
-                idle_since = None
+                idle_since, pause = None, poll
                 continue
             if self.budget.limit is not None and self.budget.used >= self.budget.limit:
                 return
@@ -201,7 +211,8 @@ class SimulatedAnnotator:
             if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
                 log.info("%s: stream empty for %.0f s, stopping", self.name, idle_timeout)
                 return
-            stop.wait(poll)
+            stop.wait(pause)
+            pause = min(2 * pause, max(poll, MAX_BACKOFF))
 
 
 class AnnotatorPool:
@@ -221,12 +232,28 @@ class AnnotatorPool:
             SimulatedAnnotator(
                 LabelStream(base_url, f"annotator{k + 1}@{email_domain}", password, invite_token=invite_token),
                 project_id, true_distribution, class_names, pace, seed * 1000 + k, self.budget, next_lock,
+                on_stream=self._note_stream,
             )
             for k in range(n)
         ]
+        self._empty_since: dict[str, float] = {}  # annotator -> when its stream was first found empty
+        self._stall_lock = threading.Lock()
+        self.longest_stall = 0.0  # seconds: the longest spell when every annotator found the stream empty
         self.stop_event = threading.Event()
         self.errors: list[BaseException] = []
         self._threads: list[threading.Thread] = []
+
+    def _note_stream(self, annotator: SimulatedAnnotator, empty: bool) -> None:
+        """Track the stalls: a stall starts when the last annotator finds the stream empty and ends when anyone
+        is served a task (an empty spell that never ends, e.g. after the budget is spent, is not a stall)."""
+        now = time.monotonic()
+        with self._stall_lock:
+            if empty:
+                self._empty_since.setdefault(annotator.name, now)
+                return
+            if len(self._empty_since) == len(self.annotators):
+                self.longest_stall = max(self.longest_stall, now - max(self._empty_since.values()))
+            self._empty_since.pop(annotator.name, None)
 
     def sign_in(self) -> "AnnotatorPool":
         for annotator in self.annotators:

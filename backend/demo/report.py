@@ -8,12 +8,20 @@ dataset only once a majority forms. The initial label is the task's earliest ann
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from label_studio_sdk import LabelStudio
 
 from scoring.majority import has_strict_majority, majority_label
+
+
+@dataclass(frozen=True)
+class Reannotation:
+    annotator: str  # the annotator's email (as the dashboard names them)
+    row: int  # demo_id
+    label: int  # class index
+    lead_time: float  # seconds, as Label Studio measured them
 
 
 @dataclass
@@ -22,8 +30,12 @@ class ProjectLabels:
 
     initial: np.ndarray  # (N,) the imported label's class index
     counts: np.ndarray  # (N, C) every non-cancelled annotation, the initial one included
-    annotators: dict[str, int]  # re-annotations per annotator (Label Studio user id -> count)
-    lead_time: float  # seconds, summed over re-annotations
+    reannotations: list[Reannotation] = field(default_factory=list)
+    open_slots: int = 0  # annotations Label Studio would still serve (overlap above the annotation count)
+
+    @property
+    def lead_time(self) -> float:
+        return float(sum(r.lead_time for r in self.reannotations))
 
     @property
     def spent(self) -> int:
@@ -46,11 +58,13 @@ class ProjectLabels:
 def read_labels(client: LabelStudio, project_id: int, class_names: list[str], n: int) -> ProjectLabels:
     """Read every task's annotations (paged, all fields) into counts per class, indexed by data.demo_id."""
     index = {name: c for c, name in enumerate(class_names)}
+    emails = {int(u.id): u.email for u in client.users.list()}
     initial = np.full(n, -1)
     counts = np.zeros((n, len(class_names)), dtype=np.int64)
-    annotators: dict[str, int] = {}
-    lead_time = 0.0
+    reannotations: list[Reannotation] = []
+    open_slots = 0
     for task in client.tasks.list(project=project_id, fields="all"):
+        open_slots += max(0, int(_get(task, "overlap") or 0) - int(_get(task, "total_annotations") or 0))
         k = int(task.data["demo_id"])
         annotations = sorted((a for a in (task.annotations or []) if not _get(a, "was_cancelled")),
                              key=lambda a: (str(_get(a, "created_at")), _get(a, "id")))
@@ -62,12 +76,32 @@ def read_labels(client: LabelStudio, project_id: int, class_names: list[str], n:
             if position == 0:
                 initial[k] = index[label]
             else:
-                who = str(_get(annotation, "completed_by"))
-                annotators[who] = annotators.get(who, 0) + 1
-                lead_time += float(_get(annotation, "lead_time") or 0.0)
+                user = _get(annotation, "completed_by")
+                who = emails.get(int(user), f"user {user}") if isinstance(user, int) else str(user)
+                reannotations.append(Reannotation(who, k, index[label], float(_get(annotation, "lead_time") or 0.0)))
     if (initial < 0).any():
         raise ValueError(f"project {project_id}: {int((initial < 0).sum())} demo task(s) have no initial label")
-    return ProjectLabels(initial, counts, annotators, lead_time)
+    return ProjectLabels(initial, counts, reannotations, open_slots)
+
+
+def per_annotator(labels: ProjectLabels) -> dict[str, dict]:
+    """Per annotator (by email): re-annotations, seconds, and agreement with the final majority label of
+    the settled tasks they re-annotated (None when none of theirs settled)."""
+    final, settled = labels.labels(), labels.settled()
+    out: dict[str, dict] = {}
+    for r in labels.reannotations:
+        entry = out.setdefault(r.annotator, {"annotations": 0, "seconds": 0.0, "_agree": 0, "_settled": 0})
+        entry["annotations"] += 1
+        entry["seconds"] += r.lead_time
+        if settled[r.row]:
+            entry["_settled"] += 1
+            entry["_agree"] += int(final[r.row] == r.label)
+    for entry in out.values():
+        agree, on_settled = entry.pop("_agree"), entry.pop("_settled")
+        entry["seconds"] = round(entry["seconds"], 1)
+        entry["agreement_with_final"] = round(agree / on_settled, 3) if on_settled else None
+        entry["on_settled_tasks"] = on_settled
+    return dict(sorted(out.items()))
 
 
 def summarise(labels: ProjectLabels, true_labels: np.ndarray, **extra) -> dict:
@@ -90,8 +124,9 @@ def summarise(labels: ProjectLabels, true_labels: np.ndarray, **extra) -> dict:
         "labels_corrected": corrected,
         "labels_broken": broken,
         "net_corrections_per_annotation": round((corrected - broken) / spent, 4) if spent else 0.0,
-        "annotations_per_annotator": labels.annotators,
+        "annotators": per_annotator(labels),
         "annotator_seconds": round(labels.lead_time, 1),
+        "open_slots": labels.open_slots,
         **extra,
     }
 

@@ -7,8 +7,12 @@ with the shared Label Studio of the test session. The steps:
 2. connect it to the backend (``alc connect``: sampling, webhook, ML backend, budget) and wait for the
    first trained model to open the cleaning queue (the project's model_version switches to it);
 3. optionally let N simulated annotators work through the label stream;
-4. wait until the budget is spent and the stream is empty (or Ctrl-C), then read every annotation back
-   from Label Studio and compare with the truth.
+4. wait until the budget is spent (or nothing is left to serve, or Ctrl-C), let the worker close the
+   queue, then read every annotation back from Label Studio and compare with the truth.
+
+What it measured goes into the report: the longest stall (every simulated annotator found the stream
+empty while budget remained), the model versions published after the budget was spent (there should
+be none), and the open slots left (none: the queue is closed).
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class DemoRun:
                  console: Console | None = None) -> None:
         self.redis_url = backend_env.get("REDIS_URL")
         self._redis = None
+        user, password = backend_env.get("BASIC_AUTH_USER"), backend_env.get("BASIC_AUTH_PASS")
+        self.backend_auth = (user, password) if user and password else None
         self.config = config
         self.ls_url = ls_url.rstrip("/")
         self.ls_token = ls_token
@@ -98,6 +104,9 @@ class DemoRun:
         self.project: DemoProject | None = None
         self.pool: AnnotatorPool | None = None
         self.model_versions: list[str] = []
+        self.version_seen_at: list[float] = []  # monotonic time each model version was first seen
+        self.budget_spent_at: float | None = None
+        self.finished_because: str | None = None
         self.started = time.monotonic()
 
     # --- setup -----------------------------------------------------------------------------------
@@ -118,7 +127,8 @@ class DemoRun:
     def connect(self) -> None:
         """`alc connect --project ID`: the connectors set the project up for this backend."""
         argv = [sys.executable, "-m", "backend.cli", "connect", "--project", str(self.project.id),
-                "--backend-url", self.backend_url]
+                "--backend-url", self.backend_url, "--window", str(self.config.window),
+                "--budget", str(self.config.budget)]
         result = subprocess.run(argv, env={**os.environ, **self.backend_env}, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise RuntimeError(f"`alc connect` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -126,7 +136,8 @@ class DemoRun:
 
     def wait_for_first_model(self) -> str:
         """Ask the backend to train now and wait until Label Studio serves the queue under a model version."""
-        requests.post(f"{self.backend_url}/train", json={"project": self.project.id}, timeout=10).raise_for_status()
+        requests.post(f"{self.backend_url}/train", json={"project": self.project.id}, auth=self.backend_auth,
+                      timeout=10).raise_for_status()
         deadline = time.monotonic() + self.config.first_model_timeout
         with self.console.status("fitting the selector and opening the cleaning queue"):
             while time.monotonic() < deadline:
@@ -141,6 +152,7 @@ class DemoRun:
         version = self.client.projects.get(self.project.id).model_version or None
         if version and (not self.model_versions or self.model_versions[-1] != version):
             self.model_versions.append(version)
+            self.version_seen_at.append(time.monotonic())
         return version
 
     # --- annotating --------------------------------------------------------------------------------
@@ -157,10 +169,12 @@ class DemoRun:
         project = self.client.projects.get(self.project.id)
         return int(project.total_annotations_number or 0) - self.dataset.n_tasks
 
-    def watch(self, exit_when_done: bool, check_alive=lambda: None, timeout: float | None = None) -> None:
-        """Show the budget burning down. With ``exit_when_done``, return once the budget is spent, or once
-        the simulated annotators found nothing to do for ``idle_timeout`` seconds while the backend's
-        queues were idle too (the queue cannot spend more: every task settled or capped)."""
+    def watch(self, check_alive=lambda: None, timeout: float | None = None) -> str:
+        """Show the budget burning down until the cleaning is done; returns why it is done.
+
+        Done when the budget is spent, or (simulated annotators only) when they found nothing to serve
+        for ``idle_timeout`` seconds while the backend's queues were idle too (every task settled or
+        capped). People annotating: it waits for the budget, however long that takes."""
         cfg = self.config
         deadline = None if timeout is None else time.monotonic() + timeout
         last_activity, seen = time.monotonic(), 0
@@ -173,21 +187,40 @@ class DemoRun:
                 spent = self.spent()
                 version = self.poll_model_version()
                 progress.update(bar, completed=min(spent, cfg.budget), description=f"model {version}")
+                if spent >= cfg.budget:
+                    self.budget_spent_at = time.monotonic()
+                    self.finished_because = f"budget spent ({spent} of {cfg.budget} re-annotations)"
+                    break
                 if self.pool is not None:
                     if self.pool.errors:
                         raise RuntimeError(f"a simulated annotator failed: {self.pool.errors[0]}")
-                    if spent >= cfg.budget:
-                        self.pool.stop()  # nothing is left to serve; in-flight submissions finish
                     if len(self.pool.submitted) > seen or self.busy():
                         last_activity, seen = time.monotonic(), len(self.pool.submitted)
                     elif time.monotonic() - last_activity > cfg.idle_timeout:
-                        self.console.print(f"nothing served for {cfg.idle_timeout:.0f} s and the queues are idle")
-                        self.pool.stop()
-                if exit_when_done and (spent >= cfg.budget or (self.pool is not None and not self.pool.running)):
-                    return
+                        self.finished_because = (f"nothing left to serve ({spent} of {cfg.budget} spent; every "
+                                                 f"task settled or capped, nothing served for {cfg.idle_timeout:.0f} s)")
+                        break
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"the demo did not finish within {timeout:.0f} s ({spent} of {cfg.budget} spent)")
                 time.sleep(1.0)
+        if self.pool is not None:
+            self.pool.stop()  # in-flight submissions finish
+        self.settle()
+        return self.finished_because
+
+    def settle(self, timeout: float = 120.0) -> None:
+        """Wait (with a visible status) until the worker has handled the last annotations (the queue closes)."""
+        deadline = time.monotonic() + timeout
+        with self.console.status("closing the queue: the worker handles the last annotations"):
+            while self.busy() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        self.poll_model_version()
+
+    def versions_after_budget_spent(self) -> int:
+        """Model versions Label Studio switched to after the budget was spent (a retrain nobody needs)."""
+        if self.budget_spent_at is None:
+            return 0
+        return sum(1 for t in self.version_seen_at if t > self.budget_spent_at + 1.0)  # polled once a second
 
     def busy(self) -> bool:
         """Whether the backend's rq queues hold work (queued, running or scheduled jobs)."""
@@ -219,6 +252,9 @@ class DemoRun:
             order=self.config.order,
             budget=self.config.budget,
             model_versions=list(self.model_versions),
+            model_versions_after_budget_spent=self.versions_after_budget_spent(),
+            finished_because=self.finished_because,
+            longest_stall_seconds=round(self.pool.longest_stall, 1) if self.pool is not None else None,
             simulated_annotators=self.config.annotators,
             wall_seconds=round(time.monotonic() - self.started, 1),
             config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},

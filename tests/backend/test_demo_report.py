@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.demo.report import ProjectLabels, summarise
+from backend.demo.report import ProjectLabels, Reannotation, summarise
 
 
 def test_majority_decides_and_ties_keep_the_initial_label():
@@ -15,7 +15,9 @@ def test_majority_decides_and_ties_keep_the_initial_label():
         [0, 0, 2],  # initial 2 confirmed: settled, unchanged
         [1, 0, 0],  # never re-annotated
     ])
-    labels = ProjectLabels(initial, counts, {"7": 4}, 12.5)
+    reannotations = [Reannotation("ann@x", 0, 1, 2.0), Reannotation("bob@x", 0, 1, 3.0), Reannotation("ann@x", 1, 2, 4.0),
+                     Reannotation("bob@x", 2, 2, 3.5)]
+    labels = ProjectLabels(initial, counts, reannotations)
     assert labels.spent == 4
     assert labels.labels().tolist() == [1, 1, 2, 0]
     assert labels.settled().tolist() == [True, False, True, False]
@@ -25,14 +27,27 @@ def test_majority_decides_and_ties_keep_the_initial_label():
     assert report["tasks_settled"] == 2 and report["annotations_spent"] == 4
     assert report["net_corrections_per_annotation"] == 0.25
     assert report["order"] == "priority"
+    assert report["annotator_seconds"] == 12.5
+    # ann: task 0 (settled, agrees) and task 1 (a tie: not settled, not counted); bob: tasks 0 and 2, both agree
+    assert report["annotators"] == {
+        "ann@x": {"annotations": 2, "seconds": 6.0, "agreement_with_final": 1.0, "on_settled_tasks": 1},
+        "bob@x": {"annotations": 2, "seconds": 6.5, "agreement_with_final": 1.0, "on_settled_tasks": 2},
+    }
+
+
+def test_agreement_counts_a_dissent_against_the_final_majority():
+    labels = ProjectLabels(np.array([0]), np.array([[1, 2, 1]]),
+                           [Reannotation("a@x", 0, 1, 1.0), Reannotation("b@x", 0, 1, 1.0), Reannotation("c@x", 0, 2, 1.0)])
+    people = summarise(labels, np.array([1]))["annotators"]
+    assert people["c@x"]["agreement_with_final"] == 0.0 and people["a@x"]["agreement_with_final"] == 1.0
 
 
 def test_a_majority_on_a_wrong_class_counts_as_broken():
-    labels = ProjectLabels(np.array([0]), np.array([[1, 2]]), {}, 0.0)
+    labels = ProjectLabels(np.array([0]), np.array([[1, 2]]))
     report = summarise(labels, np.array([0]))
     assert report["labels_broken"] == 1 and report["net_corrections_per_annotation"] == -0.5
 
 
 def test_nothing_spent_reports_zero_per_annotation():
-    labels = ProjectLabels(np.array([0, 1]), np.eye(2, dtype=int), {}, 0.0)
+    labels = ProjectLabels(np.array([0, 1]), np.eye(2, dtype=int))
     assert summarise(labels, np.array([0, 0]))["net_corrections_per_annotation"] == 0.0
