@@ -16,6 +16,7 @@ from label_studio_sdk import LabelStudio
 
 from connectors.client import get_project
 from connectors.counts import _plain, choices_tag, read_project
+from connectors.plan import clear_ground_truth
 from connectors.queue import set_overlaps
 from connectors.state import parse_state, write_state
 
@@ -60,9 +61,10 @@ def configure_project(
         report["closed"] = f"{len(stray)} labelled task(s) that were open outside the queue"
     else:
         report["baseline"] = f"kept: annotations with ids <= {state.baseline_annotation_id} are initial labels"
-    starred = sum(len(t.ground_truth_ids) for t in snapshot.tasks)
-    report["ground_truth"] = (f"{starred} annotation(s) carry the ground-truth star; the queue takes it off a "
-                              "task's annotations when it first opens the task (queue.clear_ground_truth)")
+    # once per project, here: Label Studio's task lock ignores starred annotations, so an opened task whose
+    # initial label carries the star would be served twice (connectors.plan.clear_ground_truth)
+    starred = clear_ground_truth(client, [a for t in snapshot.tasks for a in t.ground_truth_ids])
+    report["ground_truth"] = f"took the ground-truth star off {starred} annotation(s) (labels untouched)"
     if budget is not None:
         state = replace(state, budget=int(budget))
     if window is not None:

@@ -145,7 +145,7 @@ class FakeLabelStudio:
             if task is None:
                 return httpx.Response(404, json={"detail": "Not found."})
             if method == "PATCH":
-                task.update({k: v for k, v in body.items() if k in ("overlap", "is_labeled")})
+                task.update({k: v for k, v in body.items() if k in ("overlap", "is_labeled", "data")})
             return httpx.Response(200, json=self._task_json(task))
         return httpx.Response(404, json={"detail": f"fake has no {method} {path}"})
 
