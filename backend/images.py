@@ -1,10 +1,24 @@
-"""Task images: fetched from Label Studio or allow-listed hosts only, with size and time limits.
+"""Task images: fetched from Label Studio or allow-listed hosts only, pinned to the address checked.
 
-Accepted: Label Studio's own files (``/data/upload/...``, ``/data/local-files/?d=...``, or any URL on
-LABEL_STUDIO_URL's host), sent with the API token; ``http(s)`` URLs whose host is on
-ALC_IMAGE_ALLOWED_HOSTS and resolves to a public address. Nothing else is fetched: no other hosts, no
-local or private addresses on behalf of a task, no redirects, no file:// or cloud-storage schemes.
-Images are decoded with Pillow to a fixed-size RGB uint8 array, so every selector sees (H, W, 3).
+The URL policy, parsed once (:func:`ImageLoader.target`): a task's image reference is normalised and
+parsed by this module only; the request then goes to exactly the scheme, host, port and path that
+were checked, at the IP address resolved once and checked (urllib3 connects to that address and
+sends the checked name as Host header and TLS server name), so no second parser and no second DNS
+answer can send it elsewhere. Accepted:
+
+- Label Studio's own files: ``/data/upload/...``, ``/data/local-files/?d=...``, ``/storage-data/...``,
+  relative or on LABEL_STUDIO_URL's exact origin (scheme, host, port). Only these get the API token.
+- ``http(s)`` URLs whose host is on ALC_IMAGE_ALLOWED_HOSTS and resolves only to public addresses.
+
+Refused before any connection: backslashes, control characters, credentials in the URL, path
+segments that climb (``..``, also percent-encoded), encoded slashes, other schemes, ports out of
+range, hosts that are not plain DNS names or IP literals. No redirects are followed.
+
+Every per-image failure is an :class:`ImageError` (a per-task error, never a failed request or
+retrain). Decoding is bounded: at most ALC_IMAGE_MAX_PIXELS pixels are decoded (JPEGs are decoded at
+a reduced scale by Pillow's ``draft``, others are refused from their header before decoding).
+Decoded images are cached on disk per content hash, at up to CACHE_SIDE px (an encoder's input
+size, not only 32 px); writes are atomic (unique temporary file + rename), corrupt entries replaced.
 """
 
 from __future__ import annotations
@@ -12,25 +26,71 @@ from __future__ import annotations
 import hashlib
 import io
 import ipaddress
+import logging
+import os
+import re
 import socket
+import tempfile
+import threading
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from typing import Callable
+from urllib.parse import quote, unquote, urlsplit
 
+import certifi
 import numpy as np
-import requests
 import urllib3
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from backend.settings import Settings
 
+log = logging.getLogger(__name__)
+
 LABEL_STUDIO_PATHS = ("/data/upload/", "/data/local-files/", "/storage-data/")
 CHUNK = 64 * 1024
+CACHE_SIDE = 256  # decoded images are cached with their longer side at most this (or the size asked, if larger)
+MAX_URL_CHARS = 4096
+_DNS_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"  # kept as they are; everything else (spaces, non-ASCII) is percent-encoded
+_QUERY_SAFE = _PATH_SAFE + "?"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# Pillow warns above its own pixel limit when it reads a header; this module enforces ALC_IMAGE_MAX_PIXELS itself
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+Resolver = Callable[[str, int], list[str]]
 
 
 class ImageError(ValueError):
     """This task's image cannot be used; the message says why (shown per task, never a 500)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one image request goes: checked once, used as is."""
+
+    scheme: str
+    host: str  # the name checked (Host header, TLS server name)
+    port: int
+    address: str  # the IP address resolved once, checked, and connected to
+    path: str  # path and query, normalised
+    label_studio: bool  # on Label Studio's origin and file paths: the only requests with the token
+
+    @property
+    def url(self) -> str:
+        """The cache key and what error messages show."""
+        return f"{self.scheme}://{_host_header(self.host, self.port, self.scheme)}{self.path}"
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address the name resolves to, in the resolver's order (one DNS answer per request)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError):
+        raise ImageError(f"image host {host!r} does not resolve") from None
+    return list(dict.fromkeys(info[4][0].split("%")[0] for info in infos))
 
 
 @dataclass
@@ -42,6 +102,9 @@ class ImageLoader:
     timeout: float = 10.0
     size: int = 32
     cache_dir: Path | None = None
+    max_pixels: int = 16_000_000
+    workers: int = 4
+    resolver: Resolver = resolve_host
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ImageLoader":
@@ -53,117 +116,315 @@ class ImageLoader:
             max_bytes=settings.image_max_bytes,
             timeout=settings.image_timeout,
             size=settings.image_size,
-            cache_dir=settings.data_home / "image-cache" / str(settings.image_size),
+            cache_dir=settings.data_home / "image-cache",
+            max_pixels=settings.image_max_pixels,
+            workers=settings.image_workers,
         )
 
     def __post_init__(self) -> None:
-        self._session = requests.Session()
+        self.allowed_hosts = [h.lower().rstrip(".") for h in self.allowed_hosts]
+        self._ls = _origin(self.label_studio_url) if self.label_studio_url else None
+        self._pools: dict[tuple, urllib3.HTTPConnectionPool] = {}
+        self._lock = threading.Lock()
 
-    # -- what may be fetched ------------------------------------------------------------------
+    # -- the URL policy -------------------------------------------------------------------------
 
-    def resolve(self, ref: str) -> tuple[str, dict[str, str]]:
-        """(absolute URL, headers) for an image reference, or ImageError if it must not be fetched."""
-        if not isinstance(ref, str) or not ref.strip():
-            raise ImageError("the task has no image URL")
-        ref = ref.strip()
-        ls = urlsplit(self.label_studio_url) if self.label_studio_url else None
-        if ref.startswith("/"):
-            if not ref.startswith(LABEL_STUDIO_PATHS):
-                raise ImageError(f"relative image path {ref[:80]!r} is not a Label Studio upload or local file")
-            if ls is None:
+    def target(self, ref: object) -> Target:
+        """Normalise, parse and check an image reference once; ImageError if it must not be fetched."""
+        ref = _normalised(ref)
+        if ref.startswith("/") and not ref.startswith("//"):
+            if self._ls is None:
                 raise ImageError("a Label Studio image needs LABEL_STUDIO_URL to be set")
-            return urljoin(self.label_studio_url + "/", ref.lstrip("/")), self._ls_headers()
-        parts = urlsplit(ref)
-        if parts.scheme not in ("http", "https"):
-            raise ImageError(f"image URL scheme {parts.scheme or '(none)'!r} is not fetched (only http(s))")
-        host = (parts.hostname or "").lower()
-        if ls is not None and host == (ls.hostname or "").lower() and parts.port == ls.port:
-            return ref, self._ls_headers()
-        if host not in self.allowed_hosts:
-            raise ImageError(f"image host {host!r} is not on ALC_IMAGE_ALLOWED_HOSTS")
-        _require_public(host)
-        return ref, {}
+            scheme, host, port, prefix = self._ls
+            rel = urlsplit(ref)
+            path, query = prefix + rel.path, rel.query
+        else:
+            try:
+                parts = urlsplit(ref)
+                port = parts.port
+            except ValueError as exc:
+                raise ImageError(f"image URL does not parse ({exc})") from None
+            scheme = parts.scheme.lower()
+            if scheme not in ("http", "https"):
+                raise ImageError(f"image URL scheme {scheme or '(none)'!r} is not fetched (only http(s))")
+            if "@" in parts.netloc:
+                raise ImageError("image URL carries credentials (user@host); not fetched")
+            host = _checked_host(parts.hostname)
+            port = port if port is not None else _default_port(scheme)
+            if port == 0:
+                raise ImageError("image URL port 0 is not a port")
+            path, query = parts.path, parts.query
+        path = _checked_path(path)
+        full = path + (f"?{quote(query, safe=_QUERY_SAFE)}" if query else "")
+        on_ls = self._ls is not None and (scheme, host, port) == self._ls[:3]
+        if on_ls:
+            if not path.startswith(tuple(self._ls[3] + p for p in LABEL_STUDIO_PATHS)):
+                where = "relative image path" if ref.startswith("/") else "image URL on Label Studio's host"
+                raise ImageError(f"{where} {path[:80]!r} is not a Label Studio upload or local file "
+                                 f"({', '.join(LABEL_STUDIO_PATHS)})")
+            address = self.resolver(host, port)[0]
+        elif ref.startswith("/"):
+            raise ImageError(f"relative image path {ref[:80]!r} is not a Label Studio upload or local file")
+        else:
+            if host not in self.allowed_hosts:
+                raise ImageError(f"image host {host!r} is not on ALC_IMAGE_ALLOWED_HOSTS")
+            address = _public_address(host, self.resolver(host, port))
+        return Target(scheme, host, port, address, full, on_ls)
 
-    def _ls_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Token {self.api_key}"} if self.api_key else {}
+    # -- fetching and decoding ------------------------------------------------------------------
 
-    # -- fetching and decoding ----------------------------------------------------------------
-
-    def fetch(self, ref: str) -> bytes:
-        url, headers = self.resolve(ref)
+    def fetch(self, target: Target) -> bytes:
+        """The body of one image request (no redirects, size and time limits)."""
+        headers = {"Host": _host_header(target.host, target.port, target.scheme), "Accept": "image/*"}
+        if target.label_studio and self.api_key:
+            headers["Authorization"] = f"Token {self.api_key}"
         deadline = time.monotonic() + self.timeout
         try:
-            with self._session.get(
-                url, headers=headers, timeout=self.timeout, stream=True, allow_redirects=False
-            ) as response:
-                if response.is_redirect:
-                    raise ImageError(f"image URL redirects ({response.status_code}); redirects are not followed")
-                if response.status_code != 200:
-                    raise ImageError(f"image request returned HTTP {response.status_code}")
-                declared = int(response.headers.get("Content-Length") or 0)
-                if declared > self.max_bytes:
-                    raise ImageError(f"image is {declared} bytes, over the limit of {self.max_bytes}")
-                body = bytearray()
-                # read1 returns whatever has arrived (iter_content would wait for a full chunk), so a slow
-                # server cannot hold the download past the deadline by more than one socket read
-                while chunk := response.raw.read1(CHUNK, decode_content=True):
-                    body.extend(chunk)
-                    if len(body) > self.max_bytes:
-                        raise ImageError(f"image is over the limit of {self.max_bytes} bytes")
-                    if time.monotonic() > deadline:
-                        raise ImageError(f"image download took longer than {self.timeout} s")
-                return bytes(body)
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            response = self._pool(target).urlopen(
+                "GET", target.path, headers=headers, redirect=False, retries=False, preload_content=False,
+                timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout), assert_same_host=False,
+            )
+        except urllib3.exceptions.HTTPError as exc:
             raise ImageError(f"image could not be fetched: {type(exc).__name__}") from None
+        try:
+            if 300 <= response.status < 400:
+                raise ImageError(f"image URL redirects ({response.status}); redirects are not followed")
+            if response.status != 200:
+                raise ImageError(f"image request returned HTTP {response.status}")
+            declared = response.headers.get("Content-Length")
+            if declared is not None:
+                if not declared.strip().isdigit() or not declared.isascii():
+                    raise ImageError(f"image response has a bad Content-Length ({declared[:20]!r})")
+                if int(declared) > self.max_bytes:
+                    raise ImageError(f"image is {int(declared)} bytes, over the limit of {self.max_bytes}")
+            body = bytearray()
+            # read1 returns whatever has arrived, so a slow server cannot hold the download past the
+            # deadline by more than one socket read; decoded (gunzipped) bytes count against the limit
+            while chunk := response.read1(CHUNK, decode_content=True):
+                body.extend(chunk)
+                if len(body) > self.max_bytes:
+                    raise ImageError(f"image is over the limit of {self.max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise ImageError(f"image download took longer than {self.timeout} s")
+            return bytes(body)
+        except urllib3.exceptions.HTTPError as exc:
+            raise ImageError(f"image could not be fetched: {type(exc).__name__}") from None
+        finally:
+            response.close()  # never hand a half-read connection back to the pool
+            response.release_conn()
 
-    def decode(self, raw: bytes) -> np.ndarray:
+    def decode(self, raw: bytes, side: int = CACHE_SIDE) -> np.ndarray:
+        """RGB uint8 (h, w, 3), longer side at most ``side``; never decodes more than ``max_pixels``."""
         try:
             with Image.open(io.BytesIO(raw)) as img:
-                img = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
-                return np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
-            raise ImageError(f"image could not be decoded: {exc}") from None
+                img.draft("RGB", (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that suffices
+                width, height = img.size
+                if width * height > self.max_pixels:
+                    raise ImageError(
+                        f"image is {width} x {height} px, over the limit of {self.max_pixels} pixels (ALC_IMAGE_MAX_PIXELS)"
+                    )
+                img = img.convert("RGB")
+                img.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+                return np.asarray(img, dtype=np.uint8).copy()
+        except ImageError:
+            raise
+        except Exception as exc:  # Pillow raises many kinds for hostile files: all are this task's problem
+            raise ImageError(f"image could not be decoded: {type(exc).__name__}: {str(exc)[:120]}") from None
 
-    def load(self, ref: str) -> np.ndarray:
-        """(size, size, 3) uint8; cached on disk by URL so a retrain does not download everything again."""
-        cached = self._cache_path(ref)
-        if cached is not None and cached.is_file():
-            return np.load(cached)
-        array = self.decode(self.fetch(ref))
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp.npy")
-            np.save(tmp, array)
-            tmp.replace(cached)
-        return array
+    def load(self, ref: object, size: int | None = None) -> np.ndarray:
+        """(size, size, 3) uint8, from the disk cache when this URL was loaded before."""
+        size = size or self.size
+        return _square(self._cached_or_fetched(self.target(ref), max(CACHE_SIDE, size)), size)
 
-    def load_many(self, refs: list[str], progress=None) -> tuple[np.ndarray, dict[int, str]]:
-        """All images as (N, size, size, 3); failures become black images, listed in ``errors`` by index."""
-        out = np.zeros((len(refs), self.size, self.size, 3), dtype=np.uint8)
+    def load_many(
+        self, refs: list, size: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """All images as (N, size, size, 3), fetched by a bounded pool; a failure of any kind becomes
+        ``errors[i]`` (its image stays black) and never stops the others. ``progress(done)`` after each."""
+        size = size or self.size
+        out = np.zeros((len(refs), size, size, 3), dtype=np.uint8)
         errors: dict[int, str] = {}
-        for i, ref in enumerate(refs):
-            try:
-                out[i] = self.load(ref)
-            except ImageError as exc:
-                errors[i] = str(exc)
-            if progress is not None:
-                progress(i + 1)
+        with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="alc-image") as pool:
+            futures = {pool.submit(self.load, ref, size): i for i, ref in enumerate(refs)}
+            for done, future in enumerate(as_completed(futures), 1):
+                i = futures[future]
+                try:
+                    out[i] = future.result()
+                except ImageError as exc:
+                    errors[i] = str(exc)
+                except Exception as exc:  # a bug or a surprise must still cost one task, not the retrain
+                    log.warning("image %d failed unexpectedly", i, exc_info=True)
+                    errors[i] = f"image could not be loaded: {type(exc).__name__}"
+                if progress is not None:
+                    progress(done)
         return out, errors
 
-    def _cache_path(self, ref: str) -> Path | None:
+    def thumbnail(self, ref: object, size: int) -> bytes:
+        """PNG bytes of the image fitted into size x size (aspect kept), for the dashboard."""
+        if not 1 <= int(size) <= 1024:
+            raise ImageError(f"thumbnail size must lie in [1, 1024], got {size}")
+        image = Image.fromarray(self._cached_or_fetched(self.target(ref), max(CACHE_SIDE, int(size))))
+        image.thumbnail((int(size), int(size)), Image.Resampling.BILINEAR)
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return out.getvalue()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _pool(self, target: Target) -> urllib3.HTTPConnectionPool:
+        key = (target.scheme, target.host, target.address, target.port)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                if target.scheme == "https":
+                    pool = urllib3.HTTPSConnectionPool(
+                        target.address, target.port, maxsize=max(1, self.workers), server_hostname=target.host,
+                        assert_hostname=target.host, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where(),
+                    )
+                else:
+                    pool = urllib3.HTTPConnectionPool(target.address, target.port, maxsize=max(1, self.workers))
+                self._pools[key] = pool
+            return pool
+
+    def _cached_or_fetched(self, target: Target, side: int) -> np.ndarray:
+        """The decoded image (longer side <= side): URL -> content hash -> pixels, each a cache file."""
         if self.cache_dir is None:
-            return None
-        digest = hashlib.sha256(ref.encode()).hexdigest()
-        return self.cache_dir / digest[:2] / f"{digest}.npy"
+            return self.decode(self.fetch(target), side)
+        url_key = hashlib.sha256(target.url.encode()).hexdigest()
+        ref_file = self.cache_dir / "refs" / url_key[:2] / url_key
+        content = _read_text(ref_file)
+        if content is not None and _HEX64.fullmatch(content):
+            cached = _read_pixels(self._pixels_path(content, side))
+            if cached is not None:
+                return cached
+        raw = self.fetch(target)
+        content = hashlib.sha256(raw).hexdigest()
+        pixels = self._pixels_path(content, side)
+        image = _read_pixels(pixels)
+        if image is None:
+            image = self.decode(raw, side)
+            buffer = io.BytesIO()
+            np.save(buffer, image, allow_pickle=False)
+            _atomic_write(pixels, buffer.getvalue())
+        _atomic_write(ref_file, content.encode())
+        return image
+
+    def _pixels_path(self, content: str, side: int) -> Path:
+        return self.cache_dir / "pixels" / content[:2] / f"{content}-{side}.npy"  # type: ignore[operator]
 
 
-def _require_public(host: str) -> None:
-    """An allow-listed host must resolve only to public addresses (no loopback, private, link-local)."""
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _normalised(ref: object) -> str:
+    if not isinstance(ref, str) or not ref.strip():
+        raise ImageError("the task has no image URL")
+    ref = ref.strip()
+    if len(ref) > MAX_URL_CHARS:
+        raise ImageError(f"image URL is longer than {MAX_URL_CHARS} characters")
     try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror:
-        raise ImageError(f"image host {host!r} does not resolve") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        ref.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ImageError("image URL is not valid text (lone surrogate)") from None
+    if "\\" in ref:
+        raise ImageError("image URL contains a backslash; not fetched (parsers disagree on it)")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in ref):
+        raise ImageError("image URL contains control characters; not fetched")
+    return ref
+
+
+def _origin(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path prefix) of LABEL_STUDIO_URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, _checked_host(parts.hostname), parts.port or _default_port(scheme), parts.path.rstrip("/")
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+def _checked_host(host: str | None) -> str:
+    """A plain DNS name or an IP literal, lower case, without a trailing dot."""
+    host = (host or "").lower().rstrip(".")
+    if not host:
+        raise ImageError("image URL has no host")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not host.isascii() or not _DNS_NAME.fullmatch(host):
+        raise ImageError(f"image host {host[:80]!r} is not a plain DNS name or IP address")
+    return host
+
+
+def _checked_path(path: str) -> str:
+    """The path as it will be sent: no climbing segments, no encoded slashes, spaces and non-ASCII escaped."""
+    path = path or "/"
+    if path.startswith("//"):
+        raise ImageError("image URL path starts with '//'; not fetched")
+    decoded = unquote(path)
+    if decoded.count("/") != path.count("/") or "\\" in decoded:
+        raise ImageError("image URL path holds an encoded slash or backslash; not fetched")
+    if any(segment in (".", "..") for segment in decoded.split("/")):
+        raise ImageError("image URL path climbs ('.' or '..' segments); not fetched")
+    return quote(path, safe=_PATH_SAFE)
+
+
+def _host_header(host: str, port: int, scheme: str) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port == _default_port(scheme) else f"{shown}:{port}"
+
+
+def _public_address(host: str, addresses: list[str]) -> str:
+    """The address to connect to: the first one, if every address the name resolved to is public."""
+    if not addresses:
+        raise ImageError(f"image host {host!r} does not resolve")
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
         if not address.is_global:
             raise ImageError(f"image host {host!r} resolves to a non-public address ({address})")
+    return addresses[0]
+
+
+def _square(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_pixels(path: Path) -> np.ndarray | None:
+    """A cached image, or None (missing, or corrupt: then removed so it is written again)."""
+    try:
+        image = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except Exception:
+        image = None
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        log.warning("image cache entry %s is corrupt; replacing it", path)
+        path.unlink(missing_ok=True)
+        return None
+    return image
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """A unique temporary file in the same folder, then one rename: concurrent writers never collide."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
