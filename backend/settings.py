@@ -92,6 +92,9 @@ class Settings(BaseSettings):
         120.0, gt=0, validation_alias=AliasChoices("ALC_HEALTH_WORKER_TIMEOUT", "health_worker_timeout")
     )
     job_timeout: int = Field(1800, ge=1, validation_alias=AliasChoices("ALC_JOB_TIMEOUT", "job_timeout"))
+    reconcile_seconds: float = Field(
+        300.0, ge=0, validation_alias=AliasChoices("ALC_RECONCILE_SECONDS", "reconcile_seconds")
+    )  # periodic full resync of every connected project (0: never)
     job_retries: int = Field(3, ge=0, validation_alias=AliasChoices("ALC_JOB_RETRIES", "job_retries"))
     label_studio_timeout: float = Field(
         30.0, gt=0, validation_alias=AliasChoices("ALC_LABEL_STUDIO_TIMEOUT", "label_studio_timeout")
