@@ -1,16 +1,14 @@
-"""Versioned checkpoints: a content hash of the weights plus the time, saved atomically, loadable.
+"""Model versions: a content hash of the weights plus the time.
 
 The version string (``<hash12>-<UTC time>``) is what users see next to every priority, so two
 fits giving the same weights share the hash and a reader can tell which model ranked a task.
+Saving and loading live in :mod:`scoring.persistence` (JSON + safetensors, never pickle).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -40,26 +38,3 @@ def make_version(state: Mapping[str, Any], when: datetime | None = None) -> str:
     """'<first 12 hex of the weights hash>-<YYYYmmddTHHMMSSZ>'."""
     when = when or datetime.now(timezone.utc)
     return f"{state_hash(state)[:12]}-{when.strftime('%Y%m%dT%H%M%SZ')}"
-
-
-def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
-    """torch.save to a temporary file in the same folder, then os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(payload), f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU; a clear error if it is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)

@@ -1,15 +1,15 @@
-"""Frozen-encoder embeddings, cached on disk by image content and encoder version.
+"""Frozen-encoder embeddings, cached on disk per image, by image content and encoder version.
 
 A refit after new labels then costs only the linear head: the images and the encoder did not change,
-so neither do their embeddings.
+so neither do their embeddings; a new task costs its own image's embedding and nothing more.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,22 +17,16 @@ from torch import nn
 
 from scoring.augment import to_tensor
 from scoring.device import autocast
+from scoring.hashing import image_hashes
 from scoring.training import progress_bar
 
 
-def images_hash(images: np.ndarray) -> str:
-    """SHA-256 of the shape and bytes of a uint8 image array (order matters)."""
-    images = np.ascontiguousarray(images)
-    digest = hashlib.sha256(str(images.shape).encode() + str(images.dtype).encode())
-    digest.update(memoryview(images).cast("B"))
-    return digest.hexdigest()
-
-
 @torch.no_grad()
-def embed(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 512,
-          description: str = "embedding") -> np.ndarray:
-    """Run ``encoder`` (in eval mode) over ``images`` in batches; float32 (N, D)."""
-    encoder.eval()
+def embed(encoder: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, device: torch.device,
+          batch_size: int = 256, description: str = "embedding") -> np.ndarray:
+    """Run ``encoder`` (a module is put in eval mode) over uint8 ``images`` in batches; float32 (N, D)."""
+    if isinstance(encoder, nn.Module):
+        encoder.eval()
     out = []
     with progress_bar(description, total=len(images)) as advance:
         for start in range(0, len(images), batch_size):
@@ -44,34 +38,54 @@ def embed(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_si
 
 
 class EmbeddingCache:
-    """``<cache_dir>/embeddings/<encoder_version>-<images_hash[:16]>.npy``; None cache_dir = memory only."""
+    """One embedding per image: ``<cache_dir>/embeddings/<encoder key>/<hash[:2]>/<hash>.npy``.
+
+    The key of an image is the content hash of its pixels plus the encoder's key (its weights' id
+    and input size), so a new task or a new label costs one image's embedding at most, never the
+    project's. Files are written atomically (temporary file + rename): two processes embedding the
+    same image write the same bytes, and a reader never sees half a file. None cache_dir = memory only.
+    ``hits`` and ``misses`` count images.
+    """
 
     def __init__(self, cache_dir: str | Path | None) -> None:
         self.root = Path(cache_dir) / "embeddings" if cache_dir is not None else None
-        self._memory: dict[str, np.ndarray] = {}
+        self._memory: dict[tuple[str, str], np.ndarray] = {}
         self.hits = 0
         self.misses = 0
 
-    def key(self, images: np.ndarray, encoder_version: str) -> str:
-        return f"{encoder_version}-{images_hash(images)[:16]}"
+    def get_or_compute(self, images: np.ndarray, encoder: Callable[[torch.Tensor], torch.Tensor], encoder_key: str,
+                       device: torch.device, batch_size: int = 256) -> np.ndarray:
+        """(N, D) float32 embeddings of ``images`` (uint8 (N, H, W, 3)); only the images never seen are encoded."""
+        hashes = image_hashes(images)
+        found: dict[int, np.ndarray] = {}
+        for i, h in enumerate(hashes):
+            vector = self._memory.get((encoder_key, h))
+            if vector is None and self.root is not None:
+                path = self._path(encoder_key, h)
+                if path.is_file():
+                    vector = np.load(path, allow_pickle=False)
+                    self._memory[(encoder_key, h)] = vector
+            if vector is not None:
+                found[i] = vector
+        missing = [i for i in range(len(hashes)) if i not in found]
+        unique = list(dict.fromkeys(hashes[i] for i in missing))  # the same picture twice is embedded once
+        if unique:
+            first = {h: i for i, h in reversed(list(enumerate(hashes)))}
+            computed = embed(encoder, images[[first[h] for h in unique]], device, batch_size,
+                             description=f"embedding {len(unique)} images ({encoder_key})")
+            for h, vector in zip(unique, computed):
+                self._memory[(encoder_key, h)] = vector
+                if self.root is not None:
+                    _save_npy_atomic(self._path(encoder_key, h), vector)
+        self.hits += len(hashes) - len(missing)
+        self.misses += len(unique)
+        if not hashes:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([self._memory[(encoder_key, h)] for h in hashes]).astype(np.float32, copy=False)
 
-    def get_or_compute(self, images: np.ndarray, encoder: nn.Module, encoder_version: str,
-                       device: torch.device, batch_size: int = 512) -> np.ndarray:
-        key = self.key(images, encoder_version)
-        if key in self._memory:
-            self.hits += 1
-            return self._memory[key]
-        path = self.root / f"{key}.npy" if self.root is not None else None
-        if path is not None and path.is_file():
-            self.hits += 1
-            emb = np.load(path)
-        else:
-            self.misses += 1
-            emb = embed(encoder, images, device, batch_size)
-            if path is not None:
-                _save_npy_atomic(path, emb)
-        self._memory[key] = emb
-        return emb
+    def _path(self, encoder_key: str, image_hash: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder_key)
+        return self.root / safe / image_hash[:2] / f"{image_hash}.npy"
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:

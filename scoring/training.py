@@ -61,6 +61,17 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: f
     return loss.mean() if reduction == "mean" else loss
 
 
+def calibrated_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.1, penalty: float = 0.3,
+                    alpha: float = 10.0) -> torch.Tensor:
+    """The paper's calibrated head loss: smoothed soft cross-entropy + penalty * mean((alpha tanh(z / alpha))^2).
+
+    The tanh-clipped logit penalty (BYOL supplementary C.1) keeps the logits, and so the posteriors'
+    confidence, from growing without bound on separable embeddings.
+    """
+    clipped = alpha * torch.tanh(logits / alpha)
+    return soft_cross_entropy(logits, targets, smoothing) + penalty * clipped.pow(2).mean()
+
+
 def make_optimizer(params, lr: float, weight_decay: float = 5e-4, momentum: float = 0.9) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
 

@@ -24,6 +24,8 @@ BUILTIN_SELECTORS: dict[str, str] = {
     "coteaching": "scoring.selectors.coteaching:CoTeachingSelector",
     "ssl-linear": "scoring.selectors.ssl_linear:SSLLinearSelector",
     "bald": "scoring.selectors.bald:BaldSelector",
+    "pretrained-linear": "scoring.selectors.pretrained_linear:PretrainedLinearSelector",
+    "ensemble": "scoring.selectors.ensemble:EnsembleSelector",
 }
 
 

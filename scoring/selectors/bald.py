@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from scoring.device import seed_everything
-from scoring.embeddings import images_hash
+from scoring.hashing import images_hash
 from scoring.selectors.learned import softmax_probs
 from scoring.selectors.vanilla import VanillaSelector
 from scoring.training import predict_logits

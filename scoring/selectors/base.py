@@ -6,6 +6,8 @@ and the label counts into the order of work. The two are chosen separately, by n
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,3 +53,49 @@ class Selector:
     def version(self) -> str:
         """Identifies the fitted model (shown next to every priority). Learned selectors hash their weights."""
         return type(self).__name__
+
+    # ----- persistence: JSON + safetensors, never pickle --------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """The ``__init__`` arguments, read back from the attributes of the same name (as scikit-learn does)."""
+        if type(self).__init__ is object.__init__:
+            return {}
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "args", "kwargs")]
+        return {n: getattr(self, n) for n in names if hasattr(self, n)}
+
+    def get_state(self) -> dict[str, Any]:
+        """The fitted state (arrays, tensors, numbers, strings, nested dicts/lists); subclasses extend it."""
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned."""
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the class, its parameters and fitted state into ``directory`` (created): JSON + safetensors only."""
+        from scoring.persistence import save_document
+
+        cls = type(self)
+        return save_document(directory, {"class": f"{cls.__module__}:{cls.__qualname__}",
+                                         "params": self.get_params(), "state": self.get_state()})
+
+    @classmethod
+    def load(cls, directory: str | Path, **overrides: Any) -> "Selector":
+        """Rebuild a selector written by :meth:`save` (``overrides`` replace parameters, e.g. device='cpu').
+
+        Only classes the registry knows (built-ins and ``alc.selectors`` entry points) are imported.
+        """
+        from scoring.persistence import load_document
+        from scoring.selectors import available_selectors
+
+        document = load_document(directory)
+        name = document["class"]
+        if name not in set(available_selectors().values()) | {f"{cls.__module__}:{cls.__qualname__}"}:
+            raise ValueError(f"{directory} holds a {name}, which is not a registered selector")
+        module_name, _, attr = name.partition(":")
+        target = getattr(__import__(module_name, fromlist=[attr]), attr)
+        if not (isinstance(target, type) and issubclass(target, cls)):
+            raise ValueError(f"{directory} holds a {name}, not a {cls.__name__}")
+        if target.load.__func__ is not Selector.load.__func__:  # e.g. the ensemble, made of saved members
+            return target.load(directory, **overrides)
+        selector = target(**{**document["params"], **overrides})
+        selector.set_state(document["state"])
+        return selector

@@ -26,6 +26,12 @@ class RandomSelector(Selector):
         n = self.n_tasks_ if data is None else len(data)
         return np.full((n, self.n_classes_), 1.0 / self.n_classes_)
 
+    def get_state(self) -> dict[str, Any]:
+        return {"n_tasks": self.n_tasks_, "n_classes": self.n_classes_}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.n_tasks_, self.n_classes_ = state["n_tasks"], state["n_classes"]
+
 
 class OracleSelector(Selector):
     """Knows each task's true label distribution; with the 'oracle' rule it is the upper bound.
@@ -51,6 +57,12 @@ class OracleSelector(Selector):
 
     def predict_proba(self, data: Any) -> np.ndarray:
         return self.true_distribution
+
+    def get_state(self) -> dict[str, Any]:
+        return {"n_classes": self.n_classes_}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.n_classes_ = state["n_classes"]
 
 
 class PosteriorsSelector(Selector):
@@ -85,4 +97,10 @@ class PosteriorsSelector(Selector):
 
     def predict_proba(self, data: Any) -> np.ndarray:
         return self.probs_
+
+    def get_state(self) -> dict[str, Any]:
+        return {"probs": self.probs_}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.probs_ = state["probs"]
 

@@ -1,16 +1,15 @@
-"""Shared machinery of the learned selectors: out-of-fold cross-fitting, versions, checkpoints.
+"""Shared machinery of the learned selectors: out-of-fold cross-fitting, versions, saved state.
 
 A subclass trains *members* (one per fold, or one on everything) through four hooks:
 ``_inputs`` (images -> what members eat: images, or cached embeddings), ``_train_member``,
 ``_refit_member`` (the cheap update) and ``_member_probs``; plus ``_member_state`` /
-``_load_member_state`` for checkpoints. With ``folds >= 2`` every task's posterior comes from a
+``_load_member_state`` for :meth:`Selector.save` / :meth:`Selector.load`. With ``folds >= 2`` every task's posterior comes from a
 member that never saw its label (a model must not grade labels it memorised); without, one
 member is trained on all tasks and grades them.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from scoring.checkpoints import load_checkpoint, make_version, save_checkpoint, state_hash
+from scoring.checkpoints import make_version, state_hash
 from scoring.checks import check_counts
 from scoring.device import resolve_device, seed_everything
-from scoring.embeddings import images_hash
+from scoring.hashing import images_hash
 from scoring.selectors.base import Selector
 from scoring.training import count_targets
 
@@ -114,47 +113,27 @@ class LearnedSelector(Selector):
     def version(self) -> str:
         return getattr(self, "version_", f"{type(self).__name__}-unfitted")
 
-    # ----- checkpoints ----------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """The ``__init__`` arguments, read back from the attributes of the same name (as scikit-learn does)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names if hasattr(self, n)}
-
-    def state_dict(self) -> dict[str, Any]:
+    # ----- persistence (Selector.save / Selector.load) ------------------------------------
+    def get_state(self) -> dict[str, Any]:
         self._check_fitted()
         return {
             "members": [self._member_state(m) for m in self.members_],
             "extra": self._extra_state(),
-            "splits": [(tr, te) for tr, te in self.splits_],
+            "splits": [[tr, te] for tr, te in self.splits_],
             "oof_probs": self.oof_probs_,
             "images_hash": self.images_hash_,
             "version": self.version_,
+            "updates": getattr(self, "updates_", 0),
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Atomic checkpoint with the class, its parameters and the fitted state."""
-        params = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.get_params().items()}
-        cls = type(self)
-        return save_checkpoint(path, {"class": f"{cls.__module__}:{cls.__qualname__}", "params": params,
-                                      "state": self.state_dict()})
-
-    @classmethod
-    def load(cls, path: str | Path, **overrides: Any) -> "LearnedSelector":
-        """Rebuild a selector saved by :meth:`save` (``overrides`` e.g. device='cpu')."""
-        payload = load_checkpoint(path)
-        module_name, _, attr = payload["class"].partition(":")
-        target = getattr(__import__(module_name, fromlist=[attr]), attr)
-        if not issubclass(target, cls):
-            raise ValueError(f"checkpoint {path} holds a {payload['class']}, not a {cls.__name__}")
-        selector = target(**{**payload["params"], **overrides})
-        state = payload["state"]
-        selector._load_extra_state(state["extra"])
-        selector.members_ = [selector._load_member_state(s) for s in state["members"]]
-        selector.splits_ = [(np.asarray(tr), np.asarray(te)) for tr, te in state["splits"]]
-        selector.oof_probs_ = state["oof_probs"]
-        selector.images_hash_ = state["images_hash"]
-        selector.version_ = state["version"]
-        return selector
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._load_extra_state(state["extra"])
+        self.members_ = [self._load_member_state(s) for s in state["members"]]
+        self.splits_ = [(np.asarray(tr), np.asarray(te)) for tr, te in state["splits"]]
+        self.oof_probs_ = np.asarray(state["oof_probs"])
+        self.images_hash_ = state["images_hash"]
+        self.version_ = state["version"]
+        self.updates_ = int(state.get("updates", 0))
 
     # ----- internals ------------------------------------------------------------------------
     def _check(self, images: np.ndarray, label_counts: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from scoring.hashing import images_hash
 from scoring.selectors.base import Selector
 
 
@@ -63,14 +64,32 @@ class LinearSelector(Selector):
             split = StratifiedKFold(folds, shuffle=True, random_state=self.seed)
             for train, held_out in split.split(x, y):
                 self.oof_[held_out] = self._proba(self._train(x[train], y[train]), x[held_out])
-            self.fitted_on_ = x
+        self.fitted_hash_ = images_hash(x)
         return self
 
     def predict_proba(self, data: Any) -> np.ndarray:
         x = image_features(data, self.image_size)
-        if self.oof_ is not None and x.shape == self.fitted_on_.shape and np.array_equal(x, self.fitted_on_):
+        if self.oof_ is not None and images_hash(x) == self.fitted_hash_:
             return self.oof_
         return self._proba(self.model_, x)
+
+    def get_state(self) -> dict[str, Any]:
+        scaler, logistic = self.model_[0], self.model_[-1]
+        return {"n_classes": self.n_classes_, "oof": self.oof_, "fitted_hash": self.fitted_hash_,
+                "scaler": {k: getattr(scaler, k) for k in ("mean_", "var_", "scale_", "n_features_in_", "n_samples_seen_")},
+                "logistic": {k: getattr(logistic, k) for k in ("coef_", "intercept_", "classes_", "n_features_in_", "n_iter_")}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        scaler, logistic = StandardScaler(), LogisticRegression(C=self.c, max_iter=self.max_iter)
+        for part, values in ((scaler, state["scaler"]), (logistic, state["logistic"])):
+            for key, value in values.items():
+                setattr(part, key, value)
+        self.model_ = make_pipeline(scaler, logistic)
+        self.n_classes_, self.oof_, self.fitted_hash_ = state["n_classes"], state["oof"], state["fitted_hash"]
 
     def _train(self, x: np.ndarray, y: np.ndarray) -> Any:
         from sklearn.linear_model import LogisticRegression

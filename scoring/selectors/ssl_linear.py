@@ -28,12 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoring.augment import Normalise, byol_views, to_tensor
-from scoring.checkpoints import load_checkpoint, save_checkpoint, state_hash
+from scoring.checkpoints import state_hash
+from scoring.persistence import load_document, save_document
 from scoring.device import autocast, prepare_model, seed_everything, torch_threads
-from scoring.embeddings import EmbeddingCache, images_hash
+from scoring.embeddings import EmbeddingCache
+from scoring.hashing import images_hash
 from scoring.models import MLP, build_encoder
 from scoring.selectors.learned import LearnedSelector, softmax_probs
-from scoring.training import batches, progress_bar, soft_cross_entropy
+from scoring.training import batches, calibrated_loss, progress_bar
 
 
 def byol_tau(step: int, total_steps: int, tau_base: float = 0.99) -> float:
@@ -197,10 +199,10 @@ class SSLLinearSelector(LearnedSelector):
         pretrain = self._load_pretrain_images(images)
         config = self._pretrain_config(pretrain)
         key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-        path = self.cache_dir / "encoders" / f"byol-{key}.pt" if self.cache_dir is not None else None
+        path = self.cache_dir / "encoders" / f"byol-{key}" if self.cache_dir is not None else None
         backbone = Backbone(build_encoder(self.encoder, **self.encoder_options))
-        if path is not None and path.is_file():
-            payload = load_checkpoint(path)
+        if path is not None and path.is_dir():
+            payload = load_document(path)
             backbone.load_state_dict(payload["backbone"])
             self.pretrain_losses_, self.pretrain_seconds_ = payload["losses"], 0.0
         else:
@@ -212,7 +214,7 @@ class SSLLinearSelector(LearnedSelector):
             backbone = byol.online_backbone
             self.pretrain_seconds_ = time.perf_counter() - start
             if path is not None:
-                save_checkpoint(path, {"backbone": {k: v.cpu() for k, v in backbone.state_dict().items()},
+                save_document(path, {"backbone": {k: v.cpu() for k, v in backbone.state_dict().items()},
                                        "config": config, "losses": self.pretrain_losses_,
                                        "seconds": self.pretrain_seconds_})
         self.backbone_ = prepare_model(backbone, self.device_).eval()
@@ -232,8 +234,7 @@ class SSLLinearSelector(LearnedSelector):
 
     # ----- head -----------------------------------------------------------------------------
     def _head_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        clipped = self.logit_alpha * torch.tanh(logits / self.logit_alpha)
-        return soft_cross_entropy(logits, targets, self.label_smoothing) + self.logit_penalty * clipped.pow(2).mean()
+        return calibrated_loss(logits, targets, self.label_smoothing, self.logit_penalty, self.logit_alpha)
 
     def _fit_head(self, head: nn.Linear, features: np.ndarray, targets: np.ndarray, steps: int) -> nn.Linear:
         """Full-batch AdamW on the frozen embeddings, on the CPU with one thread.

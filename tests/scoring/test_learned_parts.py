@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from scoring.checkpoints import load_checkpoint, make_version, save_checkpoint, state_hash
+from scoring.checkpoints import make_version, state_hash
+from scoring.persistence import load_document, save_document
 from scoring.device import resolve_device
 from scoring.models import build_encoder
 from scoring.selectors import make_selector
@@ -84,8 +85,9 @@ def test_second_fit_loads_the_encoder_and_embeddings_from_the_cache(tiny300, tmp
     second = make_selector("ssl-linear", options, seed=1, cache_dir=tmp_path).fit(images, counts)
     assert len(calls) == 1  # a new selector (another simulation seed) re-embeds nothing
     assert second.pretrain_seconds_ == 0.0 and second.encoder_version_ == first.encoder_version_
-    assert second.embedding_cache_.hits == 1 and second.embedding_cache_.misses == 0
-    assert list((tmp_path / "encoders").glob("byol-*.pt")) and list((tmp_path / "embeddings").glob("*.npy"))
+    assert second.embedding_cache_.hits == 64 and second.embedding_cache_.misses == 0  # counted per image
+    assert list((tmp_path / "encoders").glob("byol-*/arrays.safetensors"))
+    assert len(list((tmp_path / "embeddings").rglob("*.npy"))) == 64
 
 
 def test_checkpoints_are_versioned_by_content(tmp_path):
@@ -93,10 +95,10 @@ def test_checkpoints_are_versioned_by_content(tmp_path):
     assert state_hash(state) == state_hash({"step": 3, "w": torch.arange(6.0).reshape(2, 3)})
     assert state_hash(state) != state_hash({"w": torch.arange(6.0).reshape(3, 2), "step": 3})
     assert make_version(state).split("-")[0] == state_hash(state)[:12]
-    path = save_checkpoint(tmp_path / "a" / "ckpt.pt", state)
-    assert torch.equal(load_checkpoint(path)["w"], state["w"])
+    path = save_document(tmp_path / "a", state)
+    assert torch.equal(load_document(path)["w"], state["w"]) and load_document(path)["step"] == 3
     with pytest.raises(FileNotFoundError):
-        load_checkpoint(tmp_path / "missing.pt")
+        load_document(tmp_path / "missing")
 
 
 def test_encoders_and_devices():

