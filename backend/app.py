@@ -6,13 +6,19 @@ the connectors' dashboard blueprint (GET /dashboard, GET /api/status) when insta
 
 Auth: with BASIC_AUTH_USER/PASS set, every route but /health needs them. With ALC_WEBHOOK_SECRET set,
 /webhook needs the header ``X-ALC-Webhook-Secret`` instead (Label Studio's webhooks carry custom headers,
-not the ML backend's basic auth).
+not the ML backend's basic auth). Without credentials the app answers loopback clients only (and
+`alc serve` refuses to listen elsewhere): closed by default.
+
+Bounds: request bodies up to ALC_MAX_REQUEST_BYTES (413), tasks per /predict up to ALC_MAX_PREDICT_TASKS
+(413); malformed input of any shape is a 4xx with a message, never a 500.
 """
 
 from __future__ import annotations
 
 import atexit
 import hmac
+import ipaddress
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from backend import queue as q
+from backend import worker as workers
 from backend.images import ImageError, ImageLoader
 from backend.metrics import Metrics
 from backend.model_store import ModelStore, ModelVersion
@@ -50,6 +57,8 @@ class AppState:
     cadence: q.Cadence
     embedded_redis: q.EmbeddedRedis | None = None  # when this app started its own Redis
     missed: set[int] = field(default_factory=set)  # projects whose webhooks failed while Redis was down
+    started_at: float = field(default_factory=time.time)
+    supervisor: str | None = None  # the name of the worker `alc serve --with-worker` supervises, if any
 
 
 def state() -> AppState:
@@ -59,6 +68,7 @@ def state() -> AppState:
 def create_app(settings: Settings) -> Flask:
     """Build the app. Without REDIS_URL it starts the embedded Redis in ALC_DATA_HOME."""
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     embedded = None
     url = settings.redis_url
     if url is None:
@@ -77,7 +87,7 @@ def create_app(settings: Settings) -> Flask:
     )
     app.before_request(_authenticate)
     app.register_error_handler(ProtocolError, lambda e: (jsonify(error=str(e)), e.status))
-    app.register_error_handler(HTTPException, lambda e: (jsonify(error=e.description), e.code))
+    app.register_error_handler(HTTPException, _http_error)
     for rule, view, methods in [
         ("/health", health, ["GET"]),
         ("/", health, ["GET"]),
@@ -102,27 +112,33 @@ def _register_dashboard(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    if error.code == 413:
+        limit = state().settings.max_request_bytes
+        return jsonify(error=f"request body over the limit of {limit} bytes (ALC_MAX_REQUEST_BYTES)"), 413
+    return jsonify(error=error.description), error.code or 500
+
+
 # --- auth --------------------------------------------------------------------------------------
 
 
-def _authenticate() -> Response | None:
+def _authenticate() -> Response | tuple[Response, int] | None:
     settings = state().settings
     if request.path in ("/health", "/"):
         return None
     if request.path == "/webhook" and settings.webhook_secret is not None:
-        given = request.headers.get(SECRET_HEADER, "")
-        if hmac.compare_digest(given.encode(), settings.webhook_secret.get_secret_value().encode()):
+        if _same(request.headers.get(SECRET_HEADER, ""), settings.webhook_secret.get_secret_value()):
             return None
         return jsonify(error=f"missing or wrong {SECRET_HEADER} header"), 401
     expected = settings.basic_auth
     if expected is None:
-        return None
+        if _loopback(request.remote_addr):
+            return None
+        return jsonify(error="this server has no credentials and answers its own machine only: "
+                             "set BASIC_AUTH_USER and BASIC_AUTH_PASS to serve other machines"), 403
     auth = request.authorization
-    if (
-        auth is not None
-        and auth.type == "basic"
-        and hmac.compare_digest((auth.username or "").encode(), expected[0].encode())
-        and hmac.compare_digest((auth.password or "").encode(), expected[1].encode())
+    if auth is not None and auth.type == "basic" and _same(auth.username or "", expected[0]) and _same(
+        auth.password or "", expected[1]
     ):
         return None
     response = jsonify(error="basic auth required")
@@ -131,8 +147,31 @@ def _authenticate() -> Response | None:
     return response
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison that also takes text no client should send (lone surrogates)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _json_body() -> object:
+    """The body as JSON, or ProtocolError 400 (invalid JSON, invalid UTF-8, nesting too deep, huge numbers)."""
+    raw = request.get_data(cache=True)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ProtocolError("the request body must be a JSON object nested less deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digits over Python's limit
+        raise ProtocolError(f"the request body must be a JSON object; it is not JSON ({str(exc)[:80]})") from None
+
+
 def _json_object() -> dict:
-    body = request.get_json(silent=True, force=True)
+    body = _json_body()
     if not isinstance(body, dict):
         raise ProtocolError("the request body must be a JSON object")
     return body
@@ -141,19 +180,15 @@ def _json_object() -> dict:
 # --- ML-backend protocol -------------------------------------------------------------------------
 
 
-def health() -> Response:
+def health() -> tuple[Response, int]:
+    """UP (200) or DEGRADED (503, with the reasons): Redis down, no worker seen for a while, the
+    supervised worker restarting. Also lists the workers seen and the age of the oldest queued job."""
     st = state()
-    try:
-        redis_up = bool(st.redis.ping())
-    except redis.RedisError:
-        redis_up = False
-    return jsonify(
-        status="UP",
-        model_class="ActiveLabelCleaning",
-        selector=st.settings.selector,
-        rule=st.settings.rule,
-        redis="up" if redis_up else "down",
+    report = workers.health_report(
+        st.redis, timeout=st.settings.health_worker_timeout, started_at=st.started_at, supervisor=st.supervisor
     )
+    body = {"model_class": "ActiveLabelCleaning", "selector": st.settings.selector, "rule": st.settings.rule, **report}
+    return jsonify(body), 200 if report["status"] == "UP" else 503
 
 
 def setup() -> Response:
@@ -162,7 +197,8 @@ def setup() -> Response:
     project_id = parse_project(body.get("project"))
     ChoicesConfig.parse(body.get("schema") or body.get("label_config"))
     st = state()
-    version = st.store.current_version(project_id)
+    model = st.store.load(project_id)  # the version that serves: a torn `current` falls back to an intact one
+    version = model.version if model is not None else None
     if version is None:
         _queue_training(project_id)
     return jsonify(model_version=version or UNTRAINED)
@@ -187,6 +223,10 @@ def predict() -> Response:
     tasks = body.get("tasks")
     if not isinstance(tasks, list):
         raise ProtocolError("'tasks' must be a list")
+    if len(tasks) > st.settings.max_predict_tasks:
+        raise ProtocolError(
+            f"{len(tasks)} tasks in one /predict; at most {st.settings.max_predict_tasks} (ALC_MAX_PREDICT_TASKS)", 413
+        )
     project_id = parse_project(body.get("project"))
     config = ChoicesConfig.parse(body.get("label_config"))
     model = st.store.load(project_id)
@@ -215,7 +255,7 @@ def predict() -> Response:
 
 def _predict_task(task: Any, model: ModelVersion, config: ChoicesConfig) -> dict:
     """The stored ranking for tasks of the last retrain; a live score from the serving selector otherwise."""
-    if not isinstance(task, dict) or not isinstance(task.get("id"), int):
+    if not isinstance(task, dict) or not isinstance(task.get("id"), int) or isinstance(task["id"], bool):
         raise TaskError("task must be an object with an integer 'id'")
     ranking, meta = model.ranking, model.meta
     row = ranking.row(task["id"])
@@ -230,8 +270,9 @@ def _predict_task(task: Any, model: ModelVersion, config: ChoicesConfig) -> dict
         image = state().loader.load(config.image_ref(task))
         try:
             priority, noisiness, ambiguity, probs = _live_priority(model, counts, image)
-        except (ValueError, RuntimeError) as exc:
-            raise TaskError(f"model {model.version} could not score this task: {exc}") from None
+        except Exception as exc:  # a selector's failure on one task is that task's error
+            log.warning("model %s could not score task %s", model.version, task["id"], exc_info=True)
+            raise TaskError(f"model {model.version} could not score this task: {type(exc).__name__}: {str(exc)[:120]}") from None
         score = score_from_priority(priority)
         predicted = int(np.argmax(probs))
     why = explanation(priority, noisiness, ambiguity, counts, ranking.class_names, meta.get("selector_version", ""), meta.get("rule", ""))
@@ -257,19 +298,20 @@ def webhook() -> Response:
     st = state()
     started = time.perf_counter()
     try:
-        event = parse_webhook(request.get_json(silent=True, force=True))
+        event = parse_webhook(_json_body())
     except ProtocolError:
         st.metrics.webhooks.labels("invalid", "rejected").inc()
         raise
+    action = st.metrics.action_label(event.action)
     if not event.handled:
-        st.metrics.webhooks.labels(event.action, "ignored").inc()
-        return jsonify(status="ignored", action=event.action)
+        st.metrics.webhooks.labels(action, "ignored").inc()
+        return jsonify(status="ignored", action=action)
     try:
         outcome = handle_event(st, event)
         recover_missed(st)
     except redis.RedisError as exc:
         st.missed.add(event.project_id)
-        st.metrics.webhooks.labels(event.action, "unavailable").inc()
+        st.metrics.webhooks.labels(action, "unavailable").inc()
         log.warning("webhook %s for project %s not queued, Redis unavailable: %s", event.action, event.project_id, exc)
         return (
             jsonify(
@@ -277,7 +319,7 @@ def webhook() -> Response:
             ),
             503,
         )
-    st.metrics.webhooks.labels(event.action, "queued").inc()
+    st.metrics.webhooks.labels(action, "queued").inc()
     st.metrics.webhook_latency.observe(time.perf_counter() - started)
     return jsonify(status="ok", action=event.action, project=event.project_id, retrain=outcome)
 

@@ -3,6 +3,9 @@
 Web-process figures (predict and webhook latency, webhooks by outcome) live in this process's registry.
 Queue figures (depth, jobs per state, retrains and their durations) are read from Redis at scrape time,
 because workers run in other processes, maybe on other machines; jobs write their figures to Redis.
+
+Label values come from fixed sets only (a webhook's action is one of the handled ones or "other"), so
+no request can grow /metrics or put text into it that the exposition format cannot carry.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from backend.webhooks import HANDLED
+
 STATS_KEY = "alc:stats"
+OTHER_ACTION = "other"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -94,3 +100,8 @@ class Metrics:
             "alc_webhooks", "webhooks received, by action and outcome", ["action", "outcome"], registry=self.registry
         )
         self.registry.register(QueueCollector(conn_factory))
+
+    @staticmethod
+    def action_label(action: str) -> str:
+        """A webhook action as a label value: handled actions by name, everything else 'other'."""
+        return action if action in HANDLED else OTHER_ACTION
