@@ -1,4 +1,4 @@
-"""`alc worker`: run an rq worker for the retraining queue."""
+"""`alc worker`: run an rq worker for the retraining queue (``--supervise``: restarted whenever it exits)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,20 @@ from backend.settings import load_settings
 def worker(
     burst: Annotated[bool, typer.Option(help="exit once the queues are empty")] = False,
     name: Annotated[Optional[str], typer.Option(help="worker name shown by `alc status`")] = None,
+    supervise: Annotated[
+        bool, typer.Option("--supervise", help="run the worker as a child process and restart it whenever it exits")
+    ] = False,
 ) -> None:
     """Run a worker: per-annotation bookkeeping, retraining, pushing rankings to Label Studio."""
-    from backend.worker import run_worker
+    import os
+
+    from backend.worker import Supervisor, run_worker
 
     with exit_on_user_errors("worker"):
         settings = load_settings()
+    if supervise:
+        if burst:
+            raise typer.BadParameter("--supervise restarts a worker forever; it does not combine with --burst")
+        Supervisor(settings, name or f"alc-worker-{os.getpid()}").run()
+        return
     run_worker(settings, burst=burst, name=name)
