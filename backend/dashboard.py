@@ -5,6 +5,10 @@ the page never shows state that only lives here. Charts are drawn with matplotli
 pyplot: requests are served from several threads); no JavaScript, no build step. Anything missing
 (no project given, Label Studio down or not configured, an unknown project, no model yet) is said on
 the page, never answered with a bare 500.
+
+The cleaning view's thumbnails come from GET /dashboard/thumbnail/<project>/<task>: the task's image
+read through the backend's image loader (its URL policy, its cache), behind the same auth as the page,
+cached by the browser (a task's image does not change).
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import matplotlib.dates as mdates
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from label_studio_sdk.core.api_error import ApiError
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from backend.images import ImageError
+from backend.protocol import ChoicesConfig, ProtocolError, TaskError
 from backend.queue import PROJECTS_KEY
 from backend.settings import SettingsError
 from backend.status import collect_status
@@ -31,6 +38,7 @@ from connectors.errors import ConnectorError, UnknownProject
 bp = Blueprint("dashboard", __name__, template_folder="templates")
 
 QUEUE_ROWS = 50  # the page lists the first ones; /api/status has them all
+THUMBNAIL_SIZES = (48, 96, 192)
 CACHE_SECONDS = 10.0  # a read of a 1,000-task project takes seconds: reloads and several viewers share one
 BLUE, ORANGE, GREEN, GREY = "#2563eb", "#ea580c", "#16a34a", "#9ca3af"
 
@@ -137,6 +145,35 @@ def dashboard():
     return render_template("dashboard.html", s=status, charts=charts(status), refresh=refresh, rows=QUEUE_ROWS)
 
 
+@bp.get("/dashboard/thumbnail/<int:project_id>/<int:task_id>")
+def thumbnail(project_id: int, task_id: int):
+    """The task's image as a PNG thumbnail (``?size=`` 48, 96 or 192), through the image loader."""
+    app_state = current_app.extensions["alc"]
+    settings = app_state.settings
+    size = request.args.get("size", "96")
+    if not size.isdigit() or int(size) not in THUMBNAIL_SIZES:
+        return jsonify(error=f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}, got {size!r}"), 400
+    try:
+        url, key = settings.require_label_studio()
+        client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
+        task = client.tasks.get(task_id)
+        if int(task.project or 0) != project_id:
+            return jsonify(error=f"task {task_id} is not in project {project_id}"), 404
+        configs = current_app.extensions.setdefault("alc_label_configs", {})
+        if project_id not in configs:
+            configs[project_id] = ChoicesConfig.parse(client.projects.get(project_id).label_config)
+        png = app_state.loader.thumbnail(configs[project_id].image_ref({"data": task.data}), int(size))
+    except ApiError as exc:
+        code = exc.status_code if exc.status_code in (401, 403, 404) else 502
+        return jsonify(error=f"Label Studio answered {exc.status_code} for task {task_id}"), code
+    except (ImageError, TaskError, ProtocolError) as exc:
+        return jsonify(error=f"task {task_id}: {exc}"), 404
+    except Exception as exc:
+        message, code = _error(exc)
+        return jsonify(error=message), code
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+
 @bp.app_template_filter("when")
 def when(value: str | None) -> str:
     """An ISO time from Label Studio as 'YYYY-MM-DD HH:MM:SS UTC' ('-' when there is none)."""
@@ -212,7 +249,7 @@ def burndown_chart(status: dict) -> str:
 
 
 def corrected_chart(status: dict) -> str:
-    """Labels corrected (initial majority -> a different final majority) against re-annotations spent."""
+    """Labels changed (the initial label -> a different final majority) against re-annotations spent."""
     fig, ax = _figure()
     timeline = status.get("timeline", [])
     if timeline:
@@ -221,13 +258,13 @@ def corrected_chart(status: dict) -> str:
         ax.step(spent, changed, where="post", color=GREEN, lw=2)
         ax.plot(spent[1:], changed[1:], "o", color=GREEN, ms=3)
         ax.set_xlabel("re-annotations spent")
-        ax.set_ylabel("labels corrected")
+        ax.set_ylabel("labels changed")
         ax.set_ylim(bottom=0, top=max(changed) + 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         _empty(ax, "no re-annotation yet")
-    ax.set_title("Labels corrected vs spend", loc="left", fontsize=11)
+    ax.set_title("Labels changed vs spend", loc="left", fontsize=11)
     return _svg(fig)
 
 
@@ -239,11 +276,15 @@ def accuracy_chart(status: dict) -> str:
         spent = status["budget"]["spent"]
         ax.plot([0, spent], [estimate["accuracy_before"], estimate["accuracy"]], "o-", color=BLUE, lw=2,
                 label="estimated")
+        intervals = [estimate.get("accuracy_before_interval"), estimate.get("accuracy_interval")]
+        if all(intervals) and any(lo != hi for lo, hi in intervals):
+            ax.vlines([0, spent], [lo for lo, _ in intervals], [hi for _, hi in intervals], color=BLUE, lw=5,
+                      alpha=0.25, label="90% interval")
         ax.axhline(estimate["target"], color=GREY, ls=":", lw=1.2, label=f"target {estimate['target']:.0%}")
         if estimate.get("forecast_spend") is not None and estimate["forecast_spend"] > 0:
             ax.plot([spent, spent + estimate["forecast_spend"]], [estimate["accuracy"], estimate["target"]], "--",
                     color=ORANGE, lw=1.5, label="forecast")
-        low = min(estimate["accuracy_before"], estimate["target"])
+        low = min(estimate["accuracy_before"], estimate["target"], *(i[0] for i in intervals if i))
         ax.set_ylim(max(0.0, low - 0.05), 1.0)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

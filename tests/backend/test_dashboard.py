@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 import pytest
+from pydantic import SecretStr
 from label_studio_sdk import LabelStudio
 from rq import Queue, SimpleWorker
 from typer.testing import CliRunner
@@ -22,7 +23,7 @@ from backend import queue as q
 from backend.app import create_app
 from backend.cli import app as cli
 from backend.model_store import ModelStore, Ranking
-from backend.status import build_status
+from backend.status import build_status, read_truth
 from connectors.counts import AnnotationRecord, PredictionRecord, ProjectSnapshot, TaskRecord
 from connectors.errors import LabelStudioUnavailable, UnknownProject
 from connectors.ledger import ledger_of
@@ -86,7 +87,8 @@ def served(settings, store, sdk, conn, monkeypatch):
     def fake_collect(client, project_id, settings_, store=None, redis_conn=None, target=0.95):
         if project_id != PROJECT:
             raise UnknownProject(f"project {project_id} does not exist in Label Studio at {LS_URL}")
-        return build_status(sdk, ledger_of(snapshot()), store=store, redis_conn=redis_conn, target=target)
+        return build_status(sdk, ledger_of(snapshot()), store=store, redis_conn=redis_conn, target=target,
+                            truth=read_truth(settings_.data_home, project_id))
 
     monkeypatch.setattr(dashboard, "collect_status", fake_collect)
     monkeypatch.setattr(dashboard, "connect", lambda *a, **k: sdk)
@@ -259,3 +261,110 @@ def test_alc_status_without_a_project_lists_queues_and_projects(settings, conn, 
     result = CliRunner().invoke(cli, ["status"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "alc-train" in result.output and "Projects that sent webhooks here: 3, 7" in result.output
+
+
+# --- honest estimates, the cleaning view, annotators, the truth where it is known -------------------------
+
+
+def test_confident_learning_estimate_covers_the_truth_on_the_demo_digits():
+    """The estimator the retrain records: on the demo's digits (truth known) the 90% interval holds the true
+    number of wrong initial labels, where the old mean-probability basis was far off (about 50% vs 80.5%)."""
+    from backend.demo.dataset import make_digits
+    from backend.status import label_noise_estimate
+    from scoring.selectors import make_selector
+
+    ds = make_digits(400, 0, 0.15)
+    probs = make_selector("linear", folds=2, image_size=8).fit(ds.images, np.eye(10)[ds.initial_labels]).predict_proba(ds.images)
+    estimate = label_noise_estimate(ds.initial_labels, probs)
+    truly_wrong = int((ds.initial_labels != ds.true_labels).sum())
+    assert estimate["wrong_low"] <= truly_wrong <= estimate["wrong_high"], (estimate, truly_wrong)
+    assert estimate["wrong_high"] - estimate["wrong_low"] < 0.15 * len(ds.images)
+    mean_p = probs[np.arange(400), ds.initial_labels].mean()
+    assert abs(estimate["wrong"] - truly_wrong) < abs(400 * (1 - mean_p) - truly_wrong)
+
+
+def test_a_recorded_estimate_gives_intervals_and_a_budget_range(sdk, store):
+    noisiness = -np.log(np.array(P_INITIAL))
+    counts = np.eye(3)[[CLASSES.index(label) for label in INITIAL]]
+    ranking = Ranking(task_ids=TASKS, class_names=CLASSES, counts=counts, priority=noisiness, noisiness=noisiness,
+                      ambiguity=np.zeros(6), scores=-noisiness, predicted=np.zeros(6, dtype=int))
+    meta = {"selector": "linear",
+            "label_noise": {"tasks": 6, "wrong": 1, "wrong_low": 0, "wrong_high": 2, "method": "confident learning"},
+            "label_noise_initial": {"tasks": 6, "wrong": 2, "wrong_low": 1, "wrong_high": 3, "method": "confident learning"}}
+    store.publish(PROJECT, None, ranking, meta)
+    e = build_status(sdk, ledger_of(snapshot()), store=store)["estimate"]
+    assert e["basis"] == "confident learning"
+    assert math.isclose(e["accuracy"], round(1 - 1 / 6, 4)) and e["accuracy_interval"] == [round(1 - 2 / 6, 4), 1.0]
+    assert math.isclose(e["accuracy_before"], round(1 - 2 / 6, 4))
+    assert e["suggested_budget"] == 2 * 3 and e["suggested_budget_range"] == [1 * 3, 3 * 3]  # 3 re-annotations per change
+    assert "1 changed" in e["cost_basis"]
+
+
+def test_without_a_recorded_estimate_the_basis_says_so(sdk, store):
+    publish_ranking(store)
+    e = build_status(sdk, ledger_of(snapshot()), store=store)["estimate"]
+    assert "no interval" in e["basis"] and e["accuracy_interval"][0] == e["accuracy_interval"][1]
+
+
+def test_cleaning_view_shows_why_each_open_and_next_task_is_there(sdk, store):
+    publish_ranking(store)
+    cleaning = build_status(sdk, ledger_of(snapshot()), store=store)["cleaning"]
+    assert [c["task_id"] for c in cleaning["open"]] == [13]
+    # the ranking's next unsettled tasks, most suspicious first (11 and 12 are settled, 13 is open)
+    assert [c["task_id"] for c in cleaning["next"]] == [15, 14, 16]
+    first = cleaning["next"][0]
+    assert first["label"] == "cat" and first["model_label"] == "cat" and first["p_label"] == 0.6
+    assert first["thumbnail"] == f"/dashboard/thumbnail/{PROJECT}/15"
+    assert "p = 0.60" in first["why"]
+
+
+def test_annotators_by_email_with_agreement_with_the_final_majority(sdk, store):
+    people = {a["annotator"]: a for a in build_status(sdk, ledger_of(snapshot()), store=store)["annotators"]}
+    assert set(people) == {"ann@example.com", "bob@example.com"}
+    assert people["ann@example.com"]["annotations"] == 2 and people["ann@example.com"]["agreement_with_final"] == 1.0
+    assert people["bob@example.com"]["on_settled_tasks"] == 1
+
+
+def test_labels_corrected_only_where_the_truth_is_known(served, settings, store):
+    from backend.status import write_truth
+
+    publish_ranking(store)
+    html = served.get(f"/dashboard?project={PROJECT}").get_data(as_text=True)
+    assert 'id="labels-corrected"' not in html and "labels changed" in html
+    write_truth(settings.data_home, PROJECT, {11: "bird", 12: "cat", 13: "dog", 14: "bird", 15: "cat", 16: "dog"})
+    fresh = create_app(settings).test_client()  # the status cache is per app
+    html = fresh.get(f"/dashboard?project={PROJECT}").get_data(as_text=True)
+    assert text_of(html, "labels-corrected") == "0"  # task 11 changed cat -> dog, but the truth is bird
+    assert "1 broken" not in html and "0 broken" in html
+    assert 'id="cleaning-open"' in html and f'src="/dashboard/thumbnail/{PROJECT}/13?size=96"' in html
+
+
+class _Task:
+    def __init__(self, project: int, image: str) -> None:
+        self.project, self.data = project, {"image": image}
+
+
+class _FakeClient:
+    """The two Label Studio reads the thumbnail route makes: the task, and its project's label config."""
+
+    def __init__(self, label_config: str) -> None:
+        from types import SimpleNamespace
+
+        self.tasks = SimpleNamespace(get=lambda task_id: _Task(PROJECT, f"/data/upload/1/{task_id % 80}.png"))
+        self.projects = SimpleNamespace(get=lambda project_id: SimpleNamespace(label_config=label_config))
+
+
+def test_thumbnails_come_through_the_image_loader_behind_the_same_auth(settings, label_config, monkeypatch):
+    from PIL import Image
+    import io
+
+    monkeypatch.setattr(dashboard, "connect", lambda *a, **k: _FakeClient(label_config))
+    client = create_app(settings).test_client()
+    response = client.get(f"/dashboard/thumbnail/{PROJECT}/3?size=48")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert "max-age" in response.headers["Cache-Control"]
+    assert Image.open(io.BytesIO(response.data)).size == (32, 32)  # CIFAR images: fitted into 48 px, never enlarged
+    assert client.get(f"/dashboard/thumbnail/{PROJECT + 1}/3").status_code == 404  # not that project's task
+    assert client.get(f"/dashboard/thumbnail/{PROJECT}/3?size=5000").status_code == 400
+    locked = create_app(settings.model_copy(update={"basic_auth_user": "u", "basic_auth_pass": SecretStr("p")})).test_client()
+    assert locked.get(f"/dashboard/thumbnail/{PROJECT}/3").status_code == 401
