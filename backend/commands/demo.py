@@ -22,7 +22,7 @@ from rich.console import Console
 
 from backend import profile
 from backend.demo.runner import DemoConfig, DemoRun, Order
-from backend.demo.services import Services, free_port
+from backend.demo.services import LabelStudioAccount, Services, free_port
 from backend.labelstudio_runtime import ensure_installed
 
 DEFAULT_HOME = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "alc" / "demo"
@@ -61,6 +61,8 @@ def demo(
                                                  "(else the services stay up until Ctrl-C)")] = False,
     report: Annotated[Optional[Path], typer.Option(help="write the JSON report here (default: <home>/report-<project>.json)")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="give up after this many seconds of annotating")] = None,
+    label_studio_url: Annotated[Optional[str], typer.Option(help="use this running Label Studio instead of starting one")] = None,
+    label_studio_api_key: Annotated[Optional[str], typer.Option(help="its API token (legacy token) for --label-studio-url")] = None,
 ) -> None:
     """Bring up Label Studio, Redis, the backend and a worker; create and clean a demo project."""
     console = Console(stderr=True)
@@ -78,10 +80,15 @@ def demo(
     auth_user, auth_pass, webhook_secret = "alc", secrets.token_urlsafe(12), secrets.token_urlsafe(24)
     with Services(home) as services:
         try:
+            if (label_studio_url is None) != (label_studio_api_key is None):
+                raise typer.BadParameter("--label-studio-url and --label-studio-api-key go together")
             redis_url = services.start_redis()
-            exe = ensure_installed()  # installs on first use (or waits on another install), with progress
-            with console.status("starting Label Studio (the first start migrates its database: about a minute)"):
-                ls = services.start_label_studio(exe, port_or_free(ls_port or 8080))
+            if label_studio_url is not None:
+                ls = LabelStudioAccount(label_studio_url.rstrip("/"), "(your account)", "(yours)", label_studio_api_key)
+            else:
+                exe = ensure_installed()  # installs on first use (or waits on another install), with progress
+                with console.status("starting Label Studio (the first start migrates its database: about a minute)"):
+                    ls = services.start_label_studio(exe, port_or_free(ls_port or 8080))
             env = {
                 "LABEL_STUDIO_URL": ls.url,
                 "LABEL_STUDIO_API_KEY": ls.token,
@@ -99,7 +106,8 @@ def demo(
                 "label_studio_url": ls.url, "label_studio_api_key": ls.token, "redis_url": redis_url,
                 "data_home": services.home / "backend", "model_dir": services.home / "backend" / "models",
                 "basic_auth_user": auth_user, "basic_auth_pass": auth_pass, "webhook_secret": webhook_secret,
-                "backend_url": backend_url, "label_studio_user": ls.email, "label_studio_password": ls.password,
+                "backend_url": backend_url, "label_studio_user": None if label_studio_url else ls.email,
+                "label_studio_password": None if label_studio_url else ls.password,
                 "written_by": "alc demo",
             }
             written = profile.write(deployment)

@@ -35,6 +35,7 @@ from backend.demo.annotators import AnnotatorPool
 from backend.demo.dataset import DemoDataset, make_cifar10h, make_digits
 from backend.demo.project import DemoProject, create_project
 from backend.demo.report import read_labels, summarise
+from backend.status import write_truth
 
 Order = Literal["priority", "random"]
 
@@ -120,6 +121,10 @@ class DemoRun:
             self.project = create_project(self.client, self.ls_url, self.ls_token, self.dataset, title)
         self.console.print(f"project {self.project.id}: {self.dataset.n_tasks} tasks, initial label noise "
                            f"{self.dataset.initial_noise_rate:.1%} ({self.dataset.name})")
+        if "ALC_DATA_HOME" in self.backend_env:  # the dashboard counts corrections (not only changes) where it knows the truth
+            names = self.dataset.class_names
+            write_truth(Path(self.backend_env["ALC_DATA_HOME"]), self.project.id,
+                        {t: names[int(c)] for t, c in zip(self.project.task_ids, self.dataset.true_labels)})
         self.connect()
         self.wait_for_first_model()
         return self.project

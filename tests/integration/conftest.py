@@ -5,13 +5,18 @@ Installed into its own virtual environment on first use (backend.labelstudio_run
 migrations; a migrated, never-used data dir is kept as a template under ~/.cache/alc (ALC_LS_TEMPLATE
 overrides) and copied for later sessions, which then start in seconds. CI starts from nothing.
 If Label Studio cannot be installed or started, every integration test fails with the reason:
-integration tests are never skipped.
+integration tests are never skipped. The fixture says on the terminal what it is doing (installing,
+copying the template, starting, migrating), so a first run is not minutes of silence.
+
+The browser tests drive a Chromium through Playwright: the ``chromium`` fixture finds one (ALC_CHROMIUM,
+Debian's /usr/bin/chromium, one on PATH, or Playwright's own download) or fails saying how to get one.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,23 +61,60 @@ def _template_dir() -> Path:
     return Path(os.environ.get("ALC_LS_TEMPLATE") or default)
 
 
+CHROMIUM_STEPS = ("apt-get install -y chromium (Debian's, as root; what .ci/run does), or "
+                  ".venv/bin/python -m playwright install chromium (where its download host is reachable), "
+                  "or point ALC_CHROMIUM at a Chromium or Chrome executable")
+
+
 @pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> LabelStudioSession:
+def chromium() -> str:
+    """A Chromium executable for Playwright, or a test failure naming the ways to get one."""
+    candidates = [os.environ.get("ALC_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                  shutil.which("chromium-browser"), shutil.which("google-chrome")]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            own = pw.chromium.executable_path
+        if own and os.access(own, os.X_OK):
+            return own
+    except Exception:
+        pass
+    pytest.fail(f"no Chromium for the browser tests: {CHROMIUM_STEPS}")
+
+
+def _say(config: pytest.Config, message: str) -> None:
+    """A line on the terminal now, even under output capture (the fixture can take minutes)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"[label-studio fixture] {message}")
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> LabelStudioSession:
     """url, email, password, token (= api_key) of a running Label Studio, plus ``create_user()``."""
     data = tmp_path_factory.mktemp("label-studio-session") / "data"
     template = _template_dir()
+    started = time.monotonic()
+    _say(pytestconfig, f"checking Label Studio {LABEL_STUDIO_VERSION} (installed on first use, a few minutes)")
     try:
         exe = ensure_installed(progress=True)
     except Exception as exc:  # a failed install must fail the tests, with pip's reason
         pytest.fail(f"could not install Label Studio for the integration tests: {exc}")
     fresh = not (template / "account").is_file()
     if not fresh:
+        _say(pytestconfig, f"copying the migrated template {template}")
         shutil.copytree(template, data)
+    _say(pytestconfig, "starting Label Studio" + (" on an empty data dir: migrations take about a minute" if fresh else ""))
     server = LabelStudioServer(data, executable=exe)
     try:
         server.start()
     except Exception as exc:
         pytest.fail(f"Label Studio did not start: {exc}")
+    _say(pytestconfig, f"Label Studio up at {server.url} after {time.monotonic() - started:.0f} s (log {server.log_path})")
     try:
         if fresh:  # keep a copy of the migrated, still empty data dir for the next session
             try:

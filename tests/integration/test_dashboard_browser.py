@@ -154,13 +154,13 @@ def test_bad_requests_get_clear_errors(backend):
     assert response.status_code == 404 and "999999" in response.json()["error"]
 
 
-def test_dashboard_in_headless_chromium_shows_the_key_numbers(label_studio, backend, project, tmp_path):
+def test_dashboard_in_headless_chromium_shows_the_key_numbers(label_studio, backend, project, tmp_path, chromium):
     from playwright.sync_api import sync_playwright
 
     tasks = project["tasks"]
     shot = tmp_path / "dashboard.png"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             response = page.goto(f"{backend}/dashboard?project={project['id']}&refresh=600", timeout=60_000)
