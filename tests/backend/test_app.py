@@ -279,3 +279,151 @@ def test_the_dashboard_blueprint_is_served_behind_the_same_auth(locked, client, 
     assert locked.get("/dashboard").status_code == 401
     response = client.get("/api/status")  # no project has sent anything yet: a 400 that says what to add
     assert response.status_code == 400 and "project" in response.json["error"]
+
+
+# --- issue 10: closed by default, bounds, malformed input, a torn model, /health -----------------
+
+
+@pytest.fixture
+def published(settings, tiny300):
+    """Two versions of project 1 published straight through the model store (no worker needed)."""
+    from backend.model_store import ModelStore, Ranking
+    from backend.protocol import scores_from_priorities
+    from scoring.selectors import LinearSelector
+
+    n = 20
+    counts = np.eye(len(CLASSES))[tiny300["labels"][:n].astype(int)]
+    selector = LinearSelector(folds=1, image_size=8, max_iter=100).fit(tiny300["images"][:n], counts)
+    store = ModelStore(settings.models_path)
+    names = []
+    for shift in (0.0, 1.0):
+        priority = np.linspace(1, -1, n) + shift
+        ranking = Ranking(list(range(1000, 1000 + n)), list(CLASSES), counts, priority, priority, priority,
+                          scores_from_priorities(priority), counts.argmax(axis=1))
+        names.append(store.publish(1, selector, ranking, {"selector": "linear", "rule": "alc"}))
+        time.sleep(0.01)
+    return names
+
+
+def test_a_torn_current_version_serves_the_previous_one(client, settings, published):
+    current = settings.models_path / "project-1" / "versions" / published[-1] / "ranking.json"
+    current.write_bytes(current.read_bytes()[:100])  # a crash mid-write, as far as any reader can tell
+    response = predict(client, [task(1000), task(1001), task(5, "/data/upload/1/3.png", ["dog"])])
+    assert response.status_code == 200, response.json
+    assert response.json["model_version"] == published[0]
+    assert all("score" in r for r in response.json["results"])  # the stored ranking and a live score
+    assert client.post("/setup", json={"project": "1.1", "schema": LABEL_CONFIG}).json["model_version"] == published[0]
+
+
+def test_without_credentials_only_this_machine_is_served(client, locked):
+    remote = {"REMOTE_ADDR": "10.1.2.3"}
+    response = client.post("/train", json={"project": 424242}, environ_base=remote)
+    assert response.status_code == 403 and "BASIC_AUTH_USER" in response.json["error"]
+    assert client.get("/metrics", environ_base=remote).status_code == 403
+    assert client.get("/health", environ_base=remote).status_code in (200, 503)  # health is open
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
+    assert locked.get("/metrics", headers=_basic("ls", "pw"), environ_base=remote).status_code == 200
+
+
+def test_request_bodies_and_predict_batches_are_bounded(settings):
+    small = create_app(settings.model_copy(update={"max_request_bytes": 4096, "max_predict_tasks": 3})).test_client()
+    response = small.post("/predict", data=b"{" + b" " * 10_000 + b"}", content_type="application/json")
+    assert response.status_code == 413 and "ALC_MAX_REQUEST_BYTES" in response.json["error"]
+    response = small.post("/webhook", data=b"[" * 5000, content_type="application/json")
+    assert response.status_code == 413
+    response = predict(small, [task(i) for i in range(4)])
+    assert response.status_code == 413 and "ALC_MAX_PREDICT_TASKS" in response.json["error"]
+
+
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/predict", b"[" * 100_000 + b"]" * 100_000, 400, "nested"),
+        ("/webhook", b'{"action": "START_TRAINING", "project": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "nested"),
+        ("/setup", b'{"project": "\\u00b2", "schema": "x"}', 400, "bad project"),
+        ("/train", b'{"project": "' + b"7" * 5000 + b'"}', 400, "bad project"),
+        ("/train", b'{"project": ' + b"7" * 5000 + b"}", 400, "not JSON"),
+        ("/setup", b'{"project": "\\ud800", "schema": "x"}', 400, "bad project"),
+        ("/webhook", b'{"action": "\\udfff"}', 200, "ignored"),
+        ("/webhook", b'{"action": "ANNOTATION_CREATED", "annotation": {"task": 5}, "project": {"id": "\\ud800"}}', 400, "bad project"),
+        ("/predict", b'{"tasks": 5, "project": "1.1", "label_config": "x"}', 400, "must be a list"),
+        ("/predict", b"\xff\xfe{}", 400, "not JSON"),
+        ("/webhook", b'{"action": "ANNOTATIONS_DELETED", "annotations": 5, "project": 1}', 400, "'annotations' list"),
+    ],
+)
+def test_malformed_input_is_a_4xx_with_a_message(client, path, body, status, message):
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == status, response.data[:300]
+    assert message in (response.json.get("error") or response.json.get("status", ""))
+
+
+def test_a_number_where_a_list_belongs_is_one_task_error(client, published):
+    bad = [
+        {"id": 7, "data": {"image": "/data/upload/1/1.png"}, "annotations": 5},
+        {"id": 8, "data": {"image": "/data/upload/1/1.png"}, "annotations": [{"result": 5}]},
+        {"id": 9, "data": {"image": "/data/upload/1/1.png"}, "annotations": [{"result": [{"from_name": "label", "value": []}]}]},
+        {"id": 10, "data": {"image": "/data/upload/1/1.png"},
+         "annotations": [{"result": [{"from_name": "label", "value": {"choices": [["cat"]]}}]}]},
+        {"id": True, "data": {}},
+        task(1000),
+    ]
+    results = predict(client, bad).json["results"]
+    assert [("error" in r) for r in results] == [True] * 5 + [False]
+
+
+def test_metric_labels_come_from_a_fixed_set(client):
+    for i in range(200):
+        client.post("/webhook", json={"action": f"FORGED_{i}"})
+    client.post("/webhook", data=b'{"action": "\\ud800"}', content_type="application/json")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    text = response.data.decode()
+    assert 'alc_webhooks_total{action="other",outcome="ignored"} 201.0' in text
+    assert "FORGED" not in text and len(response.data) < 20_000
+
+
+def test_health_degrades_without_a_worker_and_lists_those_seen(settings, conn):
+    from rq import Worker
+
+    app = create_app(settings)
+    client = app.test_client()
+    assert client.get("/health").status_code == 200  # a server that just started: no verdict yet
+    app.extensions["alc"].started_at -= 10 * settings.health_worker_timeout
+    response = client.get("/health")
+    assert response.status_code == 503 and response.json["status"] == "DEGRADED"
+    assert any("no worker" in r for r in response.json["reasons"])
+
+    Queue(q.TRAIN_QUEUE, connection=conn).enqueue("backend.jobs.retrain", 1)
+    worker = Worker([Queue(n, connection=conn) for n in q.QUEUES], connection=conn, name="seen-1")
+    worker.register_birth()
+    try:
+        response = client.get("/health")
+        assert response.status_code == 200, response.json
+        assert [w["name"] for w in response.json["workers"]] == ["seen-1"]
+        assert response.json["workers"][0]["last_heartbeat_seconds"] < 5
+        assert response.json["oldest_queued_seconds"] >= 0
+    finally:
+        worker.register_death()
+
+
+def test_health_says_when_the_supervised_worker_restarts(settings, conn):
+    import json
+
+    from backend.worker import SUPERVISOR_KEY
+
+    app = create_app(settings)
+    app.extensions["alc"].supervisor = "alc-serve-test"
+    client = app.test_client()
+    conn.set(SUPERVISOR_KEY.format("alc-serve-test"), json.dumps({"state": "restarting", "restarts": 1, "last_exit": -9, "restart_in": 1}))
+    response = client.get("/health")
+    assert response.status_code == 503 and "restart #1" in " ".join(response.json["reasons"])
+    conn.set(SUPERVISOR_KEY.format("alc-serve-test"), json.dumps({"state": "running", "restarts": 1, "pid": 1}))
+    assert client.get("/health").status_code == 200
+
+
+def test_health_is_503_when_redis_is_down(settings, tmp_path):
+    flaky = EmbeddedRedis(tmp_path / "flaky-health")
+    client = create_app(settings.model_copy(update={"redis_url": flaky.start()})).test_client()
+    flaky.stop()
+    response = client.get("/health")
+    assert response.status_code == 503 and response.json["redis"] == "down"
