@@ -15,7 +15,7 @@ from backend.queue import PROJECTS_KEY, EmbeddedRedis
 from backend.queue import connect as connect_redis
 from backend.commands import exit_on_user_errors
 from backend.settings import Settings, load_settings
-from backend.status import build_status, jobs_status
+from backend.status import build_status, jobs_status, read_truth
 from connectors.client import connect
 from connectors.ledger import reconcile
 
@@ -28,7 +28,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON (the same as GET /api/status)")] = False,
     target: Annotated[float, typer.Option(help="accuracy the forecast aims at, between 0 and 1")] = 0.95,
 ) -> None:
-    """Budget spent and left, labels corrected, the estimated label accuracy, the queue, and the jobs."""
+    """Budget spent and left, labels changed, the estimated label accuracy, the queue, and the jobs.
+
+    With no settings it reads the deployment that `alc demo` / `alc serve` runs (their profile)."""
     if not 0 < target < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {target}", param_hint="--target")
     console = Console()
@@ -49,7 +51,7 @@ def status(
         client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
         ledger = reconcile(client, project, settings.initial_label_source, settings.budget)
         data = build_status(client, ledger, store=ModelStore(settings.models_path), redis_conn=redis_conn,
-                            target=target, budget=settings.budget)
+                            target=target, budget=settings.budget, truth=read_truth(settings.data_home, project))
         if redis_conn is None:
             data["jobs"] = {"error": redis_note}
     if as_json:
@@ -79,7 +81,7 @@ def _table(title: str, *columns: str) -> Table:
     table = _Table(title=title, title_justify="left", title_style="bold", show_header=any(columns))
     for column in columns:
         table.add_column(column, justify="right" if column in ("#", "spent", "priority", "noisiness", "ambiguity",
-                                                               "re-annotations", "mean time (s)", "queued", "running",
+                                                               "re-annotations", "mean time (s)", "agreement", "queued", "running",
                                                                "scheduled", "failed") else "left")
     return table
 
@@ -98,14 +100,22 @@ def _print_status(console: Console, s: dict) -> None:
     summary.add_row("committed (open slots)", str(b["committed"]))
     summary.add_row("remaining", str(b["remaining"]) if b["remaining"] is not None else "-")
     summary.add_row("tasks settled", f"{t['settled']} of {t['total']}")
-    summary.add_row("labels corrected", str(t["labels_changed"]))
+    summary.add_row("labels changed", str(t["labels_changed"]))
+    if s.get("truth"):
+        truth = s["truth"]
+        summary.add_row("labels corrected (truth known)", f"{truth['labels_corrected']} ({truth['labels_broken']} broken); "
+                                                         f"accuracy {100 * truth['accuracy']:.1f}%, was {100 * truth['initial_accuracy']:.1f}%")
     if e["available"]:
-        summary.add_row("estimated label accuracy", f"{100 * e['accuracy']:.1f}% (was {100 * e['accuracy_before']:.1f}%)")
+        low, high = e["accuracy_interval"]
+        interval = f", 90%: {100 * low:.1f}-{100 * high:.1f}%" if low != high else ""
+        summary.add_row("estimated label accuracy", f"{100 * e['accuracy']:.1f}%{interval} (was {100 * e['accuracy_before']:.1f}%)")
         summary.add_row("labels still wrong (model)", str(e["labels_wrong"]))
-        forecast = e["forecast_spend"] if e["forecast_spend"] is not None else "- (after the first correction)"
+        forecast = e["forecast_spend"] if e["forecast_spend"] is not None else "- (after the first change)"
         summary.add_row(f"re-annotations to {100 * e['target']:.0f}%", str(forecast))
-        summary.add_row("suggested budget", f"{e['suggested_budget']} (accept: alc connect --project "
-                                            f"{s['project']['id']} --budget {e['suggested_budget']})")
+        low, high = e["suggested_budget_range"]
+        summary.add_row("suggested budget", f"{e['suggested_budget']}{f' (90%: {low}-{high})' if low != high else ''}; "
+                                            f"accept: alc connect --project {s['project']['id']} --budget {e['suggested_budget']}")
+        summary.add_row("estimate basis", f"{e['basis']}; cost: {e['cost_basis']}")
     else:
         summary.add_row("estimated label accuracy", f"- ({e['reason']})")
     console.print(summary)
@@ -121,9 +131,11 @@ def _print_status(console: Console, s: dict) -> None:
         changes.add_row(f"task {c['task_id']}", str(c["from"]), str(c["to"]), c["time"] or "-")
     console.print(changes)
 
-    people = _table("Annotators", "annotator", "re-annotations", "mean time (s)")
+    people = _table("Annotators", "annotator", "re-annotations", "mean time (s)", "agreement")
     for a in s["annotators"]:
-        people.add_row(a["annotator"], str(a["annotations"]), _num(a["mean_lead_time"], 1))
+        agreement = a.get("agreement_with_final")
+        people.add_row(a["annotator"], str(a["annotations"]), _num(a["mean_lead_time"], 1),
+                       f"{100 * agreement:.0f}% of {a['on_settled_tasks']}" if agreement is not None else "-")
     console.print(people)
     _print_jobs(console, s.get("jobs") or {"error": "not connected to the job queue"})
 

@@ -232,8 +232,9 @@ def test_alc_status_prints_the_tables_and_the_failed_jobs(settings, store, sdk, 
     result = runner.invoke(cli, ["status", "--project", str(PROJECT)], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     out = result.output
-    for needle in ("pets", "spent", "3", "remaining", "6", "labels corrected", f"{100 * expected()['accuracy']:.1f}%",
-                   "task 13", "retrain project 7", "ran out of memory", "bob@example.com"):
+    for needle in ("pets", "spent", "3", "remaining", "6", f"{100 * expected()['accuracy']:.1f}%",
+                   "task 13", "retrain project 7", "ran out of memory", "bob@example.com", "labels changed",
+                   "estimate basis", "agreement"):
         assert needle in out, needle
     as_json = runner.invoke(cli, ["status", "--project", str(PROJECT), "--json"])
     assert as_json.exit_code == 0
