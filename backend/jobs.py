@@ -1,22 +1,31 @@
-"""rq job functions, kept thin: sync from Label Studio -> retrain -> rescore -> publish -> push.
+"""rq job functions: the one retrain pipeline, the per-annotation step and the reconcile.
 
-Label Studio is the source of truth: every retrain reads the whole project again (connectors'
-``read_project``), so an annotation whose webhook was lost (Redis down, backend restarting) is counted
-by the next retrain. A new model version is published (atomically) only after training succeeded;
-otherwise the previous one keeps serving and rq retries the job with backoff.
+```
+retrain:     working state -> images (cached per task) -> selector.fit/update -> Ranking
+             -> connectors.plan.plan_window (pure) -> reserve slots (atomic) -> connectors.plan.apply_plan
+annotation:  GET that one task -> working state -> after_annotation -> at most two task PATCHes
+reconcile:   full read -> compare with the working state (recorded) -> rebuild -> close / refill what is due
+```
+The working state (:mod:`backend.working_state`) replaces the whole-project reads: a project is read
+in full only when its state is missing and in ``reconcile``, which runs periodically (rq's scheduler) and
+proves that the state equals Label Studio's. A new model version is published (atomically) only after
+training succeeded; otherwise the previous one keeps serving and rq retries the job with backoff.
 
 The worker calls :func:`configure` once with its Settings; jobs take them from there (never from the
-environment, never from the job's arguments, which live in Redis).
+environment, never from the job's arguments, which live in Redis). Each job makes one Label Studio client.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
+import httpx
 import numpy as np
 from rq import get_current_job
 
@@ -24,22 +33,26 @@ from backend import queue as q
 from backend.images import ImageLoader
 from backend.metrics import record_job
 from backend.model_store import ModelStore, Ranking
-from backend.protocol import ChoicesConfig, ProtocolError, config_hash, scores_from_priorities
+from backend.protocol import ProtocolError, config_hash, scores_from_priorities
 from backend.settings import Settings, SettingsError
+from backend.working_state import WorkingState, compare, ensure_state, rebuild_from_label_studio
 
 log = logging.getLogger(__name__)
+
+SPARES = 50  # ranked candidates beyond the window that get a prediction: free places are refilled from them
+TRANSPORT: httpx.BaseTransport | None = None  # tests: an in-memory Label Studio under the real client
+CLIENT_BACKOFF = 0.5  # seconds before the client's first retry (doubling)
 
 
 @dataclass
 class Snapshot:
-    """What a retrain needs from Label Studio, one row per task."""
+    """What a retrain trains on, one row per task."""
 
     task_ids: list[int]
     class_names: list[str]
     counts: np.ndarray  # (N, C) initial label plus every re-annotation
     image_refs: list[str | None]
     label_config: str
-    source: Any = field(default=None, repr=False)  # the connectors' own snapshot, handed back to the push
 
 
 @dataclass
@@ -65,62 +78,65 @@ def context() -> JobContext:
     return _context
 
 
-# --- Label Studio's side (connectors) ----------------------------------------------------------
-
-
-def _client(settings: Settings) -> Any:
+def client(ctx: JobContext) -> Any:
+    """One Label Studio client per job."""
     from connectors.client import connect
 
-    url, key = settings.require_label_studio()
-    return connect(url, key, timeout=settings.label_studio_timeout, retries=3)
+    url, key = ctx.settings.require_label_studio()
+    return connect(url, key, timeout=ctx.settings.label_studio_timeout, retries=3, backoff=CLIENT_BACKOFF,
+                   transport=TRANSPORT, check=False)
 
 
-def read_snapshot(settings: Settings, project_id: int) -> Snapshot:
-    """Every task of the project with its label counts, from Label Studio (connectors.counts.read_project)."""
-    from connectors.counts import read_project
+def working_state(ctx: JobContext, conn: Any, ls: Any, project_id: int) -> WorkingState:
+    return ensure_state(conn, ls, project_id, ctx.settings.initial_label_source)
 
-    snap = read_project(_client(settings), project_id, initial_label_source=settings.initial_label_source)
-    config = ChoicesConfig.parse(snap.label_config)
+
+def training_snapshot(state: WorkingState) -> Snapshot:
+    snap = state.snapshot()
+    key = snap.config.data_key if snap.config is not None else None
     refs = []
     for data in snap.task_data:
-        value = data.get(config.data_key) if isinstance(data, dict) else None
+        value = data.get(key) if key and isinstance(data, dict) else None
         refs.append(value if isinstance(value, str) else None)
-    return Snapshot(list(snap.task_ids), list(snap.class_names), np.asarray(snap.counts, float), refs, snap.label_config, snap)
+    return Snapshot(list(snap.task_ids), list(snap.class_names), np.asarray(snap.counts, float), refs, snap.label_config)
 
 
-def push_ranking(settings: Settings, project_id: int, snapshot: Snapshot, ranking: Ranking, version: str) -> Any:
-    """Hand the new ranking to Label Studio through one connectors function (the open window of top-K tasks)."""
-    from connectors.queue import push_window
-
-    return push_window(
-        _client(settings),
-        project_id,
-        snapshot=snapshot.source,
-        task_ids=ranking.task_ids,
-        scores=ranking.scores,
-        priorities=ranking.priority,
-        noisiness=ranking.noisiness,
-        ambiguity=ranking.ambiguity,
-        model_version=version,
-        window=settings.window,
-        budget=settings.budget,
-        max_annotations=settings.max_annotations_per_task,
-        initial_label_source=settings.initial_label_source,
-    )
+# --- images: fetched once per task, kept as one array per project ------------------------------
 
 
-def settle_task(settings: Settings, project_id: int, task_id: int) -> Any:
-    """After one annotation: settle the task on a strict majority or ask for another opinion (connectors)."""
-    from connectors.queue import on_annotation
-
-    return on_annotation(
-        _client(settings),
-        project_id,
-        task_id,
-        max_annotations=settings.max_annotations_per_task,
-        budget=settings.budget,
-        initial_label_source=settings.initial_label_source,
-    )
+def load_images(loader: ImageLoader, store: ModelStore, project_id: int, task_ids: list[int], refs: list[str],
+                size: int) -> tuple[np.ndarray, dict[int, str]]:
+    """The images of these tasks at ``size``: from the project's array cache, fetching (concurrently, by the
+    loader) only tasks not seen before or whose image reference changed. Errors are per index, not cached."""
+    path = store.project_dir(project_id) / f"images-{size}px.npz"
+    cached: dict[tuple[int, str], np.ndarray] = {}
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                ids, names, pixels = f["task_ids"], json.loads(str(f["refs"])), f["images"]
+            cached = {(int(t), r): pixels[i] for i, (t, r) in enumerate(zip(ids, names))}
+        except (OSError, ValueError, KeyError) as exc:  # a torn cache file costs one refetch, nothing else
+            log.warning("project %s: image cache %s unreadable (%s); fetching again", project_id, path, exc)
+    out = np.zeros((len(task_ids), size, size, 3), dtype=np.uint8)
+    missing = [i for i, key in enumerate(zip(task_ids, refs)) if key not in cached]
+    for i, key in enumerate(zip(task_ids, refs)):
+        if key in cached:
+            out[i] = cached[key]
+    errors: dict[int, str] = {}
+    if missing:
+        fetched, failed = loader.load_many([refs[i] for i in missing], size=size)
+        for j, i in enumerate(missing):
+            if j in failed:
+                errors[i] = failed[j]
+            else:
+                out[i] = fetched[j]
+        keep = [i for i in range(len(task_ids)) if i not in errors]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, task_ids=np.asarray([task_ids[i] for i in keep], dtype=np.int64),
+                 refs=np.asarray(json.dumps([refs[i] for i in keep])), images=out[keep])
+        os.replace(tmp, path)
+    return out, errors
 
 
 # --- training and scoring (scoring/) -----------------------------------------------------------
@@ -143,7 +159,16 @@ def train_and_score(
             skipped[task_id] = "no image"
         else:
             usable.append(i)
-    images, errors = loader.load_many([snapshot.image_refs[i] for i in usable])
+
+    previous = store.load(project_id)
+    reusable = (previous is not None and previous.ranking.class_names == list(snapshot.class_names)
+                and previous.meta.get("selector") == settings.selector)
+    context = {"cache_dir": store.project_dir(project_id) / "cache", "n_classes": counts.shape[1]}
+    selector = previous.selector() if reusable else make_selector(settings.selector, **{**context, **settings.selector_options})
+    size = getattr(selector, "input_size", None) or settings.image_size  # contract 2
+
+    images, errors = load_images(loader, store, project_id, [snapshot.task_ids[i] for i in usable],
+                                 [snapshot.image_refs[i] for i in usable], size)
     ok = [j for j in range(len(usable)) if j not in errors]
     for j, message in errors.items():
         skipped[snapshot.task_ids[usable[j]]] = message
@@ -155,14 +180,13 @@ def train_and_score(
     data, counts = images[ok], counts[rows]
     task_ids = [snapshot.task_ids[i] for i in rows]
 
-    previous = store.load(project_id)
-    same_tasks = previous is not None and previous.ranking.task_ids == task_ids
-    if same_tasks and previous.ranking.class_names == list(snapshot.class_names) and previous.meta.get("selector") == settings.selector:
-        selector, mode = previous.selector(), "update"
+    if reusable and previous.ranking.task_ids == task_ids:
+        mode = "update"
         selector.update(data, counts)
     else:
-        context = {"cache_dir": store.project_dir(project_id) / "cache", "n_classes": counts.shape[1]}
-        selector, mode = make_selector(settings.selector, **{**context, **settings.selector_options}), "fit"
+        if reusable:  # other tasks than last time: a fresh fit
+            selector = make_selector(settings.selector, **{**context, **settings.selector_options})
+        mode = "fit"
         selector.fit(data, counts)
     strategy = Strategy.build(selector, settings.rule)
     output = strategy.model_output(data)
@@ -187,39 +211,215 @@ def train_and_score(
         "mode": mode,
         "tasks": len(task_ids),
         "annotations": int(counts.sum()),
+        "image_size": int(size),
         "skipped": {str(k): v for k, v in skipped.items()},
     }
     return selector, ranking, meta
 
 
+# --- Label Studio's side: the push, one annotation, the sweep ----------------------------------
+
+
+def window_of(settings: Settings, state: WorkingState) -> int:
+    own = state.config().state.window
+    return own if own is not None else settings.window
+
+
+def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Ranking, version: str) -> Any:
+    """plan_window on the working state as it is now (annotations arrive while a model trains), slots
+    reserved atomically, then apply_plan: predictions, the version switch, the task PATCHes."""
+    from connectors.plan import apply_plan, clear_ground_truth, plan_window, rank_entries
+
+    config, tasks = state.config(), state.tasks()
+    entries = rank_entries(ranking)
+    cap = settings.max_annotations_per_task
+    budget = state.budget(settings.budget)
+    plan = plan_window(list(tasks.values()), entries, budget=budget, window=window_of(settings, state),
+                       max_annotations=cap, model_version=version, spares=SPARES)
+    opened: set[int] = set()
+    granted: list[int] = []
+
+    def reserve(task_ids: list[int]) -> list[int]:
+        granted.extend(state.reserve(task_ids, budget.total))
+        clear_ground_truth(ls, [a for tid in granted for a in tasks[tid].ground_truth_ids])  # connect took them off
+        return granted
+
+    def patched(task_id: int, body: dict) -> None:
+        state.apply_patch(task_id, body)
+        opened.add(task_id)
+
+    try:
+        result = apply_plan(ls, config, plan, entries, tasks, max_annotations=cap, on_patched=patched, reserve=reserve)
+    finally:
+        for tid in set(granted) - opened:
+            state.release(tid)
+    state.set_model_version(version)
+    _remember_predictions(state, config, plan, entries, version)
+    window = set(result.window)
+    state.set_spares({tid: entries[tid].score for tid in plan.predict if tid not in window and tid in entries})
+    result.budget = state.budget(settings.budget).as_dict()
+    return result
+
+
+def _remember_predictions(state: WorkingState, config: Any, plan: Any, entries: dict, version: str) -> None:
+    """The predictions just imported, into the task records (the dashboard's queue shows their scores)."""
+    from connectors.counts import PredictionRecord
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for tid in plan.predict:
+        task = state.task(tid)
+        if task is None or task.prediction(version) is not None:
+            continue
+        entry = entries.get(tid)
+        why = {"priority": entry.priority, "noisiness": entry.noisiness, "ambiguity": entry.ambiguity,
+               "score": entry.score, "model_version": version} if entry else None
+        label = config.class_names[int(np.argmax(task.counts))] if sum(task.counts) else config.class_names[0]
+        record = PredictionRecord(None, version, entry.score if entry else 1.0, label, why, now)
+        state.put_task(replace(task, predictions=[*task.predictions, record]))
+
+
+def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> dict:
+    """After an annotation on ``task_id``: one GET of that task, then at most two PATCHes (close it and
+    refill its place, or open one more slot on a tie, reserved atomically within the budget)."""
+    from connectors.counts import read_task
+    from connectors.errors import TaskNotFound
+    from connectors.plan import after_annotation, clear_ground_truth, task_patch
+
+    config = state.config()
+    cap = settings.max_annotations_per_task
+    known = state.task(task_id)
+    try:
+        task = read_task(ls, config, task_id, state.users())
+    except TaskNotFound:
+        state.delete_task(task_id)
+        return {"task_id": int(task_id), "action": "task not in Label Studio (deleted): dropped"}
+    if known is not None:
+        task = replace(task, data=known.data)  # the data as stored, not as the task API resolves its URLs
+    state.put_task(task)
+    budget = state.budget(settings.budget)
+    decision = after_annotation(task, budget, cap)
+    outcome: dict[str, Any] = {"task_id": int(task_id), "annotations": task.n_annotations, "counts": list(task.counts),
+                               "action": decision.reason}
+    if decision.action == "close":
+        body = task_patch(task, task.n_annotators, config.class_names, cap)
+        if task.overlap != task.n_annotators or any(task.data.get(k) != body["data"][k] for k in body["data"]):
+            ls.tasks.update(str(task.id), **body)
+            state.apply_patch(task.id, body)
+        outcome["refilled"] = refill(settings, ls, state)
+    elif decision.action == "close-all":
+        outcome["closed"] = close_tasks(settings, ls, state, state.open_tasks())
+    elif decision.action == "open":
+        if not state.reserve([task.id], budget.total):
+            outcome["action"] = "no majority, but the budget is committed: not reopened"
+        else:
+            try:
+                clear_ground_truth(ls, task.ground_truth_ids)
+                body = task_patch(task, task.n_annotators + 1, config.class_names, cap)
+                ls.tasks.update(str(task.id), **body)
+            except Exception:
+                state.release(task.id)
+                raise
+            state.apply_patch(task.id, body)
+    outcome["budget"] = state.budget(settings.budget).as_dict()
+    return outcome
+
+
+def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
+    """A free place in the window goes to the best spare of the current ranking (it has its prediction),
+    if the budget can pay: the queue never waits for a retrain to stay full."""
+    from connectors.plan import is_done, task_patch
+
+    budget = state.budget(settings.budget)
+    if budget.exhausted or budget.affordable() < 1 or budget.committed >= window_of(settings, state):
+        return None
+    config = state.config()
+    for tid in state.spares():
+        state.drop_spare(tid)
+        task = state.task(tid)
+        if task is None or task.open_slots or not task.has_initial or is_done(task, settings.max_annotations_per_task):
+            continue
+        if not state.reserve([tid], budget.total):
+            return None
+        body = task_patch(task, task.n_annotators + 1, config.class_names, settings.max_annotations_per_task)
+        try:
+            ls.tasks.update(str(tid), **body)
+        except Exception:
+            state.release(tid)
+            raise
+        state.apply_patch(tid, body)
+        return tid
+    return None
+
+
+def close_tasks(settings: Settings, ls: Any, state: WorkingState, task_ids: list[int]) -> list[int]:
+    from connectors.plan import patch_tasks, task_patch
+
+    config, cap = state.config(), settings.max_annotations_per_task
+    tasks = {tid: state.task(tid) for tid in task_ids}
+    patch_tasks(ls, {tid: task_patch(t, t.n_annotators, config.class_names, cap) for tid, t in tasks.items() if t},
+                on_patched=state.apply_patch)
+    return sorted(task_ids)
+
+
+def sweep(settings: Settings, ls: Any, state: WorkingState) -> dict:
+    """After a reconcile: close what is done (everything once the budget is spent), correct the alc_*
+    fields that lost events left stale, refill free places."""
+    from connectors.plan import is_done, patch_tasks, task_patch
+
+    cap = settings.max_annotations_per_task
+    budget = state.budget(settings.budget)
+    config = state.config()
+    patches = {}
+    for task in state.tasks().values():
+        due = task.open_slots > 0 and (budget.exhausted or is_done(task, cap))
+        overlap = task.n_annotators if due else task.overlap
+        body = task_patch(task, overlap, config.class_names, cap)
+        stale = "alc_status" in task.data and any(task.data.get(k) != body["data"][k] for k in body["data"])
+        if due or stale:
+            patches[task.id] = body
+    patch_tasks(ls, patches, on_patched=state.apply_patch)
+    opened = []
+    while (tid := refill(settings, ls, state)) is not None:
+        opened.append(tid)
+    return {"corrected": sorted(patches), "opened": opened}
+
+
+def project_done(settings: Settings, state: WorkingState) -> bool:
+    """The budget is spent and the window closed: nothing a retrain could change."""
+    return state.budget(settings.budget).exhausted and not state.open_tasks()
+
+
 # --- the rq jobs -------------------------------------------------------------------------------
 
 
-PERMANENT_CONNECTOR_ERRORS = ("LabelStudioAuthError", "UnknownProject", "ProjectConfigError")
+PERMANENT_CONNECTOR_ERRORS = ("LabelStudioAuthError", "UnknownProject", "ProjectConfigError", "TaskNotFound")
 
 
 def _permanent_errors() -> tuple[type[BaseException], ...]:
-    """Failures a retry cannot fix: a missing setting, a refused key, an unknown project, a bad label config."""
-    import connectors.client
+    """Failures a retry cannot fix: a missing setting, a refused key, an unknown project or task, a bad config."""
     import connectors.errors
 
-    found = [
-        getattr(module, name)
-        for module in (connectors.errors, connectors.client)
-        for name in PERMANENT_CONNECTOR_ERRORS
-        if isinstance(getattr(module, name, None), type)
-    ]
+    found = [getattr(connectors.errors, name) for name in PERMANENT_CONNECTOR_ERRORS]
     return (SettingsError, ProtocolError, *found)
 
 
+def _is_permanent(exc: BaseException) -> bool:
+    from label_studio_sdk.core.api_error import ApiError
+
+    if isinstance(exc, _permanent_errors()):
+        return True
+    status = getattr(exc, "status_code", None) if isinstance(exc, ApiError) else None
+    return status is not None and 400 <= int(status) < 500 and int(status) not in (408, 409, 429)
+
+
 def _no_retry_if_permanent(job: Any, exc: Exception) -> None:
-    """rq retries every failure; spare it the backoff when the error says a retry is pointless."""
-    if job is not None and isinstance(exc, _permanent_errors()):
+    """rq retries every failure; spare it the backoff when the error says a retry is pointless (a 404...)."""
+    if job is not None and _is_permanent(exc):
         job.retries_left = 0
 
 
 def retrain(project_id: int) -> dict:
-    """The coalesced retrain of one project: sync, fit/update, rescore, publish, push."""
+    """The coalesced retrain of one project: working state, fit/update, rescore, publish, push."""
     ctx = context()
     job = get_current_job()
     conn = job.connection
@@ -228,13 +428,22 @@ def retrain(project_id: int) -> dict:
     if covered is None:
         record_job(conn, "retrain", "duplicate", 0.0)
         return {"skipped": "another retrain of this project owns the pending mark"}
+    q.schedule_reconcile(conn, ctx.settings.reconcile_seconds)
     started = time.monotonic()
     try:
-        snapshot = read_snapshot(ctx.settings, project_id)
+        ls = client(ctx)
+        state = working_state(ctx, conn, ls, project_id)
+        if project_done(ctx.settings, state):
+            record = {"skipped": "budget spent and window closed: nothing to retrain for", "seconds": 0.0}
+            q.finish(conn, project_id, job.id, covered, cadence, record, follow_up=False)
+            record_job(conn, "retrain", "done", time.monotonic() - started)
+            return record
+        snapshot = training_snapshot(state)
         selector, ranking, meta = train_and_score(ctx.settings, project_id, snapshot, ctx.store, ctx.loader)
         version = ctx.store.publish(project_id, selector, ranking, meta)
+        state.set_skipped(meta["skipped"])
         conn.set(q.project_key(project_id, "config"), config_hash(snapshot.label_config))
-        pushed = push_ranking(ctx.settings, project_id, snapshot, ranking, version)
+        pushed = push_ranking(ctx.settings, ls, state, ranking, version)
     except Exception as exc:
         record_job(conn, "retrain", "error", time.monotonic() - started)
         log.exception("retrain of project %s failed; the previous model version keeps serving", project_id)
@@ -256,16 +465,62 @@ def _push_summary(pushed: Any) -> dict:
 
 
 def annotation_changed(project_id: int, task_id: int) -> Any:
-    """Per-annotation bookkeeping in Label Studio: majority reached -> settled, else one more opinion."""
+    """Per-annotation step on the working state: majority reached -> settled, else one more opinion."""
     ctx = context()
-    conn = get_current_job().connection
+    job = get_current_job()
+    conn = job.connection
     started = time.monotonic()
     try:
-        result = settle_task(ctx.settings, project_id, task_id)
+        ls = client(ctx)
+        result = settle(ctx.settings, ls, working_state(ctx, conn, ls, project_id), task_id)
     except Exception as exc:
         record_job(conn, "annotation", "error", time.monotonic() - started)
-        _no_retry_if_permanent(get_current_job(), exc)
+        _no_retry_if_permanent(job, exc)
         raise
     record_job(conn, "annotation", "ok", time.monotonic() - started)
     return result
 
+
+def reconcile(project_id: int, trigger: str = "periodic") -> dict:
+    """Full read of the project, the differences from the working state recorded, the state rebuilt, then
+    what the lost events left undone (a settled task still open, a free place) done. Label Studio wins."""
+    ctx = context()
+    job = get_current_job()
+    conn = job.connection
+    started = time.monotonic()
+    try:
+        ls = client(ctx)
+        state = WorkingState(conn, project_id)
+        differences: list[str] = []
+        fresh = rebuild_from_label_studio(state, ls, ctx.settings.initial_label_source,
+                                          before=lambda snap, touched: differences.extend(compare(state, snap, touched)))
+        from connectors.plan import clear_ground_truth
+
+        stars = clear_ground_truth(ls, [a for t in fresh.tasks for a in t.ground_truth_ids])  # tasks imported later
+        swept = sweep(ctx.settings, ls, state)
+    except Exception as exc:
+        record_job(conn, "reconcile", "error", time.monotonic() - started)
+        _no_retry_if_permanent(job, exc)
+        raise
+    finally:
+        q.release_reconcile(conn, project_id)
+    record = {"time": time.time(), "trigger": trigger, "tasks": len(fresh.tasks), "differences": differences[:200],
+              "n_differences": len(differences), "stars_removed": stars, **swept,
+              "seconds": round(time.monotonic() - started, 3)}
+    state.record_reconcile(record)
+    record_job(conn, "reconcile", "ok", time.monotonic() - started)
+    if differences:
+        log.warning("project %s: reconcile found %d difference(s), e.g. %s", project_id, len(differences), differences[0])
+    return record
+
+
+def reconcile_all() -> dict:
+    """The periodic job: one reconcile per connected project, then the next run scheduled (rq's scheduler)."""
+    ctx = context()
+    conn = get_current_job().connection
+    try:
+        queued = [int(p) for p in sorted(conn.smembers(q.PROJECTS_KEY), key=int)
+                  if WorkingState(conn, int(p)).exists() and q.enqueue_reconcile(conn, int(p), "periodic")]
+    finally:
+        q.schedule_reconcile(conn, ctx.settings.reconcile_seconds, after_run=True)
+    return {"queued": queued}

