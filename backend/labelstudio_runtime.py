@@ -4,7 +4,8 @@ Label Studio pins redis and rq versions our own environment cannot share, so it 
 own (``ALC_LS_VENV``, default ``~/.cache/alc/label-studio-1.23.2``), installed on first use and reused.
 :class:`LabelStudioServer` runs one server on a data directory with an admin account whose legacy
 API token we choose (40 hex), logs to ``<data_dir>/label-studio.log``, and stops its whole process group.
-Used by `alc demo` and the integration tests.
+Used by `alc demo` and the integration tests. The process helpers (spawn, wait_until_up, stop_group) are the
+one way the demo starts and stops every process of its own too (backend.demo.services).
 """
 
 from __future__ import annotations
@@ -25,8 +26,64 @@ from rich.console import Console
 LABEL_STUDIO_VERSION = "1.23.2"
 
 
-class LabelStudioRuntimeError(RuntimeError):
+class ServiceError(RuntimeError):
+    """A process did not come up (or died); the message names its log file."""
+
+
+class LabelStudioRuntimeError(ServiceError):
     """Label Studio could not be installed or started; the message says why and where the log is."""
+
+
+# --- processes: one way to start, wait for and stop them (Label Studio here, the demo's others too) ---------
+
+
+def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start a process in its own session (Ctrl-C reaches us first, and we stop it in order), logging to a file."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_until_up(process: subprocess.Popen | None, ready, what: str, log_path: Path, timeout: float,
+                  error: type[ServiceError] = ServiceError, where: str = "") -> None:
+    """Poll ``ready()`` (connection errors count as not yet) until it is true, the process dies, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise error(f"{what} exited with code {process.returncode}; see {log_path}")
+        try:
+            if ready():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise error(f"{what} did not answer{f' at {where}' if where else ''} within {timeout:.0f} s; see {log_path}")
+
+
+def stop_group(process: subprocess.Popen | None, grace: float = 15.0) -> None:
+    """SIGTERM the process's whole group (Label Studio and gunicorn fork), SIGKILL it after ``grace`` seconds.
+
+    Also when the main process already died: its children may still hold the port."""
+    if process is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        process.poll()
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        process.poll()
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def default_venv() -> Path:
@@ -190,58 +247,24 @@ class LabelStudioServer:
         exe = self.executable or ensure_installed()
         argv = [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
                 "--data-dir", str(self.data_dir)]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, env={**os.environ, **self.env()}, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = spawn(argv, self.env(), self.log_path)
         try:
-            self._wait_healthy()
+            wait_until_up(self.process, self._healthy, "Label Studio", self.log_path, self.start_timeout,
+                          LabelStudioRuntimeError, self.url)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_healthy(self) -> None:
-        """Poll /health, then check the admin token works (the account is created after migrations)."""
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise LabelStudioRuntimeError(f"Label Studio exited with code {self.process.returncode}; see {self.log_path}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=3).ok and requests.get(
-                    f"{self.url}/api/current-user/whoami", headers={"Authorization": f"Token {self.token}"}, timeout=5
-                ).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise LabelStudioRuntimeError(f"Label Studio did not answer at {self.url} within {self.start_timeout:.0f} s; see {self.log_path}")
+    def _healthy(self) -> bool:
+        """/health answers and the admin token works (the account is created after the migrations)."""
+        return requests.get(f"{self.url}/health", timeout=3).ok and requests.get(
+            f"{self.url}/api/current-user/whoami", headers={"Authorization": f"Token {self.token}"}, timeout=5).ok
 
     def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM the whole process group (Label Studio forks), SIGKILL it after ``grace`` seconds.
-
-        Also when the main process already died: its children may still hold the port.
-        """
+        """Stop Label Studio's whole process group (see stop_group)."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            process.poll()
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
+        stop_group(process, grace)
 
     def __enter__(self) -> "LabelStudioServer":
         return self.start()

@@ -1,6 +1,7 @@
 """The processes `alc demo` brings up on 127.0.0.1, and stops again: Redis, Label Studio, backend, worker.
 
-Every process is started here, owned here, and stopped here (terminate, then kill after a grace
+Every process is started here, owned here, and stopped here with the one set of process helpers of
+backend.labelstudio_runtime (spawn, wait_until_up, stop_group: terminate the group, then kill after a grace
 period), in reverse order, whatever happened in between (Ctrl-C included). Logs go to
 ``<home>/logs/<name>.log`` so a failure can be read afterwards.
 """
@@ -8,36 +9,23 @@ period), in reverse order, whatever happened in between (Ctrl-C included). Logs 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-from backend.labelstudio_runtime import LabelStudioServer, ensure_installed, free_port  # noqa: F401 (free_port re-exported)
+from backend.labelstudio_runtime import (  # noqa: F401 (free_port, ServiceError re-exported)
+    LabelStudioServer,
+    ServiceError,
+    ensure_installed,
+    free_port,
+    spawn,
+    stop_group,
+    wait_until_up,
+)
 from backend.queue import EmbeddedRedis
-
-
-class ServiceError(RuntimeError):
-    """A service did not come up; the message names its log file."""
-
-
-def wait_until_up(url: str, what: str, log: Path, process: subprocess.Popen | None, timeout: float) -> None:
-    """Poll ``url`` until it answers (any status below 500), the process dies, or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise ServiceError(f"{what} exited with code {process.returncode}; see {log}")
-        try:
-            if requests.get(url, timeout=2).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise ServiceError(f"{what} did not answer at {url} within {timeout:.0f} s; see {log}")
 
 
 @dataclass
@@ -71,11 +59,7 @@ class Services:
         return self.logs.get(name, self.home / "logs" / f"{name}.log")
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        """Start a process in its own session (so Ctrl-C reaches us first and we stop it in order)."""
-        log = open(self.log_path(name), "ab")
-        process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        process = spawn(argv, env, self.log_path(name))
         self.processes.append((name, process))
         return process
 
@@ -98,7 +82,8 @@ class Services:
         argv = [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
         process = self.spawn("backend", argv, env)
         url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/health", "the backend", self.log_path("backend"), process, timeout)
+        wait_until_up(process, lambda: requests.get(f"{url}/health", timeout=2).status_code < 500, "the backend",
+                      self.log_path("backend"), timeout, where=url)
         return url
 
     def start_worker(self, env: dict[str, str], name: str = "worker") -> subprocess.Popen:
@@ -114,14 +99,7 @@ class Services:
     def stop_processes(self, grace: float = 15.0) -> None:
         """Stop every process started here, newest first (Redis stays up)."""
         while self.processes:
-            name, process = self.processes.pop()
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(grace)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            stop_group(self.processes.pop()[1], grace)
 
     def check_alive(self) -> None:
         """Raise if a service died while the demo runs."""
