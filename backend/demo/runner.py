@@ -143,15 +143,51 @@ class DemoRun:
         """Ask the backend to train now and wait until Label Studio serves the queue under a model version."""
         requests.post(f"{self.backend_url}/train", json={"project": self.project.id}, auth=self.backend_auth,
                       timeout=10).raise_for_status()
-        deadline = time.monotonic() + self.config.first_model_timeout
-        with self.console.status("fitting the selector and opening the cleaning queue"):
+        started = time.monotonic()
+        deadline = started + self.config.first_model_timeout
+        with self.console.status("fitting the selector and opening the cleaning queue") as status:
             while time.monotonic() < deadline:
                 version = self.poll_model_version()
                 if version:
                     return version
+                waiting, failed = self.retrain_state()
+                if failed:
+                    raise RuntimeError(f"the first retrain failed for good: {failed}; see the worker's log")
+                status.update(f"fitting the selector and opening the cleaning queue "
+                              f"({time.monotonic() - started:.0f} s; {waiting})")
                 time.sleep(1.0)
         raise TimeoutError(f"no model version in Label Studio after {self.config.first_model_timeout:.0f} s; "
                            "see the worker's log")
+
+    def retrain_state(self) -> tuple[str, str | None]:
+        """What the retrain queue is doing (queued, running, or waiting to retry after an error: which), and
+        the error of a retrain that failed for good (rq's failed-job registry), for the progress line."""
+        if self.redis_url is None:
+            return "waiting on the worker", None
+        from rq.job import Job
+        from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+        from backend import queue as q
+
+        if self._redis is None:
+            self._redis = q.connect(self.redis_url)
+        train = q.queues(self._redis)[q.TRAIN_QUEUE]
+
+        def ours(registry) -> list:  # the Redis may hold jobs of earlier demo projects
+            jobs = Job.fetch_many(registry.get_job_ids(), connection=self._redis)
+            return [j for j in jobs if j is not None and "retrain" in (j.func_name or "") and j.args
+                    and j.args[0] == self.project.id]
+
+        failed = ours(FailedJobRegistry(queue=train))
+        if failed:
+            return "failed", _last_error(failed[-1]) or "no error recorded"
+        retrying = ours(ScheduledJobRegistry(queue=train))
+        if retrying:
+            error = _last_error(retrying[-1])
+            return f"a retrain failed and waits to retry: {error}" if error else "a retrain is scheduled", None
+        if StartedJobRegistry(queue=train).count:
+            return "the worker is training", None
+        return f"{train.count} retrain(s) queued", None
 
     def poll_model_version(self) -> str | None:
         version = self.client.projects.get(self.project.id).model_version or None
@@ -264,3 +300,10 @@ class DemoRun:
             wall_seconds=round(time.monotonic() - self.started, 1),
             config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},
         )
+
+
+def _last_error(job) -> str | None:
+    """The last line of a job's latest error, if it has one."""
+    result = job.latest_result()
+    text = (result.exc_string or "").strip() if result is not None else ""
+    return text.splitlines()[-1][:200] if text else None
