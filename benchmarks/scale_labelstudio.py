@@ -436,6 +436,7 @@ def step_connect(run: Run, figures: dict) -> None:
     out["queue_busy_after_live_s"] = None if idle is None else round(idle, 1)
     out["queue_left_when_stopped_waiting"] = None if idle is not None else run.busy()
     out["requests_until_idle"] = len(after)
+    out["first_retrain"] = last_retrain(run, oldest=True)
     out["webhooks_caused_by_our_own_edits"] = sum(s.path == "/webhook" for s in hooks)
     figures["connect"] = out
     console.print(f"  queue idle after: {out['queue_busy_after_live_s']} s; webhooks from our own edits: "
@@ -480,7 +481,7 @@ def step_annotate(run: Run, figures: dict) -> None:
                               "kinds": kinds(seen)})
         live = run.wait_version_change(version, args.step_timeout)
         rounds.append({"annotation_to_new_ranking_live_s": None if live is None else round(time.monotonic() - t_done, 1),
-                       "timed_out": live is None})
+                       "timed_out": live is None, "last_retrain": last_retrain(run)})
         console.print(f"round {r}: {rounds[-1]}; settled {[(a['requests'], a['seconds']) for a in per['settled']]}, "
                       f"tie {[(a['requests'], a['seconds']) for a in per['tie']]}")
 
@@ -494,6 +495,15 @@ def step_annotate(run: Run, figures: dict) -> None:
                 "seconds_max": round(max(secs), 3) if secs else None, "example": items[-1]["kinds"]}
 
     figures["annotate"] = {"settled": summary(per["settled"]), "tie": summary(per["tie"]), "rounds": rounds}
+
+
+def last_retrain(run: Run, oldest: bool = False) -> dict | None:
+    """The backend's own record of a retrain (its duration and the push's summary)."""
+    records = q.retrain_records(run.redis, run.template.project_id)
+    if not records:
+        return None
+    record = records[-1 if oldest else 0]
+    return {k: record.get(k) for k in ("model_version", "seconds", "tasks", "mode", "push")}
 
 
 def wait_for(fn, timeout: float, poll: float = 0.02):
@@ -524,11 +534,26 @@ def step_dashboard(run: Run, figures: dict, repeats: int = 2) -> None:
 
 
 def push_once(client, pid: int, task_ids: list[int], scores: np.ndarray, version: str, window: int, budget: int):
-    """One push of the ranking as the service does it: the pipeline's plan + apply where it exists, else push_window."""
-    from connectors.queue import push_window
+    """One push of a ranking as the service makes it. With the incremental pipeline (connectors.plan) the
+    service decides on its working state, so the project is read first, untimed (``timed`` marks the
+    start of what the service would do); before it, push_window read the project itself."""
+    from connectors.counts import read_project
+    from connectors.ledger import budget_of
 
-    return push_window(client, pid, task_ids=task_ids, scores=scores.tolist(), priorities=(-scores).tolist(),
-                       model_version=version, window=window, budget=budget)
+    try:
+        from connectors.plan import apply_plan, entries_of, plan_window
+    except ImportError:  # the code before the pipeline
+        from connectors.queue import push_window
+
+        started = time.monotonic()
+        return started, push_window(client, pid, task_ids=task_ids, scores=scores.tolist(),
+                                    priorities=(-scores).tolist(), model_version=version, window=window, budget=budget)
+    snap = read_project(client, pid)
+    started = time.monotonic()
+    entries = entries_of(task_ids, scores.tolist(), (-scores).tolist())
+    plan = plan_window(snap.tasks, entries, budget=budget_of(snap, budget), window=window, max_annotations=5,
+                       model_version=version, spares=50)
+    return started, apply_plan(client, snap.config, plan, entries, {t.id: t for t in snap.tasks}, max_annotations=5)
 
 
 def step_push(run: Run, figures: dict) -> None:
@@ -546,17 +571,18 @@ def step_push(run: Run, figures: dict) -> None:
             configure_project(client, pid, budget=run.args.budget, window=k)
             t1 = time.monotonic()
             scores = np.random.default_rng(k).random(len(ids))
-            first = push_once(client, pid, ids, scores, f"bench-{k}-first", k, run.args.budget)
+            p1, first = push_once(client, pid, ids, scores, f"bench-{k}-first", k, run.args.budget)
             t2 = time.monotonic()
-            push_once(client, pid, ids, scores, f"bench-{k}-rerank", k, run.args.budget)
+            p2, _ = push_once(client, pid, ids, scores, f"bench-{k}-rerank", k, run.args.budget)
             t3 = time.monotonic()
             out[str(k)] = {
                 "setup_s": round(t1 - t0, 1), "setup_requests": len(run.ls_proxy.between(t0, t1)),
-                "first_push_s": round(t2 - t1, 1), "first_push_requests": len(run.ls_proxy.between(t1, t2)),
+                "first_push_s": round(t2 - p1, 1), "first_push_requests": len(run.ls_proxy.between(p1, t2)),
                 "opened": len(getattr(first, "opened", []) or []),
-                "rerank_push_s": round(t3 - t2, 1), "rerank_push_requests": len(run.ls_proxy.between(t2, t3)),
-                "first_push_kinds": kinds(run.ls_proxy.between(t1, t2)),
-                "rerank_push_kinds": kinds(run.ls_proxy.between(t2, t3)),
+                "rerank_push_s": round(t3 - p2, 1), "rerank_push_requests": len(run.ls_proxy.between(p2, t3)),
+                "untimed_reads_s": round((p1 - t1) + (p2 - t2), 1),
+                "first_push_kinds": kinds(run.ls_proxy.between(p1, t2)),
+                "rerank_push_kinds": kinds(run.ls_proxy.between(p2, t3)),
             }
             console.print(f"push K = {k}: {json.dumps({a: b for a, b in out[str(k)].items() if 'kinds' not in a})}")
         finally:
@@ -580,9 +606,17 @@ def print_table(figures: dict) -> None:
         if a.get(kind):
             table.add_row(f"one annotation, {kind}: requests (median, max)", f"{a[kind]['requests_median']}, {a[kind]['requests_max']}")
             table.add_row(f"one annotation, {kind}: seconds (median, max)", f"{a[kind]['seconds_median']}, {a[kind]['seconds_max']}")
+    if c.get("first_retrain"):
+        push = c["first_retrain"].get("push") or {}
+        table.add_row("  first retrain (s) / its push (s, opened)",
+                      f"{c['first_retrain']['seconds']} / {push.get('seconds')}, {push.get('opened')}")
     for r, item in enumerate(a.get("rounds", [])):
         table.add_row(f"annotation -> new ranking live, round {r} (s)",
                       str(item["annotation_to_new_ranking_live_s"]) if not item["timed_out"] else "timed out")
+        if item.get("last_retrain"):
+            push = item["last_retrain"].get("push") or {}
+            table.add_row("  that retrain (s) / its re-rank push (s, requests)",
+                          f"{item['last_retrain']['seconds']} / {push.get('seconds')}, {push.get('requests', '-')}")
     for path, times in figures.get("dashboard", {}).items():
         table.add_row(f"GET {path} (s, uncached)", ", ".join(map(str, times)))
     for k, p in figures.get("push", {}).items():
@@ -608,6 +642,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ALC_DATA_DIR", "../shared/data")))
     parser.add_argument("--template-dir", type=Path, default=Path.home() / ".cache" / "alc" / "scale-bench")
+    parser.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before / after)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` still stops every service (finally)
@@ -618,10 +653,10 @@ def main() -> None:
     template = Template.load(directory) or build_template(directory, args.tasks, args.data_dir, args.seed)
     work = Path(tempfile.mkdtemp(prefix="alc-scale-"))
     run = Run(template, work, args)
-    figures: dict = {"tasks": args.tasks, "window": args.window, "budget": args.budget, "selector": args.selector,
+    figures: dict = {"label": args.label, "code": str(Path(q.__file__).resolve().parents[1]), "tasks": args.tasks, "window": args.window, "budget": args.budget, "selector": args.selector,
                      "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                              text=True).stdout.strip()}
+                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                              cwd=Path(q.__file__).resolve().parents[1]).stdout.strip()}
     try:
         pipeline = [s for s in steps if s in ("connect", "annotate", "dashboard")]
         if pipeline:
