@@ -156,7 +156,12 @@ class FakeProject:
         users = {a["completed_by"] for a in self.ls.tasks[task_id]["annotations"]}
         return self.ls.annotate(task_id, CLASSES[class_index], by=by if by is not None else max(users | {1}) + 1)
 
-    def counts(self, task_id: int) -> list[int]:
+    @property
+    def counts(self) -> np.ndarray:
+        """(N, C) label counts, one row per task in task_ids order."""
+        return np.array([self.counts_of(t) for t in self.task_ids])
+
+    def counts_of(self, task_id: int) -> list[int]:
         out = [0] * len(CLASSES)
         for a in self.ls.tasks[task_id]["annotations"]:
             if not a["was_cancelled"] and a["result"]:
@@ -177,8 +182,17 @@ class BackendFake:
 
     @property
     def pushes(self) -> list[dict]:
-        """Every model-version switch, in order: one per push that changed the ranking."""
-        return [{"project": pid, "version": v} for pid, v in self.ls.version_log]
+        """Every model-version switch, in order (one per push), with the open tasks that carry a prediction
+        of that version, lowest score (served first) first."""
+        out = []
+        for pid, version in self.ls.version_log:
+            scored = []
+            for t in self.ls.tasks.values():
+                found = [p["score"] for p in t["predictions"] if p["model_version"] == version]
+                if t["project"] == pid and found and t["overlap"] > self.ls.n_annotators(t["id"]):
+                    scored.append((found[-1], t["id"]))
+            out.append({"project": pid, "version": version, "window": [tid for _, tid in sorted(scored)]})
+        return out
 
     def fail(self, method: str = "GET", prefix: str = "/api/", after: int = 0) -> None:
         """Every later call (after ``after`` more) answers 500: Label Studio is down."""
@@ -188,7 +202,8 @@ class BackendFake:
         self.ls.fail_after.clear()
 
 
-def add_project(ls: FakeLabelStudio, tiny300: dict, n: int = 60, seed: int = 0, budget: int | None = None) -> FakeProject:
+def add_project(ls: FakeLabelStudio, tiny300: dict, n: int = 60, seed: int = 0, budget: int | None = None,
+                first_id: int | None = None) -> FakeProject:
     """n CIFAR-10H tasks with one initial label each, drawn from the human label distribution (so some are
     wrong), connected (the baseline recorded, the ground-truth star taken off, as `alc connect` does)."""
     from connectors.state import ProjectState, with_state
@@ -196,6 +211,8 @@ def add_project(ls: FakeLabelStudio, tiny300: dict, n: int = 60, seed: int = 0, 
     rng = np.random.default_rng(seed)
     probs = tiny300["cifar10h_probs"][:n]
     pid = ls.add_project(label_config=LABEL_CONFIG)
+    if first_id is not None:  # ids (tasks and annotations share them) from here on
+        ls.next_id = max(ls.next_id, first_id - 1)
     refs = [f"/data/upload/1/{i}.png" for i in range(n)]
     ids = [ls.add_task(pid, {"image": ref}, [CLASSES[rng.choice(len(CLASSES), p=p / p.sum())]])
            for ref, p in zip(refs, probs)]
@@ -213,7 +230,7 @@ def fake_ls(monkeypatch: pytest.MonkeyPatch, tiny300: dict) -> BackendFake:
     ls = FakeLabelStudio(token=API_KEY)
     fake = BackendFake(ls)
     for seed in (0, 1):
-        project = add_project(ls, tiny300, seed=seed)
+        project = add_project(ls, tiny300, seed=seed, first_id=1000 * (seed + 1))
         fake.projects[project.project_id] = project
     monkeypatch.setattr(jobs, "TRANSPORT", ls.transport())
     monkeypatch.setattr(jobs, "CLIENT_BACKOFF", 0.0)

@@ -169,7 +169,7 @@ def annotate_and_settle(conn, settings, fake, project_id, task_id, class_index, 
 
 
 def initial_class(fake, project_id, task_id) -> int:
-    return int(np.argmax(fake.projects[project_id].counts(task_id)))
+    return int(np.argmax(fake.projects[project_id].counts_of(task_id)))
 
 
 @pytest.mark.parametrize("n_tasks", [60, 1000])
