@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
 from backend.app import create_app
 from backend.webhooks import HANDLED
@@ -124,6 +124,10 @@ def _check(response, what: str) -> None:
 
 @fuzz(600)
 @given(route=st.sampled_from(POST_ROUTES), body=bodies, query=queries)
+@example(route="/setup", body={"project": "²", "schema": LABEL_CONFIG}, query="")
+@example(route="/train", body={"project": "1" * 5000}, query="")
+@example(route="/webhook", body={"action": "\ud800", "project": 1}, query="")
+@example(route="/predict", body={"project": "1.1", "tasks": 5, "label_config": LABEL_CONFIG}, query="")
 def test_json_bodies_never_get_a_5xx(client, route, body, query):
     data = json.dumps(body)  # ensure_ascii: lone surrogates travel as \udXXX escapes
     _check(client.post(f"{route}?{query}", data=data, content_type="application/json"), "json")
@@ -143,6 +147,11 @@ def test_query_strings_never_get_a_5xx(client, route, query):
 
 @fuzz(100)
 @given(route=st.sampled_from(DASHBOARD_ROUTES), query=queries)
+@example(route="/dashboard", query="project=%C2%B2")  # the '/dashboard?project=²'
+@example(route="/api/status", query="project=" + "7" * 5000)
+@example(route="/api/status", query="project=%ED%A0%80")  # a lone surrogate, UTF-8 encoded
+@example(route="/dashboard/thumbnail/1/2", query="size=%C2%B2")
+@example(route="/dashboard", query="target=nan")
 def test_dashboard_query_strings_never_get_a_5xx(client, route, query):
     _check(client.get(f"{route}?{query}"), "dashboard")
 
