@@ -59,7 +59,9 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
             maintenance_interval=MAINTENANCE_INTERVAL,
             worker_ttl=WORKER_TTL,
         )
-        return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+        q.schedule_reconcile(conn, settings.reconcile_seconds)  # the periodic resync, if none is scheduled
+        return worker.work(burst=burst, with_scheduler=True, logging_level="INFO",
+                           dequeue_strategy=q.DEQUEUE_STRATEGY)  # queues in turn: retrains are never starved
     finally:
         if embedded is not None:
             embedded.stop()
