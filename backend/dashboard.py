@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from backend.images import ImageError
-from backend.protocol import ChoicesConfig, ProtocolError, TaskError
+from backend.protocol import MAX_ID, ChoicesConfig, ProtocolError, TaskError
 from backend.queue import PROJECTS_KEY
 from backend.settings import SettingsError
 from backend.status import collect_status
@@ -50,8 +50,8 @@ class StatusRequestError(ValueError):
 def _project_id(app_state: Any) -> int:
     raw = request.args.get("project")
     if raw:
-        if not raw.isdigit() or int(raw) <= 0:
-            raise StatusRequestError(f"project must be a positive integer, got {raw!r}")
+        if not _ascii_int(raw, 19) or int(raw) <= 0:
+            raise StatusRequestError(f"project must be a positive integer, got {ascii(raw[:40])}")
         return int(raw)
     try:
         known = sorted(int(p) for p in app_state.redis.smembers(PROJECTS_KEY))
@@ -62,6 +62,11 @@ def _project_id(app_state: Any) -> int:
     return known[-1]
 
 
+def _ascii_int(raw: str, digits: int) -> bool:
+    """ASCII digits only, at most ``digits`` of them (str.isdigit accepts '²', which int() refuses)."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= digits
+
+
 def _target() -> float:
     raw = request.args.get("target", "0.95")
     try:
@@ -69,7 +74,7 @@ def _target() -> float:
     except ValueError:
         target = float("nan")
     if not 0 < target < 1:
-        raise StatusRequestError(f"target must be a number between 0 and 1 (an accuracy), got {raw!r}")
+        raise StatusRequestError(f"target must be a number between 0 and 1 (an accuracy), got {ascii(raw[:40])}")
     return target
 
 
@@ -135,7 +140,7 @@ def api_status():
 @bp.get("/dashboard")
 def dashboard():
     refresh = request.args.get("refresh", "30")
-    refresh = max(int(refresh), 5) if refresh.isdigit() else 30
+    refresh = max(int(refresh), 5) if _ascii_int(refresh, 6) else 30
     try:
         status = _status()
     except Exception as exc:
@@ -150,9 +155,11 @@ def thumbnail(project_id: int, task_id: int):
     """The task's image as a PNG thumbnail (``?size=`` 48, 96 or 192), through the image loader."""
     app_state = current_app.extensions["alc"]
     settings = app_state.settings
+    if max(project_id, task_id) > MAX_ID:
+        return jsonify(error="no such task: ids are database integers"), 404
     size = request.args.get("size", "96")
-    if not size.isdigit() or int(size) not in THUMBNAIL_SIZES:
-        return jsonify(error=f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}, got {size!r}"), 400
+    if not _ascii_int(size, 4) or int(size) not in THUMBNAIL_SIZES:
+        return jsonify(error=f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}, got {ascii(size[:40])}"), 400
     try:
         url, key = settings.require_label_studio()
         client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)

@@ -191,6 +191,9 @@ def test_without_a_model_the_page_says_so(served):
     ("project=7&target=2", 400, "between 0 and 1"),
     ("project=99", 404, "project 99 does not exist"),
     ("", 400, "which project?"),
+    ("project=²", 400, "positive integer"),  # str.isdigit says yes, int() says no
+    ("project=" + "9" * 5000, 400, "positive integer"),
+    ("project=7&target=%ED%A0%80", 400, "between 0 and 1"),  # a lone surrogate, UTF-8-encoded
 ])
 def test_bad_requests_get_a_clear_page_and_json(served, query, code, message):
     page = served.get(f"/dashboard?{query}")
@@ -367,5 +370,7 @@ def test_thumbnails_come_through_the_image_loader_behind_the_same_auth(settings,
     assert Image.open(io.BytesIO(response.data)).size == (32, 32)  # CIFAR images: fitted into 48 px, never enlarged
     assert client.get(f"/dashboard/thumbnail/{PROJECT + 1}/3").status_code == 404  # not that project's task
     assert client.get(f"/dashboard/thumbnail/{PROJECT}/3?size=5000").status_code == 400
+    assert client.get(f"/dashboard/thumbnail/{PROJECT}/3?size=²").status_code == 400
+    assert client.get(f"/dashboard/thumbnail/{PROJECT}/{'9' * 5000}").status_code == 404
     locked = create_app(settings.model_copy(update={"basic_auth_user": "u", "basic_auth_pass": SecretStr("p")})).test_client()
     assert locked.get(f"/dashboard/thumbnail/{PROJECT}/3").status_code == 401
