@@ -7,7 +7,8 @@ after it; both only touch Redis (Label Studio waits on the webhook inside the an
   and one more annotation towards the coalesced retrain. An ANNOTATION_UPDATED whose label and skip flag
   equal what the working state already holds changed nothing the loop counts (the backend's own edits,
   e.g. taking the ground-truth star off, fire it): it is acknowledged and ignored.
-- ANNOTATIONS_DELETED names no task: a reconcile of the project (full read) finds what went.
+- ANNOTATIONS_DELETED names no task: the working state knows the task of each annotation, and each such
+  task gets its per-annotation job (it is read again); an annotation it does not know makes a reconcile.
 - every event keeps the periodic reconcile scheduled (one SET NX when it is).
 """
 
@@ -50,7 +51,11 @@ def handle_event(st: Any, event: WebhookEvent) -> str:
         return q.request_retrain(conn, project_id, cadence)
     if event.action == "ANNOTATIONS_DELETED":
         q.record_annotations(conn, project_id, max(len(event.annotation_ids), 1))
-        q.enqueue_reconcile(conn, project_id, "annotations deleted")
+        tasks = WorkingState(conn, project_id).tasks_of_annotations(event.annotation_ids)
+        if not tasks or None in tasks.values():
+            q.enqueue_reconcile(conn, project_id, "annotations deleted")
+        for task_id in sorted({t for t in tasks.values() if t is not None}):
+            q.enqueue_annotation_job(conn, project_id, task_id, cadence)
         return q.request_retrain(conn, project_id, cadence)
     conn.sadd(q.PROJECTS_KEY, project_id)
     if event.action == "START_TRAINING":

@@ -15,6 +15,7 @@ webhook plus a read of that one task, rebuilt by a full read when it is missing 
   of the current model version: a settled task's free place is refilled from them without a retrain;
 - ``skipped``: tasks the last retrain could not rank (task id -> reason);
 - ``touched``: task id -> time of its last update (a rebuild re-reads the tasks touched during its read);
+- ``annotations``: annotation id -> task id (ANNOTATIONS_DELETED names annotations only);
 - ``reconciles``: the records of the last reconciles (newest first).
 """
 
@@ -178,6 +179,14 @@ class WorkingState:
         keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched")]
         _script(self.conn, "put", _PUT_TASK)(keys=keys, args=[task.id, task.to_json(), task.reannotations,
                                                               task.open_slots, time.time()])
+        if task.annotations:
+            self.conn.hset(self._k("annotations"), mapping={a.id: task.id for a in task.annotations})
+
+    def tasks_of_annotations(self, annotation_ids: Iterable[int]) -> dict[int, int | None]:
+        """annotation id -> its task id (None: not known here); ANNOTATIONS_DELETED names no task."""
+        ids = [int(a) for a in annotation_ids]
+        found = self.conn.hmget(self._k("annotations"), ids) if ids else []
+        return {a: (int(t) if t is not None else None) for a, t in zip(ids, found)}
 
     def delete_task(self, task_id: int) -> None:
         keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched")]
@@ -235,10 +244,13 @@ class WorkingState:
         assert snapshot.config is not None, "rebuild needs a snapshot from connectors.counts.read_project"
         config = snapshot.config
         pipe = self.conn.pipeline(transaction=True)
-        for what in ("tasks", "slots", "ledger", "touched"):
+        for what in ("tasks", "slots", "ledger", "touched", "annotations"):
             pipe.delete(self._k(what))
         if snapshot.tasks:
             pipe.hset(self._k("tasks"), mapping={t.id: t.to_json() for t in snapshot.tasks})
+            annotations = {a.id: t.id for t in snapshot.tasks for a in t.annotations}
+            if annotations:
+                pipe.hset(self._k("annotations"), mapping=annotations)
             pipe.hset(self._k("slots"), mapping={t.id: f"{t.reannotations},{t.open_slots}" for t in snapshot.tasks})
         pipe.hset(self._k("ledger"), mapping={"spent": sum(t.reannotations for t in snapshot.tasks),
                                               "committed": sum(t.open_slots for t in snapshot.tasks)})

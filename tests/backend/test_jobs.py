@@ -288,3 +288,20 @@ def test_the_periodic_reconcile_is_scheduled_once_with_rqs_scheduler(settings, c
     assert q.schedule_reconcile(conn, 60) is None  # one scheduled already: a SET NX, nothing else
     scheduled = ScheduledJobRegistry(queue=Queue(q.TRAIN_QUEUE, connection=conn)).get_job_ids()
     assert len(scheduled) == 1 and scheduled[0].startswith("reconcile-all-")
+
+
+def test_a_deleted_annotation_rereads_its_task(parts, conn, settings):
+    fake = parts[3]
+    tid = fake.projects[1].task_ids[3]
+    aid = fake.projects[1].add_annotation(tid, (initial_class(fake, 1, tid) + 1) % 10)
+    ctx = jobs.configure(settings)
+    ls = jobs.client(ctx)
+    state = ensure_state(conn, ls, 1)
+    assert state.budget().spent == 1
+    fake.ls.tasks[tid]["annotations"] = [a for a in fake.ls.tasks[tid]["annotations"] if a["id"] != aid]
+    app_state = type("S", (), {"redis": conn, "cadence": q.Cadence.from_settings(settings), "settings": settings})
+    handle_event(app_state, parse_webhook({"action": "ANNOTATIONS_DELETED", "project": {"id": 1},
+                                           "annotations": [{"id": aid}]}))
+    assert Queue(q.FAST_QUEUE, connection=conn).count == 1  # that task, not a whole-project read
+    run_jobs(conn, settings, [q.FAST_QUEUE])
+    assert state.budget().spent == 0 and compare(state, read_project(ls, 1)) == []
