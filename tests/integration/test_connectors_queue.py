@@ -241,12 +241,107 @@ def test_updated_and_deleted_annotations_are_honoured_by_reconcile(label_studio,
 
 def test_an_open_slot_is_served_to_one_annotator_only(label_studio, client, annotators):
     """Imported annotations carry Label Studio's ground-truth star, which its task lock ignores: without
-    taking the star off, one open slot is served to two annotators at once (and both are paid)."""
+    taking the star off (`alc connect` does, once per project), one open slot is served to two annotators
+    at once (and both are paid)."""
     pid, ids = make_project(client, "connectors: one slot, one annotator", ["cat"])
-    assert alc(label_studio, "connect", "--project", str(pid), ALC_BUDGET="3").returncode == 0
     assert read_project(client, pid).tasks[0].ground_truth_ids, "Label Studio stars imported annotations"
+    assert alc(label_studio, "connect", "--project", str(pid), ALC_BUDGET="3").returncode == 0
+    assert read_project(client, pid).tasks[0].ground_truth_ids == [], "connect takes the star off, once"
     push_window(client, pid, task_ids=ids, scores=[0.1], model_version="lock-1", window=1)
-    assert read_project(client, pid).tasks[0].ground_truth_ids == []
     first = annotators[0].next_task(pid)
     assert first["id"] == ids[0]
     assert annotators[1].next_task(pid) is None, "the slot is locked by the first annotator"
+
+
+def test_the_incremental_state_equals_a_fresh_reconcile_after_a_mixed_sequence(label_studio, client, annotators,
+                                                                                tmp_path):
+    """Real webhooks from Label Studio into the app, per-annotation jobs on the working state in a real
+    Redis: creates, an update, a skip, a delete, a task imported later and one lost webhook. The working
+    state then differs from a fresh full read in the lost task only, and the reconcile job puts it right."""
+    import threading
+
+    import numpy as np
+    from rq import Queue, SimpleWorker
+    from werkzeug.serving import make_server
+
+    from backend import jobs
+    from backend import queue as q
+    from backend.app import create_app
+    from backend.queue import EmbeddedRedis
+    from backend.settings import load_settings
+    from backend.working_state import WorkingState, compare, ensure_state, reconcile_records
+    from connectors.setup import configure_project
+    from scoring.ranked import Ranking
+
+    redis_server = EmbeddedRedis(tmp_path / "redis")
+    settings = load_settings(redis_url=redis_server.start(), data_home=tmp_path / "home", model_dir=tmp_path / "m",
+                             label_studio_url=label_studio.url, label_studio_api_key=label_studio.token,
+                             window=3, budget=None, max_annotations_per_task=4, retrain_after_annotations=1000,
+                             retrain_after_seconds=3600, reconcile_seconds=0, basic_auth_user=None,
+                             basic_auth_pass=None, webhook_secret=None)
+    conn = q.connect(settings.redis_url)
+    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        initial = ["cat", "dog", "bird", "cat", "dog", "bird", "cat", "dog"]
+        pid, ids = make_project(client, "connectors: incremental = reconcile", initial)
+        configure_project(client, pid, budget=10, window=3, backend_url=f"http://127.0.0.1:{server.server_port}")
+        jobs.configure(settings)
+        ls = jobs.client(jobs.context())
+        state = ensure_state(conn, ls, pid)
+
+        def work() -> None:
+            SimpleWorker([Queue(q.FAST_QUEUE, connection=conn)], connection=conn).work(burst=True)
+
+        scores = np.linspace(0.1, 0.8, len(ids))
+        ranking = Ranking(task_ids=ids, class_names=CLASSES, counts=np.ones((len(ids), 3)), priority=-scores,
+                          noisiness=-scores, ambiguity=np.zeros(len(ids)), scores=scores,
+                          predicted=np.zeros(len(ids), dtype=int))
+        pushed = jobs.push_ranking(settings, ls, state, ranking, "mix-1")
+        assert pushed.opened == ids[:3] and client.projects.get(pid).model_version == "mix-1"
+
+        def submit(annotator: LabelStream, label_of) -> tuple[int, dict]:
+            task = annotator.next_task(pid)
+            assert task is not None, "the window is open"
+            created = annotator.submit(pid, task["id"], choice(label_of(task["id"])), 1.0, "2026-01-01T00:00:00Z")
+            work()
+            return task["id"], created
+
+        agree, _ = submit(annotators[0], lambda t: initial[ids.index(t)])  # create: settled, place refilled
+        assert client.tasks.get(str(agree)).data["alc_status"] == "settled"
+        tie, tie_annotation = submit(annotators[1], lambda t: "bird" if initial[ids.index(t)] != "bird" else "cat")
+        assert state.task(tie).open_slots == 1, "a tie asks one more opinion"
+        client.annotations.update(id=tie_annotation["id"], result=choice(initial[ids.index(tie)]))  # update
+        work()
+        assert state.task(tie).settled
+        skipped = state.open_tasks()[0]
+        client.annotations.create(id=skipped, result=[], was_cancelled=True)  # a skip counts nowhere
+        work()
+        doomed, doomed_annotation = submit(annotators[2], lambda t: "dog")
+        client.annotations.delete(id=doomed_annotation["id"])  # a delete: the task is read again
+        work()
+        assert state.task(doomed).reannotations == 0
+        late = client.projects.import_tasks(pid, request=[{"data": {"image": "/static/late.png"}}],
+                                            return_task_ids=True).task_ids[0]
+        client.annotations.create(id=late, result=choice("cat"))  # a task imported after connect, labelled
+        work()
+        assert state.task(late) is not None and state.task(late).initial_label == "cat"
+        hook = next(h for h in client.webhooks.list(project=str(pid)))
+        client.webhooks.update(hook.id, is_active=False)  # the next webhook is lost
+        lost, _ = submit(annotators[0], lambda t: "bird")
+        client.webhooks.update(hook.id, is_active=True)
+
+        fresh = read_project(client, pid)
+        differences = compare(state, fresh)
+        assert differences and all(line.startswith((f"task {lost}:", "ledger:")) for line in differences), differences
+        Queue(q.TRAIN_QUEUE, connection=conn).empty()  # the retrains Label Studio's /setup asked for: not this test's
+        assert q.enqueue_reconcile(conn, pid, "test")
+        SimpleWorker([Queue(q.TRAIN_QUEUE, connection=conn)], connection=conn).work(burst=True)
+        [record] = reconcile_records(conn, pid)
+        assert record["n_differences"] == len(differences)
+        assert compare(WorkingState(conn, pid), read_project(client, pid)) == []
+        budget = WorkingState(conn, pid).budget()
+        assert budget.spent + budget.committed <= 10
+    finally:
+        server.shutdown()
+        redis_server.stop()
