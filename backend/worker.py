@@ -27,7 +27,6 @@ from typing import Any
 import redis
 from rq import Queue, Worker
 
-from backend import jobs
 from backend import queue as q
 from backend.settings import Settings
 
@@ -43,6 +42,8 @@ STABLE_AFTER = 60.0  # a worker that ran this long resets the backoff
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
     """Work until stopped (or, with ``burst``, until the queues are empty). Returns whether any job ran."""
+    from backend import jobs  # the job code (and what it imports) loads in the worker only
+
     _configure_logging()
     embedded = None
     url = settings.redis_url
@@ -78,7 +79,8 @@ def _configure_logging() -> None:
 class Supervisor:
     """Runs `alc worker` as a child process and starts it again whenever it exits, with backoff.
 
-    Its state ({state: running | restarting, pid, restarts, last_exit, ...}) is kept in Redis under
+    Its state ({state: starting | running | restarting, pid, restarts, last_exit, ...}; running once the
+    worker has registered with rq) is kept in Redis under
     ``SUPERVISOR_KEY.format(name)`` and refreshed every few seconds, so /health can say that the worker
     is being restarted, or that nobody supervises it any more. SIGTERM / SIGINT stop it: the worker
     gets SIGTERM (rq's warm shutdown: the current job finishes) and is not restarted.
@@ -88,13 +90,18 @@ class Supervisor:
         self.settings = settings
         self.name = name
         self.restarts = 0
+        self.last_exit: int | None = None
         self.child: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._conn = q.connect(settings.redis_url, fast_fail=True) if settings.redis_url else None
 
+    @property
+    def worker_name(self) -> str:
+        """Unique per start: rq refuses a name whose key is still alive (a killed worker's lingers)."""
+        return f"{self.name}-{self.restarts}"
+
     def command(self) -> list[str]:
-        """`alc worker` with a name unique per start (rq refuses a name whose key is still alive)."""
-        return [sys.executable, "-m", "backend.cli", "worker", "--name", f"{self.name}-{self.restarts}"]
+        return [sys.executable, "-m", "backend.cli", "worker", "--name", self.worker_name]
 
     def run(self) -> None:
         _configure_logging()
@@ -105,26 +112,37 @@ class Supervisor:
         while not self._stop.is_set():
             started = time.monotonic()
             self.child = subprocess.Popen(self.command(), env=env)
-            self._report("running", pid=self.child.pid)
             code = self._wait_for_child()
             if self._stop.is_set():
                 break
             backoff = 0 if time.monotonic() - started >= STABLE_AFTER else min(backoff + 1, len(BACKOFF))
             delay = BACKOFF[max(backoff - 1, 0)]
-            self.restarts += 1
             log.warning("worker %s exited with code %s after %.0f s; restart #%d in %d s",
-                        self.child.args[-1], code, time.monotonic() - started, self.restarts, delay)
-            self._report("restarting", last_exit=code, restart_in=delay)
+                        self.worker_name, code, time.monotonic() - started, self.restarts + 1, delay)
+            self.restarts += 1
+            self.last_exit = code
+            self._report("restarting", restart_in=delay)
             self._stop.wait(delay)
         self._report("stopped")
 
     def _wait_for_child(self) -> int:
+        """Report 'starting' until the worker registered with rq, then 'running'; return its exit code."""
         assert self.child is not None
+        state = "starting"
         while True:
+            self._report(state, pid=self.child.pid)
             try:
-                return self.child.wait(timeout=SUPERVISOR_REPORT_EVERY)
+                return self.child.wait(timeout=0.2 if state == "starting" else SUPERVISOR_REPORT_EVERY)
             except subprocess.TimeoutExpired:
-                self._report("running", pid=self.child.pid)
+                if state == "starting" and self._registered():
+                    state = "running"
+                    log.info("worker %s is up (pid %d)", self.worker_name, self.child.pid)
+
+    def _registered(self) -> bool:
+        try:
+            return self._conn is None or bool(self._conn.exists(f"{Worker.redis_worker_namespace_prefix}{self.worker_name}"))
+        except redis.RedisError:
+            return False
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop.set()
@@ -143,7 +161,7 @@ class Supervisor:
     def _report(self, state: str, **details: Any) -> None:
         if self._conn is None:
             return
-        record = {"state": state, "restarts": self.restarts, "at": time.time(), **details}
+        record = {"state": state, "restarts": self.restarts, "last_exit": self.last_exit, "at": time.time(), **details}
         try:
             self._conn.set(SUPERVISOR_KEY.format(self.name), json.dumps(record), ex=int(SUPERVISOR_REPORT_EVERY * 6))
         except redis.RedisError:
@@ -182,9 +200,10 @@ def health_report(conn: redis.Redis, *, timeout: float, started_at: float, super
     if supervisor is not None:
         if sup is None and now - started_at > SUPERVISOR_REPORT_EVERY * 6:
             reasons.append("the worker supervisor of `alc serve --with-worker` stopped reporting")
-        elif sup is not None and sup["state"] != "running":
-            reasons.append(f"the worker beside this server exited (code {sup.get('last_exit')}); "
-                           f"restart #{sup['restarts']} in {sup.get('restart_in', 0)} s")
+        elif sup is not None and sup.get("state") != "running" and sup.get("restarts"):
+            reasons.append(f"the worker beside this server exited (code {sup.get('last_exit')}) and is "
+                           f"{'being restarted' if sup.get('state') == 'starting' else 'waiting to restart'} "
+                           f"(restart #{sup['restarts']})")
     if reasons:
         report["status"] = "DEGRADED"
     return report

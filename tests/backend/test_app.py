@@ -417,8 +417,12 @@ def test_health_says_when_the_supervised_worker_restarts(settings, conn):
     conn.set(SUPERVISOR_KEY.format("alc-serve-test"), json.dumps({"state": "restarting", "restarts": 1, "last_exit": -9, "restart_in": 1}))
     response = client.get("/health")
     assert response.status_code == 503 and "restart #1" in " ".join(response.json["reasons"])
+    conn.set(SUPERVISOR_KEY.format("alc-serve-test"), json.dumps({"state": "starting", "restarts": 1, "last_exit": -9}))
+    assert "being restarted" in " ".join(client.get("/health").json["reasons"])
     conn.set(SUPERVISOR_KEY.format("alc-serve-test"), json.dumps({"state": "running", "restarts": 1, "pid": 1}))
     assert client.get("/health").status_code == 200
+    conn.set(SUPERVISOR_KEY.format("alc-serve-test"), json.dumps({"state": "starting", "restarts": 0}))
+    assert client.get("/health").status_code == 200  # the first start is no failure
 
 
 def test_health_is_503_when_redis_is_down(settings, tmp_path):
