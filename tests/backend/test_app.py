@@ -431,3 +431,28 @@ def test_health_is_503_when_redis_is_down(settings, tmp_path):
     flaky.stop()
     response = client.get("/health")
     assert response.status_code == 503 and response.json["redis"] == "down"
+
+
+def test_hostile_image_urls_leave_the_rest_of_the_project_ranked(settings, fake_ls, conn, image_server):
+    """The issue's per-image failures (bad IPv6 literal, port 99999, a climbing path, a backslash trick)
+    are per-task skips of the retrain; every other task is ranked and served."""
+    from backend.working_state import WorkingState, rebuild_from_label_studio
+
+    url, handler = image_server
+    ctx = jobs.configure(settings)
+    state = WorkingState(conn, 1)
+    rebuild_from_label_studio(state, jobs.client(ctx), settings.initial_label_source)
+    snapshot = jobs.training_snapshot(state)
+    hostile = {0: "http://[::1/x.png", 1: "http://127.0.0.1:99999/x.png", 2: "/data/upload/../../api/projects",
+               3: f"http://127.0.0.1:1\\@{url.removeprefix('http://')}/data/upload/1/3.png", 4: "/data/upload/1/%2e%2e/x"}
+    for i, ref in hostile.items():
+        snapshot.image_refs[i] = ref
+    seen = len(handler.requests_seen)
+    selector, ranking, meta = jobs.train_and_score(settings, 1, snapshot, ctx.store, ctx.loader)
+    bad_ids = {snapshot.task_ids[i] for i in hostile}
+    assert set(ranking.task_ids) == set(snapshot.task_ids) - bad_ids
+    assert {int(t) for t in meta["skipped"]} == bad_ids
+    assert not any("api" in r["path"] or ".." in r["path"] for r in handler.requests_seen[seen:])
+    version = ctx.store.publish(1, selector, ranking, meta)
+    served = predict(create_app(settings).test_client(), [task(t) for t in ranking.task_ids[:3]]).json
+    assert served["model_version"] == version and all("score" in r for r in served["results"])
