@@ -23,8 +23,12 @@ from scoring.training import progress_bar
 
 @torch.no_grad()
 def embed(encoder: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, device: torch.device,
-          batch_size: int = 256, description: str = "embedding") -> np.ndarray:
-    """Run ``encoder`` (a module is put in eval mode) over uint8 ``images`` in batches; float32 (N, D)."""
+          batch_size: int = 256, description: str = "embedding",
+          on_batch: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+    """Run ``encoder`` (a module is put in eval mode) over uint8 ``images`` in batches; float32 (N, D).
+
+    ``on_batch(start, vectors)`` sees each batch's embeddings as soon as they exist.
+    """
     if isinstance(encoder, nn.Module):
         encoder.eval()
     out = []
@@ -33,6 +37,8 @@ def embed(encoder: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, d
             batch = to_tensor(images[start:start + batch_size], device)
             with autocast(device):
                 out.append(encoder(batch).float().cpu())
+            if on_batch is not None:
+                on_batch(start, out[-1].numpy())
             advance(len(batch))
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
@@ -71,12 +77,16 @@ class EmbeddingCache:
         unique = list(dict.fromkeys(hashes[i] for i in missing))  # the same picture twice is embedded once
         if unique:
             first = {h: i for i, h in reversed(list(enumerate(hashes)))}
-            computed = embed(encoder, images[[first[h] for h in unique]], device, batch_size,
-                             description=f"embedding {len(unique)} images ({encoder_key})")
-            for h, vector in zip(unique, computed):
-                self._memory[(encoder_key, h)] = vector
-                if self.root is not None:
-                    _save_npy_atomic(self._path(encoder_key, h), vector)
+            todo = images[[first[h] for h in unique]]
+
+            def keep(start: int, vectors: np.ndarray) -> None:  # each batch is stored as it comes: a stop loses one batch
+                for h, vector in zip(unique[start:start + len(vectors)], vectors):
+                    self._memory[(encoder_key, h)] = vector
+                    if self.root is not None:
+                        _save_npy_atomic(self._path(encoder_key, h), vector)
+
+            embed(encoder, todo, device, batch_size, description=f"embedding {len(unique)} images ({encoder_key})",
+                  on_batch=keep)
         self.hits += len(hashes) - len(missing)
         self.misses += len(unique)
         if not hashes:

@@ -10,7 +10,7 @@ Names:
                            (N, D) or (N, D, h, w) out (no normalisation applied: the model does its own).
 
 Every encoder sees images resized to ``input_size`` (bilinear), normalised with the ImageNet
-statistics, in eval mode, under inference mode, in batches (channels_last on CUDA). Its ``id`` names the weights
+statistics, in eval mode, under inference mode, channels_last, in batches. Its ``id`` names the weights
 (the package and file, or the content hash of the user's file) and goes into the embedding cache key.
 """
 
@@ -42,7 +42,8 @@ class PretrainedBackbone(nn.Module):
     """float [0, 1] (N, 3, H, W) -> resize to ``input_size`` -> ImageNet normalisation -> network -> (N, D).
 
     Trainable like any module (ssl-linear's ``init: pretrained`` fine-tunes it with BYOL);
-    :class:`PretrainedEncoder` uses it frozen.
+    :class:`PretrainedEncoder` uses it frozen. channels_last: EfficientNet-Lite0 at 224 px measured
+    70-95 ms per image on one (shared) CPU thread with it, 110-150 ms without.
     """
 
     def __init__(self, network: nn.Module, input_size: int, normalise: bool = True) -> None:
@@ -63,15 +64,10 @@ class PretrainedBackbone(nn.Module):
                                   align_corners=False, antialias=batch.shape[-1] > self.input_size)
         if self.normalise:
             batch = (batch - self.mean) / self.std
-        out = self.network(batch.contiguous(memory_format=memory_format(batch.device)))
+        out = self.network(batch.contiguous(memory_format=torch.channels_last))
         if out.ndim == 4:
             out = out.mean(dim=(2, 3))
         return out.float().flatten(1)
-
-
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA; on the CPU the depthwise convolutions of the Lite nets measured no faster with it."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 @dataclass
@@ -96,7 +92,7 @@ class PretrainedEncoder:
         return self.backbone(batch)
 
     def to(self, device: torch.device) -> "PretrainedEncoder":
-        self.backbone = self.backbone.to(device=device, memory_format=memory_format(device))
+        self.backbone = self.backbone.to(device=device, memory_format=torch.channels_last)
         return self
 
 

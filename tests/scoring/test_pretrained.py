@@ -199,11 +199,11 @@ def test_loading_refuses_classes_outside_the_registry(small, tmp_path):
 
 def test_ssl_linear_can_start_from_pretrained_weights(small, tmp_path):
     images, counts = small[0][:24], small[1][:24]
-    options = {"init": "pretrained", "image_size": 16, "byol_epochs": 1, "byol_batch_size": 24, "byol_lr": 2e-4,
+    options = {"init": "pretrained", "image_size": 32, "byol_epochs": 1, "byol_batch_size": 24, "byol_lr": 2e-4,
                "projector_hidden": 32, "projection_dim": 16, "head_steps": 20}
     selector = make_selector("ssl-linear", options, seed=0, cache_dir=tmp_path, n_classes=10)
     probs = selector.fit(images, counts).predict_proba(images)
-    assert probs.shape == (24, 10) and selector.input_size == 16
+    assert probs.shape == (24, 10) and selector.input_size == 32
     assert selector.backbone_.out_dim == 1280  # the EfficientNet-Lite0 features, adapted by BYOL
     loaded = Selector.load(selector.save(tmp_path / "saved"))
     np.testing.assert_allclose(loaded.predict_proba(images[:5].copy()), selector.predict_proba(images[:5].copy()), atol=1e-6)
