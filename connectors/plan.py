@@ -94,13 +94,11 @@ def entries_of(task_ids: Sequence[int], scores: Sequence[float], priorities: Seq
     for name, values in arrays.items():
         if len(values) != len(task_ids):
             raise ValueError(f"{len(task_ids)} task ids but {len(values)} {name} values")
-    out = {}
-    for i, tid in enumerate(task_ids):
-        values = {k: (float(v[i]) if np.isfinite(v[i]) else None) for k, v in arrays.items()}
-        if values["score"] is None:
-            values["score"] = 1.0  # no score: the end of the queue
-        out[int(tid)] = RankEntry(**values)
-    return out
+    columns_as_lists = {k: [float(x) if np.isfinite(x) else None for x in v.tolist()] for k, v in arrays.items()}
+    columns_as_lists["score"] = [1.0 if x is None else x for x in columns_as_lists["score"]]  # no score: the end
+    names = list(columns_as_lists)
+    return {int(tid): RankEntry(**dict(zip(names, row)))
+            for tid, row in zip(task_ids, zip(*(columns_as_lists[k] for k in names)))}
 
 
 def candidates(tasks: Iterable[TaskRecord], entries: Mapping[int, RankEntry], max_annotations: int) -> list[int]:
@@ -210,10 +208,13 @@ class PushResult:
 
 def apply_plan(client: LabelStudio, config: ProjectConfig, plan: Plan, entries: Mapping[int, RankEntry],
                tasks: Mapping[int, TaskRecord], *, max_annotations: int,
-               on_patched: Callable[[int, dict], None] | None = None) -> PushResult:
-    """Predictions, then the model version switch (live), then the task PATCHes. Values are absolute, so a
-    push retried after failing half-way does the same thing again, not twice. ``on_patched(task_id, body)``
-    is called after each successful task PATCH (the backend updates its working state there)."""
+               on_patched: Callable[[int, dict], None] | None = None,
+               reserve: Callable[[list[int]], list[int]] | None = None) -> PushResult:
+    """Predictions, then the model version switch (live), then the closing PATCHes, then the opening ones.
+    Values are absolute, so a push retried after failing half-way does the same thing again, not twice.
+    ``on_patched(task_id, body)`` is called after each successful task PATCH (the backend updates its
+    working state there); ``reserve(task_ids) -> granted`` (the backend's atomic budget reservation) is
+    asked, after the closes freed their slots, which of ``plan.open`` may really be opened."""
     started = time.perf_counter()
     result = PushResult(plan.model_version, kept=list(plan.keep), budget=plan.budget.as_dict())
     predictions = [prediction_for(config, tasks[tid], entries.get(tid), plan.model_version)
@@ -225,12 +226,17 @@ def apply_plan(client: LabelStudio, config: ProjectConfig, plan: Plan, entries: 
     if plan.predict and config.model_version != plan.model_version:
         client.projects.update(config.project_id, model_version=plan.model_version)
         result.requests += 1
-    patches = {tid: task_patch(tasks[tid], tasks[tid].n_annotators, config.class_names, max_annotations)
-               for tid in plan.close}
-    patches.update({tid: task_patch(tasks[tid], tasks[tid].n_annotators + 1, config.class_names, max_annotations)
-                    for tid in plan.open})
-    result.requests += patch_tasks(client, patches, on_patched)
-    result.opened, result.closed = list(plan.open), list(plan.close)
+    closes = {tid: task_patch(tasks[tid], tasks[tid].n_annotators, config.class_names, max_annotations)
+              for tid in plan.close}
+    result.requests += patch_tasks(client, closes, on_patched)
+    result.closed = list(plan.close)
+    opening = list(plan.open) if reserve is None else [t for t in plan.open if t in set(reserve(list(plan.open)))]
+    opens = {tid: task_patch(tasks[tid], tasks[tid].n_annotators + 1, config.class_names, max_annotations)
+             for tid in opening}
+    result.requests += patch_tasks(client, opens, on_patched)
+    result.opened = opening
+    if len(opening) < len(plan.open):
+        result.budget = plan.opening_only(opening).budget.as_dict()
     result.seconds = time.perf_counter() - started
     log.info("project %s: pushed %s: %d opened, %d kept, %d closed, %d requests", config.project_id,
              plan.model_version, len(plan.open), len(plan.keep), len(plan.close), result.requests)
