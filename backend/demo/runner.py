@@ -264,17 +264,24 @@ class DemoRun:
         return sum(1 for t in self.version_seen_at if t > self.budget_spent_at + 1.0)  # polled once a second
 
     def busy(self) -> bool:
-        """Whether the backend's rq queues hold work (queued, running or scheduled jobs)."""
+        """Whether the backend's rq queues hold work for this project: queued, running, or scheduled jobs
+        other than the periodic reconcile (always scheduled: it proves the state, it is not work left)."""
         if self.redis_url is None:
             return False
+        from rq.job import Job
         from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
         from backend import queue as q
 
         if self._redis is None:
             self._redis = q.connect(self.redis_url)
-        return any(queue.count or StartedJobRegistry(queue=queue).count or ScheduledJobRegistry(queue=queue).count
-                   for queue in q.queues(self._redis).values())
+        for queue in q.queues(self._redis).values():
+            if queue.count or StartedJobRegistry(queue=queue).count:
+                return True
+            scheduled = Job.fetch_many(ScheduledJobRegistry(queue=queue).get_job_ids(), connection=self._redis)
+            if any(job is not None and "reconcile" not in (job.func_name or "") for job in scheduled):
+                return True
+        return False
 
     def stop_annotators(self) -> None:
         if self.pool is not None:
