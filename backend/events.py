@@ -61,11 +61,29 @@ def handle_event(st: Any, event: WebhookEvent) -> str:
     if event.action == "START_TRAINING":
         return q.request_retrain(conn, project_id, cadence, force=True)
     # PROJECT_UPDATED fires for every change, our own model_version switches included: retrain only
-    # when the label config differs from the one the serving model was trained on.
+    # when the label config differs from the one the serving model was trained on (and rebuild the
+    # working state, whose classes it holds); a new budget or window (`alc connect` again) is taken at once.
+    refresh_project_state(conn, project_id, event.description)
     known = conn.get(q.project_key(project_id, "config"))
     if event.label_config_hash and known is not None and known.decode() != event.label_config_hash:
+        q.enqueue_reconcile(conn, project_id, "label config changed")
         return q.request_retrain(conn, project_id, cadence, force=True)
     return "unchanged"
+
+
+def refresh_project_state(conn: redis.Redis, project_id: int, description: str | None) -> None:
+    """The alc-state line (budget, window, baseline) of the payload's description into the working state."""
+    from connectors.errors import ProjectConfigError
+    from connectors.state import parse_state
+
+    state = WorkingState(conn, project_id)
+    if description is None or not state.exists():
+        return
+    try:
+        new = parse_state(description)
+    except ProjectConfigError:
+        return  # a broken line: reconcile reports it; the working state keeps the last good one
+    state.set_project_state(new)
 
 
 def unchanged(conn: redis.Redis, event: WebhookEvent) -> bool:

@@ -24,6 +24,7 @@ class WebhookEvent:
     annotation_ids: list[int] = field(default_factory=list)
     label_config_hash: str | None = None
     annotation: dict | None = field(default=None, repr=False)  # the annotation as the payload carries it
+    description: str | None = field(default=None, repr=False)  # PROJECT_UPDATED: the project's description
 
     @property
     def handled(self) -> bool:
@@ -60,9 +61,11 @@ def parse_webhook(body: Any) -> WebhookEvent:
             raise ProtocolError("ANNOTATIONS_DELETED without an 'annotations' list")
         ids = [a["id"] for a in items if isinstance(a, dict) and isinstance(a.get("id"), int)]
         return WebhookEvent(action, project_id, None, ids)
-    config = body.get("project", {}).get("label_config") if isinstance(body.get("project"), dict) else None
+    project = body.get("project") if isinstance(body.get("project"), dict) else {}
+    config, description = project.get("label_config"), project.get("description")
     digest = config_hash(config) if isinstance(config, str) else None
-    return WebhookEvent(action, project_id, None, [], digest)
+    return WebhookEvent(action, project_id, None, [], digest,
+                        description=description if isinstance(description, str) else None)
 
 
 def _project_of(body: dict) -> int:

@@ -219,6 +219,12 @@ class WorkingState:
     def set_model_version(self, version: str) -> None:
         self.conn.set(self._k("config"), self.config().with_model_version(version).to_json())
 
+    def set_project_state(self, project_state: Any) -> None:
+        """A new alc-state line (budget, window, baseline) read from the project's description."""
+        config = self.config()
+        if config.state != project_state:
+            self.conn.set(self._k("config"), replace(config, state=project_state).to_json())
+
     def set_spares(self, scores: dict[int, float]) -> None:
         pipe = self.conn.pipeline()
         pipe.delete(self._k("spares"))

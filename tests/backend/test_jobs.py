@@ -305,3 +305,15 @@ def test_a_deleted_annotation_rereads_its_task(parts, conn, settings):
     assert Queue(q.FAST_QUEUE, connection=conn).count == 1  # that task, not a whole-project read
     run_jobs(conn, settings, [q.FAST_QUEUE])
     assert state.budget().spent == 0 and compare(state, read_project(ls, 1)) == []
+
+
+def test_a_new_budget_in_the_project_description_is_taken_at_once(parts, conn, settings):
+    fake = parts[3]
+    ctx = jobs.configure(settings)
+    state = ensure_state(conn, jobs.client(ctx), 1)
+    assert state.budget().total is None
+    description = with_state("notes", ProjectState(budget=42, window=7, baseline_annotation_id=5))
+    app_state = type("S", (), {"redis": conn, "cadence": q.Cadence.from_settings(settings), "settings": settings})
+    body = {"action": "PROJECT_UPDATED", "project": {"id": 1, "description": description}}
+    assert handle_event(app_state, parse_webhook(body)) == "unchanged"
+    assert state.budget().total == 42 and jobs.window_of(settings, state) == 7
