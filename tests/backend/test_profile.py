@@ -79,3 +79,16 @@ def test_default_location_is_per_user(monkeypatch, tmp_path):
     monkeypatch.delenv("ALC_PROFILE", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert profile.path() == tmp_path / "xdg" / "alc" / "profile.json"
+
+
+def test_alc_serve_writes_what_it_serves(where, tmp_path):
+    """What `alc serve` calls: its settings as it runs (the embedded Redis URL included) and its own URL."""
+    settings = load_settings(use_profile=False, label_studio_url="http://ls:8080", label_studio_api_key="k" * 40,
+                             redis_url="unix:///tmp/r.sock", data_home=tmp_path / "home", basic_auth_user="u",
+                             basic_auth_pass="p", webhook_secret="w")
+    profile.write_deployment(settings, "http://127.0.0.1:9091")
+    data = profile.read(where)
+    assert data["backend_url"] == "http://127.0.0.1:9091" and data["model_dir"] == str(tmp_path / "home" / "models")
+    again = load_settings()
+    assert again.redis_url == "unix:///tmp/r.sock" and again.basic_auth == ("u", "p")
+    assert again.webhook_secret.get_secret_value() == "w" and again.label_studio_api_key.get_secret_value() == "k" * 40
