@@ -22,7 +22,7 @@ from rich.console import Console
 
 from backend import profile
 from backend.demo.runner import DemoConfig, DemoRun, Order
-from backend.demo.services import LabelStudioAccount, Services, free_port
+from backend.demo.services import LabelStudioAccount, ServiceError, Services, free_port
 from backend.labelstudio_runtime import ensure_installed
 
 DEFAULT_HOME = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "alc" / "demo"
@@ -145,6 +145,9 @@ def demo(
                 while True:
                     services.check_alive()
                     time.sleep(2.0)
+        except (ServiceError, RuntimeError, TimeoutError) as exc:  # said in one line, after the progress it made
+            console.print(f"[bold red]alc demo stopped:[/] {exc}")
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("stopping")
             if run is not None and run.project is not None and result is None:

@@ -38,6 +38,7 @@ from backend.demo.report import read_labels, summarise
 from backend.status import write_truth
 
 Order = Literal["priority", "random"]
+CONNECT_TIMEOUT = 900.0  # seconds: connect reads the whole project once (minutes for a big one on a busy machine)
 
 
 @dataclass
@@ -108,6 +109,7 @@ class DemoRun:
         self.version_seen_at: list[float] = []  # monotonic time each model version was first seen
         self.budget_spent_at: float | None = None
         self.finished_because: str | None = None
+        self.connect_seconds: float | None = None
         self.started = time.monotonic()
 
     # --- setup -----------------------------------------------------------------------------------
@@ -134,7 +136,15 @@ class DemoRun:
         argv = [sys.executable, "-m", "backend.cli", "connect", "--project", str(self.project.id),
                 "--backend-url", self.backend_url, "--window", str(self.config.window),
                 "--budget", str(self.config.budget)]
-        result = subprocess.run(argv, env={**os.environ, **self.backend_env}, capture_output=True, text=True, timeout=120)
+        started = time.monotonic()
+        with self.console.status("connecting the project (alc connect: sampling, webhook, ML backend, baseline; "
+                                 "a whole-project read)"):
+            try:
+                result = subprocess.run(argv, env={**os.environ, **self.backend_env}, capture_output=True, text=True,
+                                        timeout=CONNECT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"`alc connect` did not finish within {CONNECT_TIMEOUT:.0f} s") from None
+        self.connect_seconds = round(time.monotonic() - started, 1)
         if result.returncode != 0:
             raise RuntimeError(f"`alc connect` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         self.console.print(result.stdout.strip())
@@ -303,6 +313,7 @@ class DemoRun:
             model_versions_after_budget_spent=self.versions_after_budget_spent(),
             finished_because=self.finished_because,
             longest_stall_seconds=round(self.pool.longest_stall, 1) if self.pool is not None else None,
+            connect_seconds=self.connect_seconds,
             simulated_annotators=self.config.annotators,
             wall_seconds=round(time.monotonic() - self.started, 1),
             config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},
