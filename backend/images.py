@@ -175,7 +175,7 @@ class ImageLoader:
 
     def fetch(self, target: Target) -> bytes:
         """The body of one image request (no redirects, size and time limits)."""
-        headers = {"Host": _host_header(target.host, target.port, target.scheme), "Accept": "image/*"}
+        headers = {"Host": _host_header(target.host, target.port, target.scheme), "Accept": "image/*, */*;q=0.8"}
         if target.label_studio and self.api_key:
             headers["Authorization"] = f"Token {self.api_key}"
         deadline = time.monotonic() + self.timeout
