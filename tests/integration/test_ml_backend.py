@@ -181,3 +181,55 @@ def test_label_studio_uses_the_backend_and_a_new_annotation_retrains_it(label_st
     status = requests.get(f"{backend_url}/metrics", timeout=5).text
     assert 'alc_jobs_total{kind="retrain",outcome="ok"}' in status
     assert not list((Path(home) / "models").glob("project-*/versions/.staging-*"))
+
+
+def test_hostile_image_urls_never_carry_the_token_and_do_not_block_the_project(label_studio, backend, tiny300):
+    """Tasks whose image URLs try to trick the loader (backslash, credentials, climbing path, bad IPv6,
+    port 99999, a loopback host) are skipped with a reason; the capture server on 127.0.0.1 receives
+    nothing; every other task is ranked by a real retrain in a real Label Studio."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[dict] = []
+
+    class Capture(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append({"path": self.path, "auth": self.headers.get("Authorization")})
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    capture = ThreadingHTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=capture.serve_forever, daemon=True).start()
+    cap = f"127.0.0.1:{capture.server_address[1]}"
+    ls_host = label_studio.url.removeprefix("http://")
+    backend_url, home = backend
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    try:
+        project_id, task_ids = make_project(ls, label_studio, tiny300)
+        hostile = [
+            f"http://{cap}\\@{ls_host}/data/upload/1/x.png",
+            f"http://{ls_host}@{cap}/data/upload/1/x.png",
+            f"{label_studio.url}/data/upload/../../api/projects",
+            "http://[::1/x.png",
+            "http://127.0.0.1:99999/x.png",
+            f"http://{cap}/data/upload/1/x.png",
+        ]
+        tasks = [{"data": {"image": url}, "annotations": [{"result": [choice(CLASSES[i % 10])]}]} for i, url in enumerate(hostile)]
+        response = requests.post(f"{label_studio.url}/api/projects/{project_id}/import",
+                                 headers={"Authorization": f"Token {label_studio.token}", "Content-Type": "application/json"},
+                                 data=json.dumps(tasks), timeout=60)
+        assert response.status_code == 201, response.text
+        ml = ls.ml.create(project=project_id, url=backend_url, title="active label cleaning")
+        assert ml.state == "CO", ml.error_message
+        version = wait_for("the first model version", lambda: (v := serving_version(backend_url, project_id)) != UNTRAINED and v)
+        meta = json.loads((Path(home) / "models" / f"project-{project_id}" / "versions" / version / "meta.json").read_text())
+        assert len(meta["skipped"]) == len(hostile), meta["skipped"]
+        assert meta["tasks"] == N_TASKS  # every genuine task is ranked
+        assert seen == []
+    finally:
+        capture.shutdown()
+        capture.server_close()
