@@ -196,7 +196,10 @@ def label_studio_tasks(
         label = dataset.class_names[int(dataset.initial_labels[k])]
         task: dict = {"data": {"image": image_url(image_name(k)), "demo_id": k}}
         if initial_label_source == "annotation":
-            task["annotations"] = [{"result": choice_result(label)}]
+            # Label Studio stars an imported annotation as ground truth unless told otherwise; a starred
+            # annotation is ignored by its task lock, so `alc connect` would PATCH every one of them
+            # (400 requests, minutes on a busy machine): import them unstarred instead
+            task["annotations"] = [{"result": choice_result(label), "ground_truth": False}]
         elif initial_label_source == "data":
             task["data"]["initial_label"] = label
         elif initial_label_source == "prediction":

@@ -100,6 +100,7 @@ def test_write_demo_gives_a_valid_label_studio_import_without_the_truth(tmp_path
         assert interface.validate_annotation(task["annotations"][0])
         [choice] = task["annotations"][0]["result"][0]["value"]["choices"]
         assert choice == DIGIT_CLASSES[digits.initial_labels[k]]
+        assert task["annotations"][0]["ground_truth"] is False  # unstarred: connect has nothing to un-star
         png = Image.open(out / "images" / f"img_{k:05d}.png")
         assert png.size == (64, 64) and png.mode == "RGB"
         assert np.array_equal(np.asarray(png), digits.images[k])
