@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.protocol import ProtocolError, config_hash, parse_project
+from backend.protocol import MAX_ID, ProtocolError, config_hash, parse_id, parse_project
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 HANDLED = ANNOTATION_ACTIONS + ("ANNOTATIONS_DELETED", "START_TRAINING", "PROJECT_UPDATED")
@@ -50,16 +50,17 @@ def parse_webhook(body: Any) -> WebhookEvent:
             task = task.get("id")
         if task is None and isinstance(body.get("task"), dict):
             task = body["task"].get("id")
-        if not isinstance(task, int) or isinstance(task, bool):
+        if task is None:
             raise ProtocolError(f"{action}: the annotation names no task id")
+        task = parse_id(task, f"{action} task id")  # a positive database integer, never a bool
         annotation_id = annotation.get("id")
-        ids = [annotation_id] if isinstance(annotation_id, int) else []
+        ids = [annotation_id] if _is_id(annotation_id) else []
         return WebhookEvent(action, project_id, task, ids, annotation=annotation)
     if action == "ANNOTATIONS_DELETED":
         items = body.get("annotations")
         if not isinstance(items, list):
             raise ProtocolError("ANNOTATIONS_DELETED without an 'annotations' list")
-        ids = [a["id"] for a in items if isinstance(a, dict) and isinstance(a.get("id"), int)]
+        ids = [a["id"] for a in items if isinstance(a, dict) and _is_id(a.get("id"))]
         return WebhookEvent(action, project_id, None, ids)
     project = body.get("project") if isinstance(body.get("project"), dict) else {}
     config, description = project.get("label_config"), project.get("description")
@@ -79,3 +80,7 @@ def _project_of(body: dict) -> int:
             continue
         return parse_project(value)
     raise ProtocolError(f"{body.get('action')} names no project")
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
