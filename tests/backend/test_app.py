@@ -456,3 +456,11 @@ def test_hostile_image_urls_leave_the_rest_of_the_project_ranked(settings, fake_
     version = ctx.store.publish(1, selector, ranking, meta)
     served = predict(create_app(settings).test_client(), [task(t) for t in ranking.task_ids[:3]]).json
     assert served["model_version"] == version and all("score" in r for r in served["results"])
+
+
+@pytest.mark.parametrize("task_id", [0, -3, True, 10**30, "7", 1.5])
+def test_a_webhook_with_an_impossible_task_id_is_a_400(client, conn, task_id):
+    body = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "task": task_id}, "project": {"id": 1}}
+    response = client.post("/webhook", json=body)
+    assert response.status_code == 400 and "task id" in response.json["error"]
+    assert all(Queue(n, connection=conn).count == 0 for n in q.QUEUES)
