@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Optional
 
 import typer
@@ -35,6 +36,10 @@ def connect(
             window=window,
             basic_auth=settings.basic_auth, initial_label_source=settings.initial_label_source,
         )
+    if isinstance(report.get("baseline"), str):  # annotation ids are server-wide: "ids <= 900" for 400 tasks puzzled people
+        text = re.sub(r"\(ids <= (\d+)\)", r"(annotation ids up to \1; Label Studio numbers them across all projects)",
+                      report["baseline"])
+        report["baseline"] = re.sub(r"ids <= (\d+)", r"ids up to \1 (numbered across all projects)", text)
     if not isinstance(report.get("window"), int):  # the project has no window of its own: say which one applies
         report["window"] = f"{settings.window} (ALC_WINDOW; set one for this project with --window)"
     typer.echo(f"project {report['project']} ({report['title']}) connected:")
