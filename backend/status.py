@@ -113,7 +113,8 @@ def label_accuracy_estimate(ranking: Ranking | None, settled_ids: set[int], spen
         "reannotations_per_correction": round(per_correction, 2) if per_correction else None,
         "forecast_spend": math.ceil(needed * per_correction) if per_correction is not None else None,
         "suggested_budget": math.ceil(wrong_all * cost),
-        "suggested_budget_range": [math.floor(all_low * cost), math.ceil(all_high * cost)],
+        "suggested_budget_range": ([math.floor(all_low * cost), math.ceil(all_high * cost)] if all_low != all_high
+                                   else [math.ceil(wrong_all * cost)] * 2),
         "cost_basis": (f"{per_correction:.2f} re-annotations per label changed so far ({labels_changed} changed)"
                        if per_correction else "2 re-annotations per correction, the least one can cost (none changed yet)"),
     }

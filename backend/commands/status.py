@@ -123,7 +123,7 @@ def _print_status(console: Console, s: dict) -> None:
     queue = _table(f"Cleaning queue ({len(s['queue'])} open)", "#", "task", "priority", "labels so far", "link")
     for i, row in enumerate(s["queue"][:QUEUE_ROWS], 1):
         queue.add_row(str(i), f"task {row['task_id']}", _num(row["priority"]),
-                      ", ".join(f"{k} {v}" for k, v in row["counts"].items()), row["url"] or "")
+                      ", ".join(f"{k}: {v}" for k, v in row["counts"].items()), row["url"] or "")
     console.print(queue)
 
     changes = _table("Recent label changes", "task", "from", "to", "when")

@@ -374,3 +374,9 @@ def test_thumbnails_come_through_the_image_loader_behind_the_same_auth(settings,
     assert client.get(f"/dashboard/thumbnail/{PROJECT}/{'9' * 5000}").status_code == 404
     locked = create_app(settings.model_copy(update={"basic_auth_user": "u", "basic_auth_pass": SecretStr("p")})).test_client()
     assert locked.get(f"/dashboard/thumbnail/{PROJECT}/3").status_code == 401
+
+
+def test_without_an_interval_the_budget_range_is_one_number(sdk, store):
+    publish_ranking(store)
+    e = build_status(sdk, ledger_of(snapshot()), store=store)["estimate"]
+    assert e["suggested_budget_range"] == [e["suggested_budget"]] * 2
