@@ -9,8 +9,9 @@ from the image's true label distribution. Nothing is written to Label Studio's d
 
 An annotator stops when told to, when its share of an optional cap is spent, or when the stream has
 stayed empty for ``idle_timeout`` seconds (the queue may be re-ranking: a short empty spell is normal).
-An empty stream is asked again after a growing pause (0.5 s doubling to ``MAX_BACKOFF``): Label Studio
-logs a traceback for every empty next-task call, and polling it twice a second filled its log.
+An empty stream is asked again after a growing pause (0.5 s doubling to ``MAX_BACKOFF``), and first
+cheaply (the project view's ``queue_total - queue_done`` for this account): Label Studio logs a
+traceback for every empty next-task call, and polling it twice a second filled its log.
 The pool measures its *stalls*: spells when every annotator found the stream empty (``longest_stall``).
 
 Label Studio 1.23.2's next-task call is not atomic: two calls in the same few milliseconds can both
@@ -84,6 +85,16 @@ class LabelStream:
             return None
         self._check(response, "ask for the next task")
         return response.json()
+
+    def left_for_me(self, project_id: int) -> int | None:
+        """Tasks Label Studio still has for this account (its project view's queue_total - queue_done), asked
+        before a next-task call while the stream is empty: an empty next-task call logs a traceback there."""
+        response = self._request("GET", f"/api/projects/{project_id}/")
+        if not response.ok:
+            return None
+        body = response.json()
+        total, done = body.get("queue_total"), body.get("queue_done")
+        return int(total) - int(done) if isinstance(total, int) and isinstance(done, int) else None
 
     def submit(self, project_id: int, task_id: int, result: list[dict], lead_time: float, started_at: str) -> dict:
         """Submit an annotation the way the labelling UI does."""
@@ -164,6 +175,7 @@ class SimulatedAnnotator:
         self.rng = np.random.default_rng(seed)
         self.budget = budget or Budget()
         self.submitted: list[Submitted] = []
+        self.stream_empty = False  # the last ask found nothing: check the cheap count before asking again
 
     @property
     def name(self) -> str:
@@ -174,7 +186,9 @@ class SimulatedAnnotator:
         if not self.budget.take():
             return False
         with self.next_lock:
-            task = self.stream.next_task(self.project_id)
+            left = self.stream.left_for_me(self.project_id) if self.stream_empty else None
+            task = None if left == 0 else self.stream.next_task(self.project_id)
+        self.stream_empty = task is None
         self.on_stream(self, task is None)
         if task is None or stop.is_set():
             self.budget.give_back()
