@@ -234,13 +234,14 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     entries = rank_entries(ranking)
     cap = settings.max_annotations_per_task
     budget = state.budget(settings.budget)
-    plan = plan_window(list(tasks.values()), entries, budget=budget, window=window_of(settings, state),
+    window = window_of(settings, state)
+    plan = plan_window(list(tasks.values()), entries, budget=budget, window=window,
                        max_annotations=cap, model_version=version, spares=SPARES)
     opened: set[int] = set()
     granted: list[int] = []
 
     def reserve(task_ids: list[int]) -> list[int]:
-        granted.extend(state.reserve(task_ids, budget.total))
+        granted.extend(state.reserve(task_ids, budget.total, most_open=window))
         clear_ground_truth(ls, [a for tid in granted for a in tasks[tid].ground_truth_ids])  # connect took them off
         return granted
 
@@ -255,8 +256,8 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
             state.release(tid)
     state.set_model_version(version)
     _remember_predictions(state, config, plan, entries, version)
-    window = set(result.window)
-    state.set_spares({tid: entries[tid].score for tid in plan.predict if tid not in window and tid in entries})
+    served = set(result.window)
+    state.set_spares({tid: entries[tid].score for tid in plan.predict if tid not in served and tid in entries})
     result.budget = state.budget(settings.budget).as_dict()
     return result
 
@@ -330,7 +331,8 @@ def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
     from connectors.plan import is_done, task_patch
 
     budget = state.budget(settings.budget)
-    if budget.exhausted or budget.affordable() < 1 or budget.committed >= window_of(settings, state):
+    window = window_of(settings, state)
+    if budget.exhausted or budget.affordable() < 1 or budget.committed >= window:
         return None
     config = state.config()
     for tid in state.spares():
@@ -338,7 +340,7 @@ def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
         task = state.task(tid)
         if task is None or task.open_slots or not task.has_initial or is_done(task, settings.max_annotations_per_task):
             continue
-        if not state.reserve([tid], budget.total):
+        if not state.reserve([tid], budget.total, most_open=window):  # two refills racing: the window holds
             return None
         body = task_patch(task, task.n_annotators + 1, config.class_names, settings.max_annotations_per_task)
         try:

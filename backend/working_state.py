@@ -61,11 +61,13 @@ redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 return 1
 """
 
-# KEYS: slots, ledger. ARGV: total (-1 = no limit), task ids in order of preference. Returns the granted ids.
+# KEYS: slots, ledger. ARGV: total (-1 = no limit), most open slots (-1 = no limit), task ids in order of
+# preference. Returns the granted ids.
 _RESERVE = """
 local total = tonumber(ARGV[1])
+local most = tonumber(ARGV[2])
 local granted = {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local numbers = redis.call('HGET', KEYS[1], ARGV[i])
   if numbers then
     local comma = string.find(numbers, ',')
@@ -73,7 +75,7 @@ for i = 2, #ARGV do
     local open_here = tonumber(string.sub(numbers, comma + 1))
     local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
     local committed = tonumber(redis.call('HGET', KEYS[2], 'committed') or '0')
-    if open_here == 0 and (total < 0 or spent + committed + 1 <= total) then
+    if open_here == 0 and (total < 0 or spent + committed + 1 <= total) and (most < 0 or committed + 1 <= most) then
       redis.call('HSET', KEYS[1], ARGV[i], spent_here .. ',1')
       redis.call('HINCRBY', KEYS[2], 'committed', 1)
       table.insert(granted, ARGV[i])
@@ -202,14 +204,16 @@ class WorkingState:
         self.put_task(task)
         return task
 
-    def reserve(self, task_ids: Iterable[int], total: int | None) -> list[int]:
-        """Atomically open one budget slot on each of ``task_ids`` (in order) while B allows; the granted ids.
-        The caller PATCHes them in Label Studio and :meth:`release` any it could not."""
+    def reserve(self, task_ids: Iterable[int], total: int | None, most_open: int | None = None) -> list[int]:
+        """Atomically open one budget slot on each of ``task_ids`` (in order) while B allows (and, with
+        ``most_open``, while fewer slots than that are open: the window); the granted ids. The caller
+        PATCHes them in Label Studio and :meth:`release` any it could not."""
         ids = [int(t) for t in task_ids]
         if not ids:
             return []
-        granted = _script(self.conn, "reserve", _RESERVE)(
-            keys=[self._k("slots"), self._k("ledger")], args=[-1 if total is None else int(total), *ids])
+        limits = [-1 if total is None else int(total), -1 if most_open is None else int(most_open)]
+        granted = _script(self.conn, "reserve", _RESERVE)(keys=[self._k("slots"), self._k("ledger")],
+                                                           args=[*limits, *ids])
         return [int(t) for t in granted]
 
     def release(self, task_id: int) -> bool:
