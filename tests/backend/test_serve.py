@@ -105,3 +105,42 @@ def _workers(conn):
     from rq import Worker
 
     return [w for w in Worker.all(connection=conn) if w.death_date is None]
+
+
+@pytest.mark.integration  # a real Redis stopped and started again; about 30 s, so not in the unit run
+def test_a_worker_that_loses_redis_mid_job_comes_back(tmp_path):
+    """rq's worker quits when Redis vanishes under a running job; the supervisor starts it again (with
+    backoff while Redis is down) and a worker is registered once Redis is back."""
+    from rq import Queue
+
+    from backend.queue import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis-home")
+    url = server.start()
+    env = {k: v for k, v in os.environ.items() if k not in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS")}
+    env.update({"REDIS_URL": url, "ALC_DATA_HOME": str(tmp_path), "ALC_PROFILE": "none"})
+    log = open(tmp_path / "worker.log", "w")
+    supervisor = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--supervise", "--name", "sup"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        conn = redis.Redis.from_url(url)
+        _wait("the first worker", lambda: [w for w in workers_seen(conn) if w["name"] == "sup-0"], timeout=60)
+        job = Queue("alc-train", connection=conn).enqueue("time.sleep", 20, job_timeout=60)
+        _wait("the job to start", lambda: job.get_status(refresh=True) == "started", timeout=30)
+        server.stop()  # Redis goes away under the running job
+        _wait("the worker to quit and be restarted", lambda: "restart #" in (tmp_path / "worker.log").read_text(), timeout=60)
+        time.sleep(3)  # restarts fail while Redis is down: backoff
+        server.start()
+        conn = redis.Redis.from_url(url)
+        back = _wait("a worker after Redis came back",
+                     lambda: [w for w in workers_seen(conn) if w["name"] != "sup-0"], timeout=90, every=0.5)
+        assert back[0]["name"].startswith("sup-")
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        try:
+            supervisor.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            supervisor.wait()
+        log.close()
+        server.stop()
