@@ -341,12 +341,12 @@ def rebuild_from_label_studio(state: WorkingState, client: Any, initial_label_so
     """A full read into the working state; tasks updated while the read ran are read again, one by one,
     so that an annotation handled meanwhile is not overwritten by the older full read. ``before(fresh)``
     runs between the read and the rebuild with the tasks updated meanwhile (reconcile compares there)."""
-    from connectors.counts import read_project, read_task, user_emails
+    from connectors.counts import read_project, read_task
     from connectors.errors import TaskNotFound
 
     started = time.time()
     fresh = read_project(client, state.project_id, initial_label_source)
-    users = user_emails(client)
+    users = fresh.users
     touched = state.touched_since(started)
     if before is not None:
         before(fresh, set(touched))

@@ -29,7 +29,7 @@ from label_studio_sdk.core.api_error import ApiError
 
 from connectors.client import NO_RETRY_HEADER, get_project
 from connectors.errors import TaskNotFound
-from connectors.project import ProjectConfig, choices_tag, project_config  # noqa: F401 (choices_tag re-exported)
+from connectors.project import ProjectConfig, project_config
 from connectors.state import ProjectState
 
 from scoring.majority import has_strict_majority, majority_label  # pure numpy: one majority rule everywhere
@@ -149,6 +149,7 @@ class ProjectSnapshot:
     initial_counts: np.ndarray  # (N, C) int: the initial label(s) only
     problems: list[str] = field(default_factory=list)
     config: ProjectConfig | None = field(default=None, repr=False)  # set by read_project / snapshot_of
+    users: dict[int, str] = field(default_factory=dict, repr=False)  # annotator id -> email (read_project)
     _index: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -196,7 +197,9 @@ def read_project(
         raw_tasks = sorted((_plain(client.tasks.get(str(int(t)))) for t in task_ids), key=lambda t: int(t["id"]))
     problems: list[str] = []
     tasks = [task_record(raw, config, users, problems) for raw in raw_tasks]
-    return snapshot_of(config, tasks, problems)
+    snapshot = snapshot_of(config, tasks, problems)
+    snapshot.users = users
+    return snapshot
 
 
 def read_task(client: LabelStudio, config: ProjectConfig, task_id: int, users: dict[int, str] | None = None,

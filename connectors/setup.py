@@ -15,8 +15,9 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 
 from connectors.client import get_project
-from connectors.counts import _plain, choices_tag, read_project
+from connectors.counts import _plain, read_project
 from connectors.plan import clear_ground_truth
+from connectors.project import choices_tag
 from connectors.queue import set_overlaps
 from connectors.state import parse_state, write_state
 
