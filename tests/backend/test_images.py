@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,7 +292,6 @@ def test_a_huge_image_is_refused_before_it_is_decoded(tmp_path):
     path.write_bytes(huge_png())
     script = f"""
 import json, resource
-from pathlib import Path
 from backend.images import ImageError, ImageLoader
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
