@@ -97,15 +97,16 @@ redis.call('HINCRBY', KEYS[2], 'committed', -1)
 return 1
 """
 
-_scripts: dict[tuple[int, str], Any] = {}
+_scripts: dict[str, Any] = {}
 
 
 def _script(conn: redis.Redis, name: str, source: str) -> Any:
-    """The script registered once per connection (EVALSHA, loaded again if Redis forgot it)."""
-    key = (id(conn), name)
-    if key not in _scripts:
-        _scripts[key] = conn.register_script(source)
-    return _scripts[key]
+    """The script, registered once per process (redis-py's Script: EVALSHA, loaded again if a Redis forgot
+    it), called on ``conn``."""
+    if name not in _scripts:
+        _scripts[name] = conn.register_script(source)
+    script = _scripts[name]
+    return lambda keys, args: script(keys=keys, args=args, client=conn)
 
 
 def key(project_id: int, what: str) -> str:
