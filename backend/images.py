@@ -35,9 +35,10 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import quote, unquote, urlsplit
 
 import certifi
@@ -232,9 +233,10 @@ class ImageLoader:
             raise ImageError(f"image could not be decoded: {type(exc).__name__}: {str(exc)[:120]}") from None
 
     def load(self, ref: object, size: int | None = None) -> np.ndarray:
-        """(size, size, 3) uint8, from the disk cache when this URL was loaded before."""
+        """(size, size, 3) uint8, from the disk cache when this URL was loaded before; ImageError for any failure."""
         size = size or self.size
-        return _square(self._cached_or_fetched(self.target(ref), max(CACHE_SIDE, size)), size)
+        with _as_image_error():
+            return _square(self._cached_or_fetched(self.target(ref), max(CACHE_SIDE, size)), size)
 
     def load_many(
         self, refs: list, size: int | None = None, progress: Callable[[int], None] | None = None
@@ -252,22 +254,20 @@ class ImageLoader:
                     out[i] = future.result()
                 except ImageError as exc:
                     errors[i] = str(exc)
-                except Exception as exc:  # a bug or a surprise must still cost one task, not the retrain
-                    log.warning("image %d failed unexpectedly", i, exc_info=True)
-                    errors[i] = f"image could not be loaded: {type(exc).__name__}"
                 if progress is not None:
                     progress(done)
         return out, errors
 
     def thumbnail(self, ref: object, size: int) -> bytes:
         """PNG bytes of the image fitted into size x size (aspect kept), for the dashboard."""
-        if not 1 <= int(size) <= 1024:
-            raise ImageError(f"thumbnail size must lie in [1, 1024], got {size}")
-        image = Image.fromarray(self._cached_or_fetched(self.target(ref), max(CACHE_SIDE, int(size))))
-        image.thumbnail((int(size), int(size)), Image.Resampling.BILINEAR)
-        out = io.BytesIO()
-        image.save(out, format="PNG")
-        return out.getvalue()
+        if not isinstance(size, int) or not 1 <= size <= 1024:
+            raise ImageError(f"thumbnail size must be an integer in [1, 1024], got {size!r}")
+        with _as_image_error():
+            image = Image.fromarray(self._cached_or_fetched(self.target(ref), max(CACHE_SIDE, size)))
+            image.thumbnail((size, size), Image.Resampling.BILINEAR)
+            out = io.BytesIO()
+            image.save(out, format="PNG")
+            return out.getvalue()
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -305,8 +305,8 @@ class ImageLoader:
             image = self.decode(raw, side)
             buffer = io.BytesIO()
             np.save(buffer, image, allow_pickle=False)
-            _atomic_write(pixels, buffer.getvalue())
-        _atomic_write(ref_file, content.encode())
+            _cache_write(pixels, buffer.getvalue())
+        _cache_write(ref_file, content.encode())
         return image
 
     def _pixels_path(self, content: str, side: int) -> Path:
@@ -406,15 +406,38 @@ def _read_pixels(path: Path) -> np.ndarray | None:
     """A cached image, or None (missing, or corrupt: then removed so it is written again)."""
     try:
         image = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except Exception:
         image = None
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         log.warning("image cache entry %s is corrupt; replacing it", path)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
         return None
     return image
+
+
+@contextmanager
+def _as_image_error() -> Iterator[None]:
+    """Any failure while loading one image is that image's ImageError (a bug or a surprise included)."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except Exception as exc:
+        log.warning("image load failed unexpectedly", exc_info=True)
+        raise ImageError(f"image could not be loaded: {type(exc).__name__}") from None
+
+
+def _cache_write(path: Path, data: bytes) -> None:
+    """The cache is an optimisation: a full disk or a read-only folder costs a download, not the image."""
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        log.warning("image cache entry %s not written: %s", path, exc)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

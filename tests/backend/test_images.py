@@ -292,6 +292,7 @@ def test_a_huge_image_is_refused_before_it_is_decoded(tmp_path):
     path.write_bytes(huge_png())
     script = f"""
 import json, resource
+from pathlib import Path
 from backend.images import ImageError, ImageLoader
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
@@ -306,3 +307,20 @@ print(json.dumps({{"message": message, "grew_kb": after - before}}))
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert "over the limit" in report["message"]
     assert report["grew_kb"] < 50_000, report  # the header is read, the pixels never are
+
+
+def test_an_unwritable_cache_costs_a_download_not_the_image(label_studio, tmp_path):
+    url, _ = label_studio
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    loader = ImageLoader(url, KEY, size=8, cache_dir=blocked)
+    assert loader.load("/data/upload/1/2.png").shape == (8, 8, 3)
+
+
+def test_an_unexpected_failure_is_one_images_error(loader, monkeypatch):
+    def boom(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(loader, "decode", boom)
+    images, errors = loader.load_many(["/data/upload/1/7.png", "/etc/passwd"])
+    assert errors[0] == "image could not be loaded: RuntimeError" and "not a Label Studio" in errors[1]
