@@ -108,6 +108,7 @@ def client(redis_server, label_studio, tmp_path_factory):
         redis_url=redis_server.url, data_home=tmp_path_factory.mktemp("fuzz-home"), label_studio_url=url,
         label_studio_api_key="0" * 40, selector="linear", retrain_after_annotations=10**6, retrain_after_seconds=10**6,
         basic_auth_user=None, basic_auth_pass=None, webhook_secret=None, label_studio_timeout=2,
+        health_worker_timeout=10**6,  # no worker runs here: /health would rightly say 503 after a while
     )
     return create_app(settings).test_client()
 
