@@ -16,8 +16,7 @@ from rq import Queue, SimpleWorker
 from backend import jobs
 from backend import queue as q
 from backend.events import NO_CHANGE, handle_event
-from backend.images import ImageLoader
-from backend.model_store import VERSIONS_KEPT, ModelStore
+from backend.model_store import VERSIONS_KEPT
 from backend.webhooks import parse_webhook
 from backend.working_state import WorkingState, compare, ensure_state, rebuild_from_label_studio, reconcile_records
 from connectors.counts import read_project
