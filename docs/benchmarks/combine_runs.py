@@ -46,16 +46,19 @@ def fmt(values: list, pattern: str = "{:.0f}") -> str:
 def main(out_stem: str, runs: list[str]) -> None:
     merged: dict[str, StrategyResult] = {}
     metas = []
+    wall: dict[str, float] = {}
     for run in map(Path, runs):
-        merged.update(load_results(run))
+        results = load_results(run)
+        merged.update(results)
         metas.append(json.loads((run / "summary.json").read_text()))
+        wall.update({name: metas[-1]["wall_seconds"] for name in results})
     meta = metas[0]
     lines = [
         f"CIFAR-10H, N={meta['n_tasks']}, initial noise {100 * meta['initial_noise_rate']:.1f}%, "
         f"budget {meta['budget']} re-annotations. Mean ± sd over seeds.",
         "",
-        "| strategy | seeds | re-annotations to 90% | to 95% | nAUC | final accuracy | training s per seed (fit + refits) | refits |",
-        "|---|---|---|---|---|---|---|---|",
+        "| strategy | seeds | re-annotations to 90% | to 95% | nAUC | final accuracy | training s per seed (fit + refits) | refits | wall s of its run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     table = {}
     for name, r in merged.items():
@@ -68,10 +71,17 @@ def main(out_stem: str, runs: list[str]) -> None:
             "final_accuracy": [x.final_accuracy for x in s],
             "fit_seconds": [x.fit_seconds for x in s],
             "refits": [x.refits for x in s],
+            "per_seed": {"reach_90": [x.reach(0.90) for x in s], "nauc": [round(x.nauc, 4) for x in s]},
+            "wall_seconds_of_run": wall[name],
         }
         table[name] = row
         lines.append(f"| {name} | {len(s)} | {fmt(row['reach_90'])} | {fmt(row['reach_95'])} | {fmt(row['nauc'], '{:.3f}')} | "
-                     f"{fmt(row['final_accuracy'], '{:.3f}')} | {fmt(row['fit_seconds'], '{:.1f}')} | {fmt(row['refits'])} |")
+                     f"{fmt(row['final_accuracy'], '{:.3f}')} | {fmt(row['fit_seconds'], '{:.1f}')} | {fmt(row['refits'])} | {wall[name]:.0f} |")
+    lines += ["", "Per seed (seeds " + ", ".join(map(str, meta["seeds"])) + "):", "",
+              "| strategy | reach 90% per seed | nAUC per seed |", "|---|---|---|"]
+    for name, row in table.items():
+        reach = ", ".join("never" if v is None else str(v) for v in row["per_seed"]["reach_90"])
+        lines.append(f"| {name} | {reach} | {', '.join(f'{v:.4f}' for v in row['per_seed']['nauc'])} |")
     Path(f"{out_stem}.md").write_text("\n".join(lines) + "\n")
     Path(f"{out_stem}.json").write_text(json.dumps({"runs": metas, "strategies": table}, indent=2))
     plot_curves(Path(f"{out_stem}.png"), merged,

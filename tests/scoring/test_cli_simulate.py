@@ -56,3 +56,26 @@ def test_simulate_rejects_bad_options(tmp_path, data_dir):
     assert unknown.exit_code != 0 and "unknown selector" in unknown.output
     no_truth = runner.invoke(app, ["simulate", "--dataset", "arrays"])
     assert no_truth.exit_code != 0 and "--true-dist" in no_truth.output
+
+
+def test_rule_variants_of_a_selector_share_its_fit_per_seed(tmp_path, monkeypatch):
+    from scoring.selectors.linear import LinearSelector
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3) * 0.3, 120)
+    for name, array in {"truth": probs, "initial": rng.integers(0, 3, 120), "x": rng.normal(size=(120, 4))}.items():
+        np.save(tmp_path / f"{name}.npy", array)
+    fits = []
+    real_fit = LinearSelector.fit
+    monkeypatch.setattr(LinearSelector, "fit", lambda self, *a: fits.append(self.seed) or real_fit(self, *a))
+    args = ["simulate", "--dataset", "arrays", "--true-dist", str(tmp_path / "truth.npy"), "--initial-labels",
+            str(tmp_path / "initial.npy"), "--images", str(tmp_path / "x.npy"), "--budget", "30", "--seeds", "1,2"]
+    result = runner.invoke(app, [*args, "--selectors", "linear,linear:activelab,linear:self-confidence", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert fits == [1, 2]  # one fit per seed for the three rules
+    result = runner.invoke(app, [*args, "--selectors", "linear,linear:activelab", "--refit-every", "10", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    # linear's update is a fit: each rule fits afresh at its start (the shared model was refitted since)
+    assert fits[2:] == [1, 1, 1, 2, 2, 2] * 2
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())["selectors"]
+    assert summary["linear"]["refits"]["per_seed"] == summary["linear:activelab"]["refits"]["per_seed"] == [2, 2]
