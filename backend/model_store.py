@@ -13,6 +13,8 @@ leaves the old or the new version serving, never half of one.
 
 Reads: when ``current`` is torn, truncated or corrupt (or missing while versions exist), the newest
 intact version serves instead (logged), so one bad file blocks neither /predict nor the retrains.
+Intact means: meta.json parses, and ranking.json and every file of ``selector/`` match the SHA-256
+recorded in meta.json at publication.
 """
 
 from __future__ import annotations
@@ -138,6 +140,9 @@ class ModelStore:
         expected = meta.get("ranking_sha256")
         if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
             raise ValueError("ranking.json does not match its checksum")
+        for name, digest in (meta.get("selector_files") or {}).items():
+            if _sha256(path / SELECTOR_DIR / name) != digest:
+                raise ValueError(f"selector/{name} does not match its checksum")
         ranking = Ranking.from_json(json.loads(raw))
         n = len(ranking.task_ids)
         if any(len(np.asarray(a)) != n for a in (ranking.priority, ranking.noisiness, ranking.ambiguity,
@@ -154,16 +159,18 @@ class ModelStore:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
         try:
             cls = type(selector)
-            state = None
+            state, files = None, {}
             if callable(getattr(selector, "save", None)) and callable(getattr(cls, "load", None)):
                 selector.save(staging / SELECTOR_DIR)
                 state = "saved"
+                files = {str(p.relative_to(staging / SELECTOR_DIR)): _sha256(p)
+                         for p in sorted((staging / SELECTOR_DIR).rglob("*")) if p.is_file()}
             ranking_bytes = json.dumps(ranking.to_json()).encode()
             _write(staging / RANKING_FILE, ranking_bytes)
             meta = {
                 **meta, "version": version, "created_at": time.time(),
                 "selector_class": f"{cls.__module__}:{cls.__qualname__}", "selector_state": state,
-                "ranking_sha256": hashlib.sha256(ranking_bytes).hexdigest(),
+                "selector_files": files, "ranking_sha256": hashlib.sha256(ranking_bytes).hexdigest(),
             }
             _write(staging / META_FILE, json.dumps(meta).encode())
             _fsync_tree(staging)
@@ -191,6 +198,14 @@ class ModelStore:
                     shutil.rmtree(staging, ignore_errors=True)
             except OSError:
                 pass
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _write(path: Path, data: bytes) -> None:

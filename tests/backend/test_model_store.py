@@ -74,7 +74,8 @@ def test_every_file_and_folder_is_fsynced(tmp_path, tiny300, monkeypatch):
     assert final.is_dir()
 
 
-@pytest.mark.parametrize("damage", ["truncate-ranking", "garbage-meta", "delete-ranking", "flip-a-byte", "drop-link"])
+@pytest.mark.parametrize("damage", ["truncate-ranking", "garbage-meta", "delete-ranking", "flip-a-byte", "drop-link",
+                                    "truncate-selector", "delete-selector"])
 def test_a_torn_current_version_falls_back_to_the_newest_intact_one(tmp_path, tiny300, damage):
     store = ModelStore(tmp_path)
     names = publish_versions(store, tiny300, 3)
@@ -89,6 +90,12 @@ def test_a_torn_current_version_falls_back_to_the_newest_intact_one(tmp_path, ti
     elif damage == "flip-a-byte":  # still valid JSON, wrong numbers: caught by the checksum
         ranking.write_bytes(ranking.read_bytes().replace(b"[201,", b"[209,", 1))
         assert b"[209," in ranking.read_bytes()
+    elif damage == "truncate-selector":  # the ranking is intact, the selector a retrain would update is not
+        [arrays] = (current / "selector").glob("*.safetensors")
+        arrays.write_bytes(arrays.read_bytes()[:20])
+    elif damage == "delete-selector":
+        [state] = (current / "selector").glob("*.json")
+        state.unlink()
     else:
         (tmp_path / "project-1" / "current").unlink()
     served = ModelStore(tmp_path).load(1)
