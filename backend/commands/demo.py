@@ -53,6 +53,8 @@ def demo(
     window: Annotated[int, typer.Option(min=1, help="tasks open in the queue at a time")] = 20,
     retrain_after: Annotated[int, typer.Option(min=1, help="retrain after this many new annotations")] = 10,
     seed: Annotated[int, typer.Option(help="seed of the dataset and the annotators")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="rq workers (2: one can retrain while the other keeps the "
+                                                     "per-annotation work and the queue moving)")] = 2,
     home: Annotated[Path, typer.Option(help="where Label Studio, Redis and models keep their data (per user)")] = DEFAULT_HOME,
     ls_port: Annotated[Optional[int], typer.Option(help="Label Studio's port (default 8080 if free, else any free port)")] = None,
     port: Annotated[Optional[int], typer.Option(help="the backend's port (default 9090 if free, else any free port)")] = None,
@@ -101,7 +103,8 @@ def demo(
                 **config.backend_env(),
             }
             backend_url = services.start_backend(port_or_free(port or 9090), env)
-            services.start_worker(env)
+            for k in range(workers):
+                services.start_worker(env, name=f"worker{k + 1}" if workers > 1 else "worker")
             deployment = {
                 "label_studio_url": ls.url, "label_studio_api_key": ls.token, "redis_url": redis_url,
                 "data_home": services.home / "backend", "model_dir": services.home / "backend" / "models",
