@@ -133,7 +133,7 @@ def demo(
             if simulate_annotators:
                 run.start_annotators()
             because = run.watch(services.check_alive, timeout)
-            result = _report(run, up_seconds)
+            result = {**_report(run, up_seconds), "workers": workers}
             path = report or services.home / f"report-{project.id}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2))
