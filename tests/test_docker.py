@@ -110,3 +110,26 @@ def test_the_commands_are_real_alc_subcommands(compose):
         assert {a for a in argv[2:] if a.startswith("--")} <= options
     cmd = re.search(r'^CMD (\[.*\])', (DOCKER / "Dockerfile").read_text(), re.M).group(1)
     assert yaml.safe_load(cmd)[:2] == ["alc", "serve"]
+
+
+def test_the_backend_bound_beyond_loopback_is_given_credentials(compose):
+    """`alc serve --host 0.0.0.0` refuses to start without basic auth (closed by default), so the compose
+    file must require the credentials and the webhook secret rather than let them be left out."""
+    from backend.commands.serve import is_loopback
+
+    backend = compose["services"]["backend"]
+    argv = backend["command"]
+    host = argv[argv.index("--host") + 1]
+    env = {k: resolve(v) for k, v in backend["environment"].items()}
+    for key in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "ALC_WEBHOOK_SECRET"):
+        assert ":?" in str(backend["environment"].get(key, "")), f"{key} must be required by the compose file"
+    fields = {field: env[env_name(field)] for field in Settings.model_fields if env_name(field) in env}
+    assert not is_loopback(host) and load_settings(**fields).basic_auth is not None  # what `alc serve` checks
+    example = (DOCKER / "example.env").read_text()
+    assert all(re.search(rf"^{key}=\S+", example, re.M) for key in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "ALC_WEBHOOK_SECRET"))
+
+
+def test_workers_are_supervised(compose):
+    for name in ("worker", "worker-gpu"):
+        assert compose["services"][name]["command"] == ["alc", "worker", "--supervise"]
+        assert compose["services"][name]["restart"] == "unless-stopped"
