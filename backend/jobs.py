@@ -387,8 +387,11 @@ def sweep(settings: Settings, ls: Any, state: WorkingState) -> dict:
 
 
 def project_done(settings: Settings, state: WorkingState) -> bool:
-    """The budget is spent and the window closed: nothing a retrain could change."""
-    return state.budget(settings.budget).exhausted and not state.open_tasks()
+    """Every slot of the budget is spent or committed: no task can be opened any more, so a retrain would
+    change nothing but the order of the last open tasks (and the last annotation's job may not have run
+    yet: the working state can be one annotation behind when the retrain starts)."""
+    budget = state.budget(settings.budget)
+    return budget.total is not None and (budget.remaining or 0) <= 0
 
 
 # --- the rq jobs -------------------------------------------------------------------------------
@@ -436,7 +439,8 @@ def retrain(project_id: int) -> dict:
         ls = client(ctx)
         state = working_state(ctx, conn, ls, project_id)
         if project_done(ctx.settings, state):
-            record = {"skipped": "budget spent and window closed: nothing to retrain for", "seconds": 0.0}
+            record = {"skipped": "budget spent or committed: no task can be opened, nothing to retrain for",
+                      "seconds": 0.0}
             q.finish(conn, project_id, job.id, covered, cadence, record, follow_up=False)
             record_job(conn, "retrain", "done", time.monotonic() - started)
             return record

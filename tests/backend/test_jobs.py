@@ -146,13 +146,16 @@ def test_first_push_switches_the_version_before_opening_and_a_rerank_sends_only_
     assert len(project.open_ids()) == 10
 
 
-def test_no_retrain_once_the_budget_is_spent_and_the_window_closed(parts, conn):
+def test_no_retrain_once_every_slot_of_the_budget_is_spent_or_committed(parts, conn):
     settings, store, loader, fake = parts
-    description = fake.ls.projects[1]["description"]
-    state = ProjectState(budget=0, baseline_annotation_id=int(description.split('"baseline_annotation_id": ')[1].split("}")[0]))
-    fake.ls.projects[1]["description"] = with_state("", state)
+    settings = settings.model_copy(update={"window": 5})
+    baseline = max(a["id"] for t in fake.ls.tasks.values() for a in t["annotations"])
+    fake.ls.projects[1]["description"] = with_state("", ProjectState(budget=3, baseline_annotation_id=baseline))
+    retrain_now(conn, settings)
+    assert len(fake.projects[1].open_ids()) == 3  # B = 3 pays for three open slots, not five
+    q.record_annotations(conn, 1, 1)
     record = retrain_now(conn, settings)
-    assert record["skipped"].startswith("budget spent") and store.current_version(1) is None
+    assert record["skipped"].startswith("budget spent or committed") and len(fake.pushes) == 1
 
 
 # --- one annotation --------------------------------------------------------------------------------
