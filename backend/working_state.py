@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 
 import redis
 
+from backend.queue import PROJECTS_KEY
 from connectors.counts import ProjectSnapshot, TaskRecord, snapshot_of
 from connectors.ledger import Budget, Ledger, ledger_of
 from connectors.project import ProjectConfig
@@ -269,6 +270,7 @@ class WorkingState:
         if users is not None:
             pipe.set(self._k("users"), json.dumps({str(k): v for k, v in users.items()}))
         pipe.set(self._k("synced_at"), time.time())
+        pipe.sadd(PROJECTS_KEY, self.project_id)  # a known project: the periodic reconcile covers it
         pipe.execute()
 
     def record_reconcile(self, record: dict) -> None:

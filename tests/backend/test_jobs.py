@@ -319,3 +319,19 @@ def test_a_new_budget_in_the_project_description_is_taken_at_once(parts, conn, s
     body = {"action": "PROJECT_UPDATED", "project": {"id": 1, "description": description}}
     assert handle_event(app_state, parse_webhook(body)) == "unchanged"
     assert state.budget().total == 42 and jobs.window_of(settings, state) == 7
+
+
+def test_the_periodic_job_reconciles_every_connected_project_and_schedules_its_successor(parts, conn, settings):
+    from rq.registry import ScheduledJobRegistry
+
+    ctx = jobs.configure(settings)
+    ls = jobs.client(ctx)
+    for project_id in (1, 2):
+        ensure_state(conn, ls, project_id)
+    Queue(q.TRAIN_QUEUE, connection=conn).enqueue(q.RECONCILE_ALL_FUNC)
+    run_jobs(conn, settings, [q.TRAIN_QUEUE])
+    for project_id in (1, 2):
+        [record] = reconcile_records(conn, project_id)
+        assert record["trigger"] == "periodic" and record["differences"] == []
+    scheduled = ScheduledJobRegistry(queue=Queue(q.TRAIN_QUEUE, connection=conn)).get_job_ids()
+    assert [j for j in scheduled if j.startswith("reconcile-all-")] == [conn.get(q.RECONCILE_NEXT_KEY).decode()]
