@@ -199,7 +199,7 @@ def run_connectors(fake, pid: int, ids: list[int], peak: Peak, window: int, budg
 
 
 def run_service(fake, pid: int, ids: list[int], peak: Peak, window: int, budget: int, work: Path,
-                images: np.ndarray, selector: str) -> dict:
+                images: np.ndarray, selector: str, selector_options: dict) -> dict:
     from rq import Queue, SimpleWorker
 
     from backend import jobs
@@ -213,7 +213,7 @@ def run_service(fake, pid: int, ids: list[int], peak: Peak, window: int, budget:
     redis_home = q.EmbeddedRedis(work / "redis")
     settings = load_settings(
         redis_url=redis_home.start(), data_home=work / "home", model_dir=work / "models", label_studio_url=url,
-        label_studio_api_key=API_KEY, selector=selector, window=window, budget=budget,
+        label_studio_api_key=API_KEY, selector=selector, selector_options=selector_options, window=window, budget=budget,
         retrain_after_annotations=10, retrain_after_seconds=3600, job_retries=0, label_studio_timeout=600,
         basic_auth_user=None, basic_auth_pass=None, webhook_secret=None, reconcile_seconds=0,
     )
@@ -296,6 +296,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,100000")
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--selector", default="linear")
+    parser.add_argument("--selector-options", type=json.loads, default={},
+                        help='JSON, e.g. \'{"folds": 2, "max_iter": 100}\' to bound the fit on a shared CPU')
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--label", default="")
     parser.add_argument("--out", type=Path)
@@ -306,7 +308,8 @@ def main() -> None:
     fake_cls = fake_class()
     base = np.load(args.data_dir / "cifar10h_test1000_lossless.npz")["images"]
     peak = Peak()
-    figures = {"label": args.label, "code": str(ROOT), "path": "service (rq jobs)" if service else "connectors calls",
+    figures = {"label": args.label, "code": str(ROOT), "selector": args.selector, "selector_options": args.selector_options,
+               "path": "service (rq jobs)" if service else "connectors calls",
                "sizes": {}}
     for n in (int(s) for s in args.sizes.split(",")):
         started = time.perf_counter()
@@ -316,7 +319,8 @@ def main() -> None:
         budget = n // 2
         with tempfile.TemporaryDirectory(prefix="alc-scale-fake-") as tmp:
             if service:
-                result = run_service(fake, pid, ids, peak, args.window, budget, Path(tmp), base, args.selector)
+                result = run_service(fake, pid, ids, peak, args.window, budget, Path(tmp), base, args.selector,
+                                     args.selector_options)
             else:
                 result = run_connectors(fake, pid, ids, peak, args.window, budget)
         result["rss_after_building_the_fake_mib"] = baseline
@@ -326,9 +330,9 @@ def main() -> None:
                 shown = {k: v for k, v in item.items() if k not in ("kinds",)}
                 print(f"  {name}: {json.dumps(shown, default=str)}", flush=True)
         del fake
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=1, default=str))
+        if args.out:  # after each size, so that a long run stopped half-way keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(figures, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -53,8 +53,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backend import queue as q
-from backend.demo.dataset import choice_result, label_config, label_studio_tasks, make_cifar10h
-from backend.demo.project import upload_images
+from backend.demo.dataset import choice_result, image_name, label_config, label_studio_tasks, make_cifar10h
 from backend.demo.services import Services
 from backend.labelstudio_runtime import LABEL_STUDIO_VERSION, LabelStudioServer, create_user, ensure_installed, free_port
 
@@ -242,9 +241,55 @@ class Template:
             return None
         return cls(directory, **json.loads(meta.read_text()))
 
+    def unstarred(self) -> "Template":
+        """A copy whose initial annotations carry no ground-truth star, as if imported with
+        ``"ground_truth": false``: made by clearing the flag in the copy's database (Label Studio stopped),
+        which is what `alc connect` otherwise does with one PATCH per annotation."""
+        import sqlite3
+
+        target = self.dir.with_name(self.dir.name + "-unstarred")
+        if Template.load(target) is None:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(self.dir, target, ignore=shutil.ignore_patterns("*.log"))
+            with sqlite3.connect(target / "ls" / "label_studio.sqlite3") as db:
+                db.execute("UPDATE task_completion SET ground_truth = 0")
+        return Template.load(target)
+
     def copy_to(self, target: Path) -> Path:
         shutil.copytree(self.ls_dir, target, ignore=shutil.ignore_patterns("*.log"))
         return target
+
+
+def upload_images(url: str, token: str, project_id: int, dataset, batch: int = 100) -> dict[str, str]:
+    """Every image uploaded as a file of the project (no task yet), 100 per multipart request as the demo
+    does (backend.demo.project.upload_images), but their URLs asked for per batch: one query naming all
+    10,000 file ids is refused by Label Studio (414 Request-URI Too Long)."""
+    import io
+
+    from PIL import Image
+
+    headers = {"Authorization": f"Token {token}"}
+    urls: dict[str, str] = {}
+    for start in range(0, dataset.n_tasks, batch):
+        files = []
+        for k in range(start, min(start + batch, dataset.n_tasks)):
+            buffer = io.BytesIO()
+            Image.fromarray(dataset.images[k]).save(buffer, format="PNG")
+            files.append((f"file{k}", (image_name(k), buffer.getvalue(), "image/png")))
+        response = requests.post(f"{url}/api/projects/{project_id}/import", headers=headers,
+                                 params={"commit_to_project": "false"}, files=files, timeout=600)
+        response.raise_for_status()
+        ids = response.json()["file_upload_ids"]
+        listed = requests.get(f"{url}/api/projects/{project_id}/file-uploads", headers=headers,
+                              params={"ids": json.dumps(ids)}, timeout=600)
+        listed.raise_for_status()
+        for upload in listed.json():
+            stored = upload["file"]  # upload/<project>/<random prefix>-img_00042.png
+            urls[stored.rsplit("/", 1)[-1].split("-", 1)[-1]] = f"/data/{stored}"
+    missing = [image_name(k) for k in range(dataset.n_tasks) if image_name(k) not in urls]
+    if missing:
+        raise RuntimeError(f"Label Studio did not keep {len(missing)} uploaded image(s), e.g. {missing[0]}")
+    return urls
 
 
 def build_template(directory: Path, n: int, data_dir: Path, seed: int) -> Template:
@@ -260,7 +305,7 @@ def build_template(directory: Path, n: int, data_dir: Path, seed: int) -> Templa
         client = LabelStudio(base_url=server.url, api_key=server.token, timeout=1800)
         project = client.projects.create(title=f"scale benchmark, {n} tasks", label_config=label_config(dataset.class_names))
         with console.status(f"uploading {n} images"):
-            urls = upload_images(server.url, server.token, project.id, dataset, timeout=600)
+            urls = upload_images(server.url, server.token, project.id, dataset)
         tasks = label_studio_tasks(dataset, urls.__getitem__, "annotation")
         with console.status(f"importing {n} tasks with their initial labels"):
             for start in range(0, n, 2000):
@@ -642,6 +687,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ALC_DATA_DIR", "../shared/data")))
     parser.add_argument("--template-dir", type=Path, default=Path.home() / ".cache" / "alc" / "scale-bench")
+    parser.add_argument("--unstarred", action="store_true",
+                        help="initial annotations without Label Studio's ground-truth star (imported with ground_truth false)")
     parser.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before / after)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -651,9 +698,11 @@ def main() -> None:
 
     directory = args.template_dir / f"ls-{LABEL_STUDIO_VERSION}-n{args.tasks}-seed{args.seed}"
     template = Template.load(directory) or build_template(directory, args.tasks, args.data_dir, args.seed)
+    if args.unstarred:
+        template = template.unstarred()
     work = Path(tempfile.mkdtemp(prefix="alc-scale-"))
     run = Run(template, work, args)
-    figures: dict = {"label": args.label, "code": str(Path(q.__file__).resolve().parents[1]), "tasks": args.tasks, "window": args.window, "budget": args.budget, "selector": args.selector,
+    figures: dict = {"label": args.label, "unstarred": args.unstarred, "code": str(Path(q.__file__).resolve().parents[1]), "tasks": args.tasks, "window": args.window, "budget": args.budget, "selector": args.selector,
                      "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                      "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                               cwd=Path(q.__file__).resolve().parents[1]).stdout.strip()}
