@@ -20,6 +20,7 @@ version's meta (:func:`label_noise_estimate`); a version without it is shown wit
 from __future__ import annotations
 
 import json
+import logging
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 from backend.model_store import ModelStore, Ranking
 from connectors.ledger import Ledger, project_status, reconcile
 
+log = logging.getLogger(__name__)
 MIN_COST_PER_CORRECTION = 2  # re-annotations: two agreeing opinions outvote one initial label
 NEXT_TASKS = 12  # the cleaning view's "next up": the ranking's next unsettled tasks that are not open yet
 TRUTH_DIR = "truth"  # <ALC_DATA_HOME>/truth/project-<id>.json: {task id: true label}, where the truth is known
@@ -276,10 +278,31 @@ def build_status(client: Any, ledger: Ledger, store: ModelStore | None = None, r
 
 def collect_status(client: Any, project_id: int, settings: Any, store: ModelStore | None = None,
                    redis_conn: Any = None, target: float = 0.95) -> dict[str, Any]:
-    """Read the project from Label Studio (one paged read) and build its status."""
-    ledger = reconcile(client, project_id, settings.initial_label_source, settings.budget)
-    return build_status(client, ledger, store=store, redis_conn=redis_conn, target=target, budget=settings.budget,
-                        truth=read_truth(settings.data_home, project_id))
+    """The project's status from the pipeline's working state in Redis (no Label Studio read: contract 5),
+    or, where there is none yet (or Redis is down), from one paged read of Label Studio."""
+    ledger = working_ledger(redis_conn, project_id, settings.budget)
+    source = "the working state (Redis; the periodic reconcile proves it equals Label Studio)"
+    if ledger is None:
+        ledger = reconcile(client, project_id, settings.initial_label_source, settings.budget)
+        source = "Label Studio (a full read)"
+    status = build_status(client, ledger, store=store, redis_conn=redis_conn, target=target, budget=settings.budget,
+                          truth=read_truth(settings.data_home, project_id))
+    status["source"] = source
+    return status
+
+
+def working_ledger(redis_conn: Any, project_id: int, budget: int | None) -> Ledger | None:
+    """The ledger from backend.working_state when the project has one, else None (Redis errors included)."""
+    if redis_conn is None:
+        return None
+    from backend.working_state import WorkingState
+
+    try:
+        state = WorkingState(redis_conn, project_id)
+        return state.ledger(budget) if state.exists() else None
+    except Exception as exc:  # a broken or unreachable state must not take the page with it: read Label Studio
+        log.warning("project %s: working state unusable (%s); reading Label Studio", project_id, exc)
+        return None
 
 
 def _iso_time(value: Any) -> str | None:

@@ -58,7 +58,8 @@ def snapshot() -> ProjectSnapshot:
         overlap = len(annotations) + (1 if task_id == 13 else 0)
         predictions = [PredictionRecord(1, "alc-linear-v1", -0.69, "dog",
                                         {"priority": 0.693, "noisiness": 0.693, "ambiguity": 0.5}, None)] if task_id == 13 else []
-        tasks.append(TaskRecord(task_id, {"image": f"/img/{task_id}.png"}, overlap, annotations, predictions, label))
+        tasks.append(TaskRecord(task_id, {"image": f"/img/{task_id}.png"}, overlap, annotations, predictions, label,
+                                counts=[int(c) for c in counts[row]], initial_counts=[int(c) for c in initial_counts[row]]))
     return ProjectSnapshot(PROJECT, "pets", "<View/>", CLASSES, "label", "annotations", "alc-linear-v1",
                            ProjectState(budget=BUDGET), tasks, counts, initial_counts)
 
@@ -380,3 +381,22 @@ def test_without_an_interval_the_budget_range_is_one_number(sdk, store):
     publish_ranking(store)
     e = build_status(sdk, ledger_of(snapshot()), store=store)["estimate"]
     assert e["suggested_budget_range"] == [e["suggested_budget"]] * 2
+
+
+def test_the_page_reads_the_working_state_without_label_studio(settings, store, conn, sdk, monkeypatch):
+    """With a working state in Redis (the pipeline's, contract 5) the status needs no Label Studio read."""
+    from backend.status import collect_status
+    from backend.working_state import WorkingState
+    from connectors.project import ProjectConfig
+    from connectors.state import ProjectState
+
+    snap = snapshot()
+    snap.config = ProjectConfig(PROJECT, "pets", "<View/>", "label", "image", "image", CLASSES, "annotations",
+                                ProjectState(budget=BUDGET), "alc-linear-v1")
+    WorkingState(conn, PROJECT).rebuild(snap)
+    publish_ranking(store)
+    monkeypatch.setattr("backend.status.reconcile", lambda *a, **k: pytest.fail("read Label Studio"))
+    status = collect_status(sdk, PROJECT, settings, store=store, redis_conn=conn)
+    assert "working state" in status["source"]
+    assert status["budget"]["spent"] == 3 and status["tasks"]["settled"] == 2
+    assert [c["task_id"] for c in status["cleaning"]["open"]] == [13]
