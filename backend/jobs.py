@@ -446,6 +446,12 @@ def retrain(project_id: int) -> dict:
             return record
         snapshot = training_snapshot(state)
         selector, ranking, meta = train_and_score(ctx.settings, project_id, snapshot, ctx.store, ctx.loader)
+        if project_done(ctx.settings, state):  # the budget ran out while it trained: publish nothing
+            record = {"skipped": "the budget was spent or committed during the training: not published",
+                      "seconds": round(time.monotonic() - started, 3)}
+            q.finish(conn, project_id, job.id, covered, cadence, record, follow_up=False)
+            record_job(conn, "retrain", "done", time.monotonic() - started)
+            return record
         version = ctx.store.publish(project_id, selector, ranking, meta)
         state.set_skipped(meta["skipped"])
         conn.set(q.project_key(project_id, "config"), config_hash(snapshot.label_config))

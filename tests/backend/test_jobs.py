@@ -335,3 +335,18 @@ def test_the_periodic_job_reconciles_every_connected_project_and_schedules_its_s
         assert record["trigger"] == "periodic" and record["differences"] == []
     scheduled = ScheduledJobRegistry(queue=Queue(q.TRAIN_QUEUE, connection=conn)).get_job_ids()
     assert [j for j in scheduled if j.startswith("reconcile-all-")] == [conn.get(q.RECONCILE_NEXT_KEY).decode()]
+
+
+def test_a_retrain_during_which_the_budget_runs_out_publishes_nothing(parts, conn, monkeypatch):
+    settings, store, loader, fake = parts
+    real_train = jobs.train_and_score
+
+    def train_while_the_last_slot_goes(s, project_id, *args):
+        out = real_train(s, project_id, *args)
+        WorkingState(conn, project_id).set_project_state(ProjectState(budget=0, baseline_annotation_id=1))
+        return out
+
+    monkeypatch.setattr(jobs, "train_and_score", train_while_the_last_slot_goes)
+    record = retrain_now(conn, settings)
+    assert record["skipped"].startswith("the budget was spent or committed during the training")
+    assert store.current_version(1) is None and fake.pushes == []
