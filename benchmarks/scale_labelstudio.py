@@ -457,7 +457,7 @@ def step_connect(run: Run, figures: dict) -> None:
         raise RuntimeError(f"alc connect failed:\n{result.stdout}\n{result.stderr}")
     requests.post(f"{run.backend_url}/train", json={"project": pid}, timeout=30).raise_for_status()
     with console.status("connect -> first ranking live"):
-        live = run.wait_version_change("", run.args.step_timeout)
+        live = run.wait_version_change("", max(run.args.step_timeout, run.args.connect_timeout))
     seen = run.ls_proxy.between(t0)
     images = [s for s in seen if s.path.startswith("/data/")]
     switch = next((s for s in seen if s.switches_version), None)
@@ -465,7 +465,7 @@ def step_connect(run: Run, figures: dict) -> None:
     out = {
         "alc_connect_s": round(connect_s, 1),
         "first_ranking_live_s": None if live is None else round(connect_s + live, 1),
-        "timed_out_after_s": None if live is not None else run.args.step_timeout,
+        "timed_out_after_s": None if live is not None else max(run.args.step_timeout, run.args.connect_timeout),
         "requests_until_live": len(seen),
         "images_fetched": len(images),
         "image_fetch_s": round(images[-1].ended - images[0].started, 1) if images else None,
@@ -684,6 +684,7 @@ def main() -> None:
     parser.add_argument("--selector", default="linear")
     parser.add_argument("--selector-options", default="{}")
     parser.add_argument("--step-timeout", type=float, default=900.0, help="seconds any one wait may take")
+    parser.add_argument("--connect-timeout", type=float, default=2400.0, help="seconds to wait for the first ranking")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ALC_DATA_DIR", "../shared/data")))
     parser.add_argument("--template-dir", type=Path, default=Path.home() / ".cache" / "alc" / "scale-bench")
