@@ -11,9 +11,13 @@ Heads:
       and an L2 penalty, minimised full-batch with L-BFGS (converges in tens of steps on 1,280-d features).
   ``logistic``: scikit-learn's multinomial logistic regression on the majority labels.
 
-``drop_suspect`` (a fraction, e.g. 0.1) refits each fold's head without the training tasks whose
+``drop_suspect`` (a fraction, default 0.1) refits each fold's head without the training tasks whose
 labels the first out-of-fold posteriors find least likely: confident mislabels pull a linear head
 towards themselves.
+
+Defaults measured on CIFAR-10H (5,000 images, T = 2, Lite0 at 224 px, out-of-fold posterior accuracy
+against the true labels): weight decay 1e-3 gave 64.0%, 1e-2 68.7%, 3e-2 71.6%, 0.1 74.2%, 0.3 74.4%;
+dropping the 10% most suspect labels added 1.6 points at 0.1 (75.8%, the default) and 2.7 at 3e-2.
 
 Inputs: uint8 images (N, H, W, 3) of any size (resized to the encoder's ``image_size``); or the
 user's own features as a float (N, D) array; or, with ``embeddings=<file.npz>`` holding arrays
@@ -48,9 +52,9 @@ class PretrainedLinearSelector(LearnedSelector):
                  cache_dir: str | Path | None = None, folds: int = 5, targets: str = "soft",
                  encoder: str = DEFAULT_ENCODER, image_size: int | None = None, weights: str | None = None,
                  embeddings: str | Path | None = None, head: str = "calibrated", standardise: bool = True,
-                 head_steps: int = 60, head_update_steps: int = 20, head_weight_decay: float = 1e-3,
+                 head_steps: int = 60, head_update_steps: int = 20, head_weight_decay: float = 0.1,
                  label_smoothing: float = 0.1, logit_penalty: float = 0.3, logit_alpha: float = 10.0,
-                 c: float = 0.05, drop_suspect: float = 0.0, batch_size: int = 128,
+                 c: float = 0.05, drop_suspect: float = 0.1, batch_size: int = 128,
                  threads: int | None = None) -> None:
         super().__init__(n_classes, seed, device, cache_dir, folds, targets)
         if head not in HEADS:
