@@ -295,6 +295,7 @@ def accuracy_chart(status: dict) -> str:
         ax.set_ylim(max(0.0, low - 0.05), 1.0)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(-0.5, max(spent + (estimate.get("forecast_spend") or 0), 1) * 1.05 + 0.5)  # not +-0.05 at spent 0
         ax.set_xlabel("re-annotations spent")
         ax.legend(frameon=False, fontsize=8, loc="lower right")
     else:
