@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     data_home: Path = Field(
         Path.home() / ".local" / "share" / "alc", validation_alias=AliasChoices("ALC_DATA_HOME", "data_home")
     )
-    selector: str = Field("linear", validation_alias=AliasChoices("ALC_SELECTOR", "selector"))
+    selector: str = Field("pretrained-linear", validation_alias=AliasChoices("ALC_SELECTOR", "selector"))
     rule: str | None = Field(None, validation_alias=AliasChoices("ALC_RULE", "rule"))
     selector_options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, validation_alias=AliasChoices("ALC_SELECTOR_OPTIONS", "selector_options")
