@@ -265,6 +265,9 @@ def build_status(client: Any, ledger: Ledger, store: ModelStore | None = None, r
         "selector": version.meta.get("selector") if version is not None else None,
         "created_at": _iso_time(version.meta.get("created_at")) if version is not None else None,
     }
+    skipped = (version.meta.get("skipped") if version is not None else None) or {}  # contract 4: {task id: reason}
+    status["skipped"] = [{"task_id": int(t), "reason": str(r)} for t, r in sorted(skipped.items(), key=lambda i: int(i[0]))
+                         if str(t).isascii() and str(t).isdigit()]
     if "estimate" not in status:
         status["estimate"] = label_accuracy_estimate(
             version.ranking if version is not None else None, settled_ids,

@@ -400,3 +400,16 @@ def test_the_page_reads_the_working_state_without_label_studio(settings, store, 
     assert "working state" in status["source"]
     assert status["budget"]["spent"] == 3 and status["tasks"]["settled"] == 2
     assert [c["task_id"] for c in status["cleaning"]["open"]] == [13]
+
+
+def test_tasks_the_retrain_skipped_are_listed(served, store):
+    """Contract 4: the version's meta['skipped'] ({task id: reason}) is shown, task by task."""
+    noisiness = -np.log(np.array(P_INITIAL))
+    counts = np.eye(3)[[CLASSES.index(label) for label in INITIAL]]
+    ranking = Ranking(task_ids=TASKS, class_names=CLASSES, counts=counts, priority=noisiness, noisiness=noisiness,
+                      ambiguity=np.zeros(6), scores=-noisiness, predicted=np.zeros(6, dtype=int))
+    store.publish(PROJECT, None, ranking, {"selector": "linear", "skipped": {"16": "image request returned HTTP 404"}})
+    status = served.get(f"/api/status?project={PROJECT}").json
+    assert status["skipped"] == [{"task_id": 16, "reason": "image request returned HTTP 404"}]
+    html = served.get(f"/dashboard?project={PROJECT}").get_data(as_text=True)
+    assert 'id="skipped"' in html and "image request returned HTTP 404" in html
