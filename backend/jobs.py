@@ -32,7 +32,7 @@ from rq import get_current_job
 from backend import queue as q
 from backend.images import ImageLoader
 from backend.metrics import record_job
-from backend.model_store import ModelStore, Ranking
+from backend.model_store import ModelStateError, ModelStore, ModelVersion, Ranking
 from backend.protocol import ProtocolError, config_hash, scores_from_priorities
 from backend.settings import Settings, SettingsError
 from backend.working_state import WorkingState, compare, ensure_state, rebuild_from_label_studio
@@ -142,6 +142,16 @@ def load_images(loader: ImageLoader, store: ModelStore, project_id: int, task_id
 # --- training and scoring (scoring/) -----------------------------------------------------------
 
 
+def _stored_selector(version: ModelVersion) -> Any | None:
+    """The serving version's fitted selector, or None when it was stored without usable state (a third-party
+    selector without save/load): the retrain then fits a fresh one instead of failing on every retry."""
+    try:
+        return version.selector()
+    except ModelStateError as exc:
+        log.info("model %s cannot be updated (%s): fitting a fresh selector", version.version, exc)
+        return None
+
+
 def train_and_score(
     settings: Settings, project_id: int, snapshot: Snapshot, store: ModelStore, loader: ImageLoader
 ) -> tuple[Any, Ranking, dict]:
@@ -164,7 +174,10 @@ def train_and_score(
     reusable = (previous is not None and previous.ranking.class_names == list(snapshot.class_names)
                 and previous.meta.get("selector") == settings.selector)
     context = {"cache_dir": store.project_dir(project_id) / "cache", "n_classes": counts.shape[1]}
-    selector = previous.selector() if reusable else make_selector(settings.selector, **{**context, **settings.selector_options})
+    selector = _stored_selector(previous) if reusable else None
+    reusable = selector is not None
+    if selector is None:
+        selector = make_selector(settings.selector, **{**context, **settings.selector_options})
     size = getattr(selector, "input_size", None) or settings.image_size  # contract 2
 
     images, errors = load_images(loader, store, project_id, [snapshot.task_ids[i] for i in usable],

@@ -16,7 +16,7 @@ from rq import Queue, SimpleWorker
 from backend import jobs
 from backend import queue as q
 from backend.events import NO_CHANGE, handle_event
-from backend.model_store import VERSIONS_KEPT
+from backend.model_store import VERSIONS_KEPT, ModelStateError
 from backend.webhooks import parse_webhook
 from backend.working_state import WorkingState, compare, ensure_state, rebuild_from_label_studio, reconcile_records
 from connectors.counts import read_project
@@ -70,6 +70,19 @@ def test_fit_then_update_and_publish(parts, conn):
     assert meta2["mode"] == "update" and ranking2.counts[0].sum() == 2
     loaded = store.load(1)
     assert loaded.version == v1 and loaded.selector().predict_proba(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 10)
+
+
+def test_a_version_stored_without_state_is_refitted_not_retried_forever(parts, conn):
+    """A third-party selector without save/load is stored without state; the next retrain fits afresh."""
+    settings, store, loader, fake = parts
+    selector, ranking, meta = jobs.train_and_score(settings, 1, read(conn, settings, 1), store, loader)
+    store.publish(1, selector, ranking, meta)
+    store.load(1).meta["selector_state"] = None  # what the store records for a selector without save/load
+    with pytest.raises(ModelStateError):
+        store.load(1).selector()
+    fake.projects[1].add_annotation(fake.projects[1].task_ids[0], 3)
+    _, ranking2, meta2 = jobs.train_and_score(settings, 1, read(conn, settings, 1), store, loader)
+    assert meta2["mode"] == "fit" and ranking2.counts[0].sum() == 2
 
 
 def test_a_retrain_after_new_labels_fetches_no_image(parts, conn, image_server):
