@@ -49,7 +49,7 @@ def demo(
     noise_rate: Annotated[float, typer.Option(help="digits: the first-pass labeller's look-alike error rate")] = 0.15,
     data_dir: Annotated[Optional[Path], typer.Option(help="use CIFAR-10H from this folder instead of digits")] = None,
     temperature: Annotated[float, typer.Option(help="CIFAR-10H: initial labels drawn at this temperature")] = 2.0,
-    selector: Annotated[str, typer.Option(help="selector behind the priority order")] = "linear",
+    selector: Annotated[str, typer.Option(help="selector behind the priority order")] = "pretrained-linear",
     window: Annotated[int, typer.Option(min=1, help="tasks open in the queue at a time")] = 20,
     retrain_after: Annotated[int, typer.Option(min=1, help="retrain after this many new annotations")] = 10,
     seed: Annotated[int, typer.Option(help="seed of the dataset and the annotators")] = 0,

@@ -50,7 +50,7 @@ class DemoConfig:
     temperature: float = 2.0  # CIFAR-10H initial-label temperature
     budget: int = 100
     order: Order = "priority"
-    selector: str = "linear"  # the model behind the priority order
+    selector: str = "pretrained-linear"  # the model behind the priority order
     selector_options: dict | None = None  # None: the linear selector at the digits' native 8x8 (16x16 for CIFAR)
     window: int = 20
     retrain_after_annotations: int = 10
