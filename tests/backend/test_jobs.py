@@ -85,6 +85,17 @@ def test_a_version_stored_without_state_is_refitted_not_retried_forever(parts, c
     assert meta2["mode"] == "fit" and ranking2.counts[0].sum() == 2
 
 
+def test_the_retrain_records_its_label_noise_estimate_for_the_dashboard(parts, conn):
+    settings, store, loader, fake = parts
+    _, ranking, meta = jobs.train_and_score(settings, 1, read(conn, settings, 1), store, loader)
+    for key in ("label_noise", "label_noise_initial"):
+        estimate = meta[key]
+        assert estimate["tasks"] == 60
+        assert 0 <= estimate["wrong_low"] <= estimate["wrong"] <= estimate["wrong_high"] <= 60
+    import json
+    json.dumps(meta)  # plain JSON: it goes into the version's meta.json
+
+
 def test_a_retrain_after_new_labels_fetches_no_image(parts, conn, image_server):
     settings, store, loader, fake = parts
     _, handler = image_server
