@@ -180,7 +180,7 @@ def train_and_score(
     selector = _stored_selector(previous) if reusable else None
     reusable = selector is not None
     if selector is None:
-        selector = make_selector(settings.selector, **{**context, **settings.selector_options})
+        selector = make_selector(settings.selector, settings.selector_options, **context)
     size = getattr(selector, "input_size", None) or settings.image_size  # contract 2
 
     images, errors = load_images(loader, store, project_id, [snapshot.task_ids[i] for i in usable],
@@ -202,7 +202,7 @@ def train_and_score(
         selector.update(data, counts)
     else:
         if reusable:  # other tasks than last time: a fresh fit
-            selector = make_selector(settings.selector, **{**context, **settings.selector_options})
+            selector = make_selector(settings.selector, settings.selector_options, **context)
         mode = "fit"
         selector.fit(data, counts)
     strategy = Strategy.build(selector, settings.rule)

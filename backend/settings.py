@@ -168,6 +168,16 @@ class Settings(BaseSettings):
         raise ValueError(f"must be {INITIAL_LABEL_SOURCES}, got {value!r}")
 
     @model_validator(mode="after")
+    def _selector_takes_its_options(self) -> "Settings":
+        from scoring.selectors import check_options
+
+        try:
+            check_options(self.selector, self.selector_options)
+        except ValueError as exc:
+            raise ValueError(f"ALC_SELECTOR_OPTIONS: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _auth_pair(self) -> "Settings":
         if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
             raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")

@@ -45,6 +45,19 @@ def selector_class(name: str) -> type[Selector]:
     return getattr(module, attr)
 
 
+def check_options(name: str, options: dict[str, Any] | None) -> tuple[dict[str, inspect.Parameter], bool]:
+    """ValueError when ``options`` name a parameter the selector's ``__init__`` does not take (checked when
+    settings load, before any training); returns its parameters and whether it takes any keyword."""
+    cls = selector_class(name)
+    params = {} if cls.__init__ is object.__init__ else dict(inspect.signature(cls.__init__).parameters)
+    params.pop("self", None)
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(options or {}) - set(params)) if not takes_all else []
+    if unknown:
+        raise ValueError(f"selector {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(params) or 'none'}")
+    return params, takes_all
+
+
 def make_selector(name: str, options: dict[str, Any] | None = None, **context: Any) -> Selector:
     """Instantiate a selector by name.
 
@@ -53,12 +66,7 @@ def make_selector(name: str, options: dict[str, Any] | None = None, **context: A
     ``options`` are the user's explicit parameters for this selector: an unknown one is an error.
     """
     cls = selector_class(name)
-    params = {} if cls.__init__ is object.__init__ else dict(inspect.signature(cls.__init__).parameters)
-    params.pop("self", None)
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = sorted(set(options or {}) - set(params)) if not takes_all else []
-    if unknown:
-        raise ValueError(f"selector {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(params) or 'none'}")
+    params, takes_all = check_options(name, options)
     accepted = context if takes_all else {k: v for k, v in context.items() if k in params}
     return cls(**(accepted | (options or {})))
 
@@ -70,6 +78,7 @@ __all__ = [
     "PosteriorsSelector",
     "LinearSelector",
     "available_selectors",
+    "check_options",
     "make_selector",
     "selector_class",
 ]

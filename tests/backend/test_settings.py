@@ -15,7 +15,7 @@ def test_reads_the_documented_environment_names(monkeypatch, tmp_path):
         "BASIC_AUTH_USER": "u",
         "BASIC_AUTH_PASS": "p",
         "REDIS_URL": "redis://r:6379/0",
-        "ALC_SELECTOR": "random",
+        "ALC_SELECTOR": "linear",
         "ALC_RULE": "alc-clipped",
         "ALC_SELECTOR_OPTIONS": '{"folds": 3}',
         "ALC_RETRAIN_AFTER_ANNOTATIONS": "7",
@@ -37,7 +37,7 @@ def test_reads_the_documented_environment_names(monkeypatch, tmp_path):
     assert s.label_studio_url == "http://ls:8080"
     assert s.require_label_studio() == ("http://ls:8080", "k" * 40)
     assert s.models_path == tmp_path / "m" and s.basic_auth == ("u", "p") and s.redis_url == "redis://r:6379/0"
-    assert (s.selector, s.rule, s.selector_options) == ("random", "alc-clipped", {"folds": 3})
+    assert (s.selector, s.rule, s.selector_options) == ("linear", "alc-clipped", {"folds": 3})
     assert (s.retrain_after_annotations, s.retrain_after_seconds, s.budget, s.window) == (7, 2.5, 300, 25)
     assert (s.max_annotations_per_task, s.initial_label_source) == (4, "data:label")
     assert s.webhook_secret.get_secret_value() == "s"
@@ -75,3 +75,10 @@ def test_missing_label_studio_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     with pytest.raises(SettingsError, match="LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must be set"):
         load_settings(selector="random").require_label_studio()
+
+
+def test_selector_options_the_selector_does_not_take_stop_the_settings_at_load():
+    """An unknown option used to be ignored silently by the retrain; now the settings name it."""
+    with pytest.raises(SettingsError, match=r"ALC_SELECTOR_OPTIONS: selector 'linear' has no option\(s\) bogus"):
+        load_settings(selector="linear", selector_options={"bogus": 1})
+    assert load_settings(selector="linear", selector_options={"folds": 2}).selector_options == {"folds": 2}
