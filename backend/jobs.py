@@ -538,6 +538,7 @@ def reconcile(project_id: int, trigger: str = "periodic") -> dict:
     job = get_current_job()
     conn = job.connection
     started = time.monotonic()
+    q.release_reconcile(conn, project_id)  # from now on a new request queues another: a run killed mid-way blocks nothing
     try:
         ls = client(ctx)
         state = WorkingState(conn, project_id)
@@ -552,8 +553,6 @@ def reconcile(project_id: int, trigger: str = "periodic") -> dict:
         record_job(conn, "reconcile", "error", time.monotonic() - started)
         _no_retry_if_permanent(job, exc)
         raise
-    finally:
-        q.release_reconcile(conn, project_id)
     record = {"time": time.time(), "trigger": trigger, "tasks": len(fresh.tasks), "differences": differences[:200],
               "n_differences": len(differences), "stars_removed": stars, **swept,
               "seconds": round(time.monotonic() - started, 3)}

@@ -327,7 +327,9 @@ def enqueue_annotation_job(conn: redis.Redis, project_id: int, task_id: int, cad
 
 
 def enqueue_reconcile(conn: redis.Redis, project_id: int, trigger: str) -> bool:
-    """One reconcile of the project at a time (a mark held until the job ends); False if one is pending."""
+    """One reconcile of the project waiting at a time: a mark held from here until the job starts, so a burst
+    of requests queues one, and a reconcile killed mid-run (its worker or Redis lost) never blocks the next
+    periodic one (a mark held to the end did, for its hour of expiry). False if one is waiting."""
     mark = project_key(project_id, "reconcile-pending")
     if not conn.set(mark, trigger, nx=True, ex=3600):
         return False

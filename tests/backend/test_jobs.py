@@ -307,6 +307,26 @@ def test_reconcile_records_a_lost_webhook_and_restores_the_state(parts, conn):
     assert agree not in project.open_ids() and len(record["opened"]) == 1 and len(project.open_ids()) == 4
 
 
+def test_a_reconcile_that_dies_mid_run_does_not_block_the_next(parts, conn, monkeypatch):
+    """The worker (or Redis) lost in the middle of a reconcile runs no `finally`: the next periodic request
+    must still queue one. The mark is free as soon as the job has started."""
+    settings, store, loader, fake = parts
+    retrain_now(conn, settings)
+    seen = []
+    real = jobs.rebuild_from_label_studio
+
+    def rebuild_while_asking_again(*args, **kwargs):
+        if not seen:  # once: what reconcile_all would do meanwhile
+            seen.append(q.enqueue_reconcile(conn, 1, "periodic"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "rebuild_from_label_studio", rebuild_while_asking_again)
+    assert q.enqueue_reconcile(conn, 1, "test")
+    run_jobs(conn, settings, [q.TRAIN_QUEUE])
+    assert seen[0] is True, "a request during a running reconcile queued nothing"
+    assert [r["trigger"] for r in reconcile_records(conn, 1)][:2] == ["periodic", "test"]
+
+
 def test_the_periodic_reconcile_is_scheduled_once_with_rqs_scheduler(settings, conn):
     from rq.registry import ScheduledJobRegistry
 
