@@ -9,8 +9,7 @@ what an outage of Label Studio looks like from the backend: its calls fail and n
 The sequence, annotations made through Label Studio's own label stream by three annotators:
 1. Redis stopped, two annotations (their webhooks are refused with a 503: lost), Redis started again
    on the same data (append-only file);
-2. Label Studio cut off for ``OUTAGE_S`` seconds (the issue asks for a minute; 30 s keeps the whole
-   test near a minute and a half on the shared 2-core machine and still spans several periodic
+2. Label Studio cut off for ``OUTAGE_S`` seconds (a minute, as the issue asks; it spans several periodic
    reconcile periods and the jobs' retries), two more annotations meanwhile;
 3. the backend reaches Label Studio again, but webhooks stay cut until a periodic reconcile has run,
    so nothing but the reconcile can have repaired the working state.
@@ -40,7 +39,7 @@ from backend.demo.services import Services, free_port
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_S = 30.0
+OUTAGE_S = 60.0
 RECONCILE_S = 8.0
 BUDGET = 10
 WINDOW = 6
