@@ -186,3 +186,16 @@ def softmax_probs(logits: torch.Tensor) -> np.ndarray:
     """float64 softmax rows, renormalised so that they sum to 1 within float precision."""
     probs = torch.softmax(logits.double(), dim=1).numpy()
     return probs / probs.sum(axis=1, keepdims=True)
+
+
+class LinearHeadMembers:
+    """Members that are one ``nn.Linear`` head on frozen features (ssl-linear, pretrained-linear): their state
+    is the head's weight and bias, and the layer is rebuilt from their shapes."""
+
+    def _member_state(self, head: torch.nn.Linear) -> dict[str, Any]:
+        return {k: v.detach().clone() for k, v in head.state_dict().items()}
+
+    def _load_member_state(self, state: dict[str, Any]) -> torch.nn.Linear:
+        head = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+        head.load_state_dict(state)
+        return head

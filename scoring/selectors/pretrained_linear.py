@@ -39,13 +39,13 @@ from scoring.device import seed_everything, torch_threads
 from scoring.embeddings import EmbeddingCache
 from scoring.encoders import DEFAULT_ENCODER, PretrainedEncoder, build_pretrained_encoder, default_input_size
 from scoring.rules import normalised_cross_entropy
-from scoring.selectors.learned import LearnedSelector, _take, softmax_probs
+from scoring.selectors.learned import LearnedSelector, LinearHeadMembers, _take, softmax_probs
 from scoring.training import calibrated_loss, count_targets
 
 HEADS = ("calibrated", "logistic")
 
 
-class PretrainedLinearSelector(LearnedSelector):
+class PretrainedLinearSelector(LinearHeadMembers, LearnedSelector):
     """Frozen pretrained encoder + out-of-fold calibrated linear head. The CPU default selector."""
 
     def __init__(self, n_classes: int | None = None, seed: int = 0, device: str | None = None,
@@ -215,14 +215,6 @@ class PretrainedLinearSelector(LearnedSelector):
     def _member_probs(self, head: nn.Linear, features: np.ndarray) -> np.ndarray:
         with torch_threads(self.threads or 1):
             return softmax_probs(head(torch.from_numpy(features)))
-
-    def _member_state(self, head: nn.Linear) -> dict[str, Any]:
-        return {k: v.detach().clone() for k, v in head.state_dict().items()}
-
-    def _load_member_state(self, state: dict[str, Any]) -> nn.Linear:
-        head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
-        head.load_state_dict(state)
-        return head
 
     def _extra_state(self) -> dict[str, Any]:
         return {"feature_mean": self.feature_mean_, "feature_std": getattr(self, "feature_std_", None),

@@ -41,7 +41,7 @@ from scoring.embeddings import EmbeddingCache
 from scoring.encoders import DEFAULT_ENCODER, PretrainedBackbone, default_input_size, pretrained_network
 from scoring.hashing import images_hash
 from scoring.models import MLP, build_encoder
-from scoring.selectors.learned import LearnedSelector, softmax_probs
+from scoring.selectors.learned import LearnedSelector, LinearHeadMembers, softmax_probs
 from scoring.training import batches, calibrated_loss, progress_bar
 
 
@@ -149,7 +149,7 @@ def pretrain_byol(byol: BYOL, images: np.ndarray, *, epochs: int, batch_size: in
     return losses
 
 
-class SSLLinearSelector(LearnedSelector):
+class SSLLinearSelector(LinearHeadMembers, LearnedSelector):
     """BYOL encoder (frozen) + calibrated linear head. CPU defaults: small-cnn, 40 BYOL epochs."""
 
     def __init__(self, n_classes: int | None = None, seed: int = 0, device: str | None = None,
@@ -299,14 +299,6 @@ class SSLLinearSelector(LearnedSelector):
     def _member_probs(self, head: nn.Linear, features: np.ndarray) -> np.ndarray:
         with torch_threads(1):
             return softmax_probs(head(torch.from_numpy(features)))
-
-    def _member_state(self, head: nn.Linear) -> dict[str, Any]:
-        return {k: v.detach().clone() for k, v in head.state_dict().items()}
-
-    def _load_member_state(self, state: dict[str, Any]) -> nn.Linear:
-        head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
-        head.load_state_dict(state)
-        return head
 
     def _extra_state(self) -> dict[str, Any]:
         return {"backbone": {k: v.detach().cpu() for k, v in self.backbone_.state_dict().items()},
