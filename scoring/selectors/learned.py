@@ -137,12 +137,16 @@ class LearnedSelector(Selector):
 
     # ----- internals ------------------------------------------------------------------------
     def _check(self, images: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
-        counts = check_counts(label_counts)
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-        if len(images) != len(counts):
-            raise ValueError(f"{len(images)} images but {len(counts)} rows of label counts")
+        return self._check_counts(len(images), "images", label_counts)
+
+    def _check_counts(self, n_inputs: int, what: str, label_counts: np.ndarray) -> np.ndarray:
+        """Counts valid, one row per input, the classes expected, enough tasks for the folds."""
+        counts = check_counts(label_counts)
+        if n_inputs != len(counts):
+            raise ValueError(f"{n_inputs} {what} but {len(counts)} rows of label counts")
         if self.n_classes is not None and counts.shape[1] != self.n_classes:
             raise ValueError(f"label counts have {counts.shape[1]} classes, selector expects {self.n_classes}")
         if self.folds and len(counts) < 2 * self.folds:

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from scoring.checks import check_counts
 from scoring.device import seed_everything, torch_threads
 from scoring.embeddings import EmbeddingCache
 from scoring.encoders import DEFAULT_ENCODER, PretrainedEncoder, build_pretrained_encoder, default_input_size
@@ -132,15 +131,7 @@ class PretrainedLinearSelector(LinearHeadMembers, LearnedSelector):
         return ((features - self.feature_mean_) / self.feature_std_).astype(np.float32)
 
     def _check(self, data: Any, label_counts: np.ndarray) -> np.ndarray:
-        counts = check_counts(label_counts)
-        if len(data) != len(counts):
-            raise ValueError(f"{len(data)} inputs but {len(counts)} rows of label counts")
-        if self.n_classes is not None and counts.shape[1] != self.n_classes:
-            raise ValueError(f"label counts have {counts.shape[1]} classes, selector expects {self.n_classes}")
-        if self.folds and len(counts) < 2 * self.folds:
-            raise ValueError(f"{len(counts)} tasks are too few for {self.folds}-fold cross-fitting")
-        self.n_classes_ = counts.shape[1]
-        return counts
+        return self._check_counts(len(data), "inputs", label_counts)
 
     # ----- fitting ---------------------------------------------------------------------------
     def fit(self, data: Any, label_counts: np.ndarray) -> "PretrainedLinearSelector":
