@@ -106,7 +106,7 @@ def _status() -> dict:
     url, key = settings.require_label_studio()
 
     def build() -> dict:
-        client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
+        client = connect(url, key, timeout=settings.label_studio_timeout, retries=2, check=False)  # no request yet: the working state may answer alone
         return collect_status(client, project_id, settings, store=app_state.store, redis_conn=app_state.redis,
                               target=target)
 
@@ -162,7 +162,7 @@ def thumbnail(project_id: int, task_id: int):
         return jsonify(error=f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}, got {ascii(size[:40])}"), 400
     try:
         url, key = settings.require_label_studio()
-        client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
+        client = connect(url, key, timeout=settings.label_studio_timeout, retries=2, check=False)  # a bad token fails the first request
         task = client.tasks.get(task_id)
         if int(task.project or 0) != project_id:
             return jsonify(error=f"task {task_id} is not in project {project_id}"), 404
@@ -186,17 +186,19 @@ def when(value: str | None) -> str:
     """An ISO time from Label Studio as 'YYYY-MM-DD HH:MM:SS UTC' ('-' when there is none)."""
     if not value:
         return "-"
-    try:
-        return _parse_time(value).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except ValueError:
-        return str(value)
+    parsed = _parse_time(value)
+    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if parsed is not None else str(value)
 
 
 # --- charts ------------------------------------------------------------------------------------------
 
 
-def _parse_time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+def _parse_time(value: str) -> datetime | None:
+    """The time, UTC when it names no zone; None for a value that is not an ISO time (the chart skips it)."""
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
@@ -228,10 +230,11 @@ def burndown_chart(status: dict) -> str:
     """Budget left after each re-annotation, over time, up to now; the open slots are drawn as committed."""
     fig, ax = _figure()
     budget = status["budget"]
-    timeline = [e for e in status.get("timeline", []) if e.get("time")]
-    if timeline:
-        times = [_parse_time(e["time"]) for e in timeline]
-        now = max(_parse_time(status["generated_at"]), times[-1]) if status.get("generated_at") else times[-1]
+    timed = [(when, e) for e in status.get("timeline", []) if (when := _parse_time(e.get("time"))) is not None]
+    if timed:
+        times, timeline = [t for t, _ in timed], [e for _, e in timed]
+        generated = _parse_time(status.get("generated_at"))
+        now = max(generated, times[-1]) if generated is not None else times[-1]
         xs = [times[0]] + times + [now]
         spent = [0] + [e["spent"] for e in timeline] + [timeline[-1]["spent"]]
         if budget["total"] is not None:

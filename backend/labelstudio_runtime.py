@@ -241,6 +241,12 @@ class LabelStudioServer:
             "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
             "SSRF_PROTECTION_ENABLED": "false",  # the ML backend and webhooks live on 127.0.0.1
             "ML_BLOCK_LOCAL_IP": "false",
+            # no telemetry: Label Studio posts a usage record (a new thread and a DNS lookup) for every request
+            # and reports errors to Sentry; offline each lookup waits for its timeout (see README, "Label Studio
+            # for the tests and the demo")
+            "COLLECT_ANALYTICS": "false",
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
         }
 
     def start(self) -> "LabelStudioServer":

@@ -275,6 +275,15 @@ def run_service(fake, pid: int, ids: list[int], peak: Peak, window: int, budget:
             return {"n_differences": record["n_differences"], "seconds": record["seconds"]}
 
         out["reconcile"] = measure(fake, peak, reconcile)
+
+        def page(path: str) -> int:
+            app.application.extensions.pop("alc_status_cache", None)  # uncached, as a request past the cache
+            response = app.get(f"{path}?project={pid}")
+            assert response.status_code == 200, response.get_data(as_text=True)[:300]
+            return len(response.get_data())
+
+        out["api_status"] = measure(fake, peak, lambda: page("/api/status"))
+        out["dashboard"] = measure(fake, peak, lambda: page("/dashboard"))
         return out
     finally:
         jobs.TRANSPORT = None

@@ -413,3 +413,15 @@ def test_tasks_the_retrain_skipped_are_listed(served, store):
     assert status["skipped"] == [{"task_id": 16, "reason": "image request returned HTTP 404"}]
     html = served.get(f"/dashboard?project={PROJECT}").get_data(as_text=True)
     assert 'id="skipped"' in html and "image request returned HTTP 404" in html
+
+
+def test_a_time_that_is_not_iso_is_skipped_by_the_charts_not_a_500():
+    """Label Studio's times are data: one that does not parse costs its point on the burn-down, not the page."""
+    budget = {"total": 10, "spent": 2, "committed": 1, "remaining": 7, "exhausted": False}
+    timeline = [{"time": "2026-01-01T00:00:05Z", "spent": 1, "labels_changed": 0},
+                {"time": "2026-01-01T00:335:52Z", "spent": 2, "labels_changed": 1}]
+    svg = dashboard.burndown_chart({"budget": budget, "timeline": timeline, "generated_at": "not a time"})
+    assert svg.startswith("<svg") or "<svg" in svg[:400]
+    assert dashboard._parse_time("2026-01-01T00:335:52Z") is None
+    assert dashboard.when("yesterday") == "yesterday"
+    assert dashboard.when("2026-01-01T00:00:05Z") == "2026-01-01 00:00:05 UTC"

@@ -55,7 +55,7 @@ class FakeLabelStudio:
     def annotate(self, task_id: int, label: str | None, by: int = 1, cancelled: bool = False,
                  lead_time: float | None = 2.0, ground_truth: bool = False) -> int:
         aid = self._id()
-        stamp = f"2026-01-01T00:{aid // 60:02d}:{aid % 60:02d}Z"
+        stamp = f"2026-01-01T{aid // 3600 % 24:02d}:{aid // 60 % 60:02d}:{aid % 60:02d}Z"
         self.tasks[task_id]["annotations"].append({
             "id": aid, "completed_by": by, "was_cancelled": cancelled, "lead_time": lead_time,
             "result": [region(label)] if label else [], "created_at": stamp, "updated_at": stamp,

@@ -86,3 +86,23 @@ def test_linear_selector_on_user_features():
     assert (probs.argmax(axis=1) == y).mean() > 0.9
     with pytest.raises(ValueError, match="needs images"):
         LinearSelector().fit(None, np.eye(3, dtype=int)[y])
+
+
+def test_linear_selector_whitens_only_with_enough_rows_and_saves_either_model():
+    """The whitened PCA appears once the fit has PCA_ROWS_PER_COMPONENT rows per component; the saved
+    state of both shapes gives the same posteriors on new data."""
+    from scoring.selectors.linear import PCA_ROWS_PER_COMPONENT
+
+    rng = np.random.default_rng(0)
+    n, d, components = PCA_ROWS_PER_COMPONENT * 4 + 10, 12, 4
+    y = rng.integers(0, 3, n)
+    x = np.eye(3)[y] @ rng.normal(0, 1, (3, d)) * 2 + rng.normal(0, 1, (n, d))
+    counts = np.eye(3, dtype=int)[y]
+    new = rng.normal(0, 1, (5, d))
+    for rows, whitened in ((n, True), (n // 2, False)):
+        selector = LinearSelector(folds=1, components=components).fit(x[:rows], counts[:rows])
+        assert (len(selector.model_) == 3) is whitened
+        copy = LinearSelector(folds=1, components=components)
+        copy.set_state(selector.get_state())
+        np.testing.assert_allclose(copy.predict_proba(new), selector.predict_proba(new))
+        assert (selector.predict_proba(x[:rows]).argmax(axis=1) == y[:rows]).mean() > 0.8
