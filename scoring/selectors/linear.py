@@ -31,8 +31,11 @@ def image_features(data: Any, size: int) -> np.ndarray:
         arr = arr[..., None]
     n, h, w, c = arr.shape
     fh, fw = max(h // size, 1), max(w // size, 1)
-    blocks = arr[:, : (h // fh) * fh, : (w // fw) * fw].reshape(n, h // fh, fh, w // fw, fw, c).astype(np.float32)
-    pooled = blocks.sum(axis=4).sum(axis=2)  # one axis at a time: 7x faster than mean(axis=(2, 4)) at 10,000 images
+    blocks = arr[:, : (h // fh) * fh, : (w // fw) * fw].reshape(n, h // fh, fh, w // fw, fw, c)
+    # one axis at a time, in integers: 7x faster than mean(axis=(2, 4)) at 10,000 images, and no float copy of
+    # every pixel (1.2 GB at 100,000 32x32 images)
+    acc = np.uint32 if np.issubdtype(blocks.dtype, np.integer) else np.float32
+    pooled = blocks.sum(axis=4, dtype=acc).sum(axis=2, dtype=acc).astype(np.float32)
     return pooled.reshape(n, -1) / (fh * fw * 255.0)
 
 
