@@ -1,6 +1,8 @@
 """Merge several `alc simulate` output folders into one table (Markdown) and one curves plot.
 
-Usage: python docs/benchmarks/combine_runs.py OUT_STEM RUN_DIR [RUN_DIR ...]
+Usage: python docs/benchmarks/combine_runs.py OUT_STEM RUN_DIR[=LABEL] [RUN_DIR[=LABEL] ...]
+LABEL renames the run's selector (the part before a rule's ':'), so two runs of one selector with different
+options (e.g. ensemble presets) get rows of their own: `runs/t2-ensemble-large=ensemble[large]`.
 Writes OUT_STEM.md (table), OUT_STEM.png (curves via scoring.report.plot_curves), OUT_STEM.json.
 Runs with fewer seeds keep their own seed count, which the table shows.
 """
@@ -19,7 +21,7 @@ from scoring.report import plot_curves
 from scoring.simulation import SeedResult, StrategyResult
 
 
-def load_results(run: Path) -> dict[str, StrategyResult]:
+def load_results(run: Path, label: str | None = None) -> dict[str, StrategyResult]:
     rows: dict[tuple[str, int], list[tuple[float, int, int]]] = defaultdict(list)
     with (run / "curves.csv").open() as f:
         for r in csv.DictReader(f):
@@ -30,7 +32,8 @@ def load_results(run: Path) -> dict[str, StrategyResult]:
         acc, clear, amb = (np.array(v) for v in zip(*values))
         sel = summary["selectors"][name]
         k = sel["seeds"].index(seed)
-        results.setdefault(name, StrategyResult(name)).seeds.append(SeedResult(
+        shown = name if label is None else label + name[len(name.split(":")[0]):]
+        results.setdefault(shown, StrategyResult(shown)).seeds.append(SeedResult(
             seed, acc, clear, amb, 0, sel["tasks_relabelled"]["per_seed"][k], sel["cap_hits"]["per_seed"][k],
             sel["refits"]["per_seed"][k], sel["fit_seconds"]["per_seed"][k]))
     return results
@@ -47,8 +50,10 @@ def main(out_stem: str, runs: list[str]) -> None:
     merged: dict[str, StrategyResult] = {}
     metas = []
     wall: dict[str, float] = {}
-    for run in map(Path, runs):
-        results = load_results(run)
+    for spec in runs:
+        run, _, label = spec.partition("=")
+        run = Path(run)
+        results = load_results(run, label or None)
         merged.update(results)
         metas.append(json.loads((run / "summary.json").read_text()))
         wall.update({name: metas[-1]["wall_seconds"] for name in results})

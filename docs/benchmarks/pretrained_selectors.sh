@@ -4,9 +4,10 @@
 # selector's; its rule variants share its fit (alc simulate fits a selector once per seed for all its rules).
 # Embeddings are cached per image in .alc/cache: the first run of an encoder pays for them (delete
 # .alc/cache/embeddings for a cold run), the other seeds, the rule variants and T = 10 reuse them.
+# `ensemble` is the cpu preset; `ensemble[large]` the large preset (adds a Lite2 260 px member).
 # SEEDS, TEMPERATURES, REFIT (refit every k re-annotations; 0 = never) and WITH_SSL=1 (BYOL: minutes) override.
 set -e
-ALC="nice -n 10 .venv/bin/alc simulate --dataset cifar10h --subset 5000 --budget-factor 3 --seeds ${SEEDS:-1,2,3,4,5} --refit-every ${REFIT:-0}"
+ALC="nice -n ${NICE:-10} .venv/bin/alc simulate --dataset cifar10h --subset 5000 --budget-factor 3 --seeds ${SEEDS:-1,2,3,4,5} --refit-every ${REFIT:-0}"
 OUT=runs/bench-pretrained
 for T in ${TEMPERATURES:-2 10}; do
   $ALC --temperature "$T" --selectors random,oracle --out "$OUT/t$T-bounds"
@@ -14,8 +15,11 @@ for T in ${TEMPERATURES:-2 10}; do
   $ALC --temperature "$T" --selectors pretrained-linear,pretrained-linear:self-confidence,pretrained-linear:activelab \
     --out "$OUT/t$T-pretrained-linear"
   $ALC --temperature "$T" --selectors ensemble,ensemble:self-confidence,ensemble:activelab --out "$OUT/t$T-ensemble"
+  $ALC --temperature "$T" --selectors ensemble,ensemble:self-confidence,ensemble:activelab \
+    --selector-options '{"ensemble": {"members": "large"}}' --out "$OUT/t$T-ensemble-large"
   if [ -n "$WITH_SSL" ]; then
     $ALC --temperature "$T" --selectors ssl-linear --selector-options '{"ssl-linear": {"byol_epochs": 12}}' --out "$OUT/t$T-ssl-linear"
   fi
-  .venv/bin/python docs/benchmarks/combine_runs.py "docs/benchmarks/pretrained_selectors_t$T" "$OUT"/t"$T"-*
+  runs=$(ls -d "$OUT"/t"$T"-* | sed 's/\(.*-ensemble-large\)$/\1=ensemble[large]/')
+  .venv/bin/python docs/benchmarks/combine_runs.py "docs/benchmarks/pretrained_selectors_t$T" $runs
 done
