@@ -37,6 +37,9 @@ class LabelStudioRuntimeError(ServiceError):
 # --- processes: one way to start, wait for and stop them (Label Studio here, the demo's others too) ---------
 
 
+PREDICTIONS_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
+
+
 def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Start a process in its own session (Ctrl-C reaches us first, and we stop it in order), logging to a file."""
     with open(log_path, "ab") as log:
@@ -247,6 +250,9 @@ class LabelStudioServer:
             "COLLECT_ANALYTICS": "false",
             "SENTRY_DSN": "",
             "FRONTEND_SENTRY_DSN": "",
+            # Label Studio's own flag for its predictions import: recount only the imported tasks, not every task
+            # of the project (without it each re-rank's import costs O(N) inside Label Studio: 5.6 s at 10,000 tasks)
+            PREDICTIONS_IMPORT_FLAG: "true",
         }
 
     def start(self) -> "LabelStudioServer":
