@@ -5,8 +5,8 @@ different images), so their average is better calibrated and more accurate than 
 ``members`` is a list of selector names or ``{"name": ..., "options": {...}}``; ``weights``
 optionally weights them. Every member gets the same context (seed, cache_dir, device, ...).
 
-Presets (measured in docs/benchmarks/pretrained_selectors_t2.md): ``cpu`` (the default: Lite0 heads at 224 px
-with stage features and at 128 px), ``large`` (those two plus a Lite2 head at 260 px: the best measured ranking,
+Presets (measured in docs/benchmarks/pretrained_selectors_t2.md): ``cpu`` (the default: Lite0 heads, with stage
+features, at 224 and 128 px), ``large`` (those two plus a Lite2 head at 260 px: the best measured ranking,
 about three times the CPU of ``cpu`` for the embeddings) and ``gpu`` (``large`` plus ssl-linear adapting Lite0 to
 the images with BYOL; runs on a CPU too, slowly; not measured: no GPU was available).
 """
@@ -22,9 +22,9 @@ from scoring.checks import check_probs
 from scoring.selectors.base import Selector
 
 LITE0_224 = {"name": "pretrained-linear", "options": {"encoder": "efficientnet-lite0", "image_size": 224}}
-LITE0_128 = {"name": "pretrained-linear",  # raw last-layer features: the stage features were not measured at 128 px
-             "options": {"encoder": "efficientnet-lite0", "image_size": 128, "stage_features": False}}
-LITE2_260 = {"name": "pretrained-linear", "options": {"encoder": "efficientnet-lite2", "image_size": 260, "stage_features": False}}
+LITE0_128 = {"name": "pretrained-linear", "options": {"encoder": "efficientnet-lite0", "image_size": 128}}
+LITE2_260 = {"name": "pretrained-linear",  # last-layer features only: Lite2's stage features were not measured
+             "options": {"encoder": "efficientnet-lite2", "image_size": 260, "stage_features": False}}
 SSL_PRETRAINED = {"name": "ssl-linear", "options": {"init": "pretrained", "byol_epochs": 20, "byol_lr": 2e-4, "image_size": 224}}
 CPU_MEMBERS: list[dict[str, Any]] = [LITE0_224, LITE0_128]  # fits 10 CPU minutes for 10,000 images (README)
 LARGE_MEMBERS: list[dict[str, Any]] = [LITE0_224, LITE0_128, LITE2_260]  # the best measured; Lite2 costs ~3x Lite0's CPU
