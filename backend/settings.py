@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     image_max_pixels: int = Field(
         16_000_000, ge=1, validation_alias=AliasChoices("ALC_IMAGE_MAX_PIXELS", "image_max_pixels")
     )
-    image_workers: int = Field(4, ge=1, le=64, validation_alias=AliasChoices("ALC_IMAGE_WORKERS", "image_workers"))
+    image_workers: int = Field(8, ge=1, le=64, validation_alias=AliasChoices("ALC_IMAGE_WORKERS", "image_workers"))
     max_request_bytes: int = Field(
         10_000_000, ge=1024, validation_alias=AliasChoices("ALC_MAX_REQUEST_BYTES", "max_request_bytes")
     )

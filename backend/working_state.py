@@ -344,19 +344,26 @@ def rebuild_from_label_studio(state: WorkingState, client: Any, initial_label_so
     """A full read into the working state; tasks updated while the read ran are read again, one by one,
     so that an annotation handled meanwhile is not overwritten by the older full read. ``before(fresh)``
     runs between the read and the rebuild with the tasks updated meanwhile (reconcile compares there)."""
-    from connectors.counts import read_project, read_task
-    from connectors.errors import TaskNotFound
+    from connectors.counts import read_project
 
     started = time.time()
     fresh = read_project(client, state.project_id, initial_label_source)
-    users = fresh.users
-    touched = state.touched_since(started)
     if before is not None:
-        before(fresh, set(touched))
-    state.rebuild(fresh, users)
+        before(fresh, set(state.touched_since(started)))
+    return adopt(state, client, fresh, started)
+
+
+def adopt(state: WorkingState, client: Any, fresh: ProjectSnapshot, started: float) -> ProjectSnapshot:
+    """``fresh`` (a full read begun at ``started``, e.g. `alc connect`'s) becomes the working state; tasks an
+    event updated after ``started`` are read again, one by one, so the older read never overwrites them."""
+    from connectors.counts import read_task
+    from connectors.errors import TaskNotFound
+
+    touched = state.touched_since(started)
+    state.rebuild(fresh, fresh.users)
     for tid in touched:
         try:
-            state.put_task(read_task(client, fresh.config, tid, users))
+            state.put_task(read_task(client, fresh.config, tid, fresh.users))
         except TaskNotFound:
             state.delete_task(tid)
     return fresh

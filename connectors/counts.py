@@ -195,6 +195,11 @@ def read_project(
         raw_tasks = read_tasks(client, project_id, page_size)
     else:
         raw_tasks = sorted((_plain(client.tasks.get(str(int(t)))) for t in task_ids), key=lambda t: int(t["id"]))
+    return snapshot_of_raw(config, raw_tasks, users)
+
+
+def snapshot_of_raw(config: ProjectConfig, raw_tasks: list[dict], users: dict[int, str]) -> ProjectSnapshot:
+    """The snapshot of tasks as Label Studio returns them (``read_tasks``), under ``config``'s rules."""
     problems: list[str] = []
     tasks = [task_record(raw, config, users, problems) for raw in raw_tasks]
     snapshot = snapshot_of(config, tasks, problems)

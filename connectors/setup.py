@@ -8,14 +8,15 @@ task's overlap, which would close or open the queue behind our back.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from label_studio_sdk import LabelStudio
 
 from connectors.client import get_project
-from connectors.counts import _plain, read_project
+from connectors.counts import ProjectSnapshot, _plain, project_config, read_tasks, snapshot_of_raw, user_emails
 from connectors.plan import clear_ground_truth
 from connectors.project import choices_tag
 from connectors.queue import set_overlaps
@@ -36,8 +37,13 @@ def configure_project(
     window: int | None = None,
     basic_auth: tuple[str, str] | None = None,
     initial_label_source: str = "annotations",
+    on_read: Callable[[ProjectSnapshot, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Sampling, overlap-first, blind re-annotation, webhook, ML backend, the tab, the baseline and budget."""
+    """Sampling, overlap-first, blind re-annotation, webhook, ML backend, the tab, the baseline and budget.
+
+    ``on_read(snapshot, started)``: the project as this one full read saw it, after connect's own changes
+    (baseline, closed strays, stars taken off), and the time the read began; called before the webhook and
+    the ML backend are registered (the backend's first retrain then needs no read of its own)."""
     project = get_project(client, project_id)
     choices_tag(project.label_config or "")  # fails early, clearly, on a config without <Choices>
     report: dict[str, Any] = {"project": int(project_id), "title": project.title}
@@ -49,7 +55,10 @@ def configure_project(
     report["show_collab_predictions"] = "off (annotators re-label blind, no pre-filled label)"
 
     state = parse_state(project.description)
-    snapshot = read_project(client, project_id, initial_label_source)
+    config, users, started = project_config(project, initial_label_source), user_emails(client), time.time()
+    raw_tasks = read_tasks(client, project_id)
+    snapshot = snapshot_of_raw(config, raw_tasks, users)
+    stray: dict[int, tuple[int, int]] = {}
     if state.baseline_annotation_id is None:
         ids = [a.id for t in snapshot.tasks for a in t.annotations]
         state = replace(state, baseline_annotation_id=max(ids, default=0),
@@ -64,7 +73,8 @@ def configure_project(
         report["baseline"] = f"kept: annotations with ids <= {state.baseline_annotation_id} are initial labels"
     # once per project, here: Label Studio's task lock ignores starred annotations, so an opened task whose
     # initial label carries the star would be served twice (connectors.plan.clear_ground_truth)
-    starred = clear_ground_truth(client, [a for t in snapshot.tasks for a in t.ground_truth_ids])
+    unstarred = [a for t in snapshot.tasks for a in t.ground_truth_ids]
+    starred = clear_ground_truth(client, unstarred)
     report["ground_truth"] = f"took the ground-truth star off {starred} annotation(s) (labels untouched)"
     if budget is not None:
         state = replace(state, budget=int(budget))
@@ -73,6 +83,9 @@ def configure_project(
     write_state(client, project_id, state)
     report["budget"] = state.budget
     report["window"] = state.window if state.window is not None else "the worker's ALC_WINDOW"
+    if on_read is not None:
+        on_read(snapshot_of_raw(replace(config, state=state), _as_changed(raw_tasks, stray, set(unstarred)), users),
+                started)
 
     if backend_url:
         backend_url = backend_url.rstrip("/")
@@ -80,6 +93,18 @@ def configure_project(
         report["ml_backend"] = _ensure_ml_backend(client, project_id, backend_url, basic_auth)
     report["tab"] = _ensure_tab(client, project_id)
     return report
+
+
+def _as_changed(raw_tasks: list[dict], overlaps: dict[int, tuple[int, int]], unstarred: set[int]) -> list[dict]:
+    """The tasks as Label Studio holds them after connect's PATCHes: strays closed, stars taken off."""
+    out = []
+    for raw in raw_tasks:
+        tid = int(raw["id"])
+        annotations = [{**a, "ground_truth": False} if int(a.get("id") or 0) in unstarred else a
+                       for a in raw.get("annotations") or []]
+        out.append({**raw, "annotations": annotations,
+                    **({"overlap": overlaps[tid][0]} if tid in overlaps else {})})
+    return out
 
 
 def _ensure_webhook(client: LabelStudio, project_id: int, url: str, secret: str | None) -> str:
