@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from backend import profile
 from backend.commands import exit_on_user_errors
-from backend.settings import Settings, load_settings
-from connectors.counts import ProjectSnapshot
+from backend.settings import load_settings
+
+if TYPE_CHECKING:
+    from backend.settings import Settings
+    from connectors.counts import ProjectSnapshot
 
 
 def connect(
