@@ -5,9 +5,10 @@ different images), so their average is better calibrated and more accurate than 
 ``members`` is a list of selector names or ``{"name": ..., "options": {...}}``; ``weights``
 optionally weights them. Every member gets the same context (seed, cache_dir, device, ...).
 
-Presets (measured in docs/benchmarks/pretrained_selectors_t2.md): ``cpu`` (the default: Lite0 heads, with stage
-features, at 224 and 128 px), ``large`` (those two plus a Lite2 head at 260 px: the best measured ranking,
-about three times the CPU of ``cpu`` for the embeddings) and ``gpu`` (``large`` plus ssl-linear adapting Lite0 to
+Presets (measured in docs/benchmarks/pretrained_selectors_t2.md): ``cpu`` (the default: a Lite0 head at 224 px and
+a Lite2 head at 128 px, both with stage features: two architectures err on different images), ``large``
+(Lite0 at 224 and 128 px plus Lite2 at 260 px: the best ranking measured, about 2-3 times the embedding CPU
+of ``cpu``) and ``gpu`` (``large`` plus ssl-linear adapting Lite0 to
 the images with BYOL; runs on a CPU too, slowly; not measured: no GPU was available).
 """
 
@@ -26,7 +27,8 @@ LITE0_128 = {"name": "pretrained-linear", "options": {"encoder": "efficientnet-l
 LITE2_260 = {"name": "pretrained-linear",  # last-layer features only: Lite2's stage features were not measured
              "options": {"encoder": "efficientnet-lite2", "image_size": 260, "stage_features": False}}
 SSL_PRETRAINED = {"name": "ssl-linear", "options": {"init": "pretrained", "byol_epochs": 20, "byol_lr": 2e-4, "image_size": 224}}
-CPU_MEMBERS: list[dict[str, Any]] = [LITE0_224, LITE0_128]  # fits 10 CPU minutes for 10,000 images (README)
+LITE2_128 = {"name": "pretrained-linear", "options": {"encoder": "efficientnet-lite2", "image_size": 128}}
+CPU_MEMBERS: list[dict[str, Any]] = [LITE0_224, LITE2_128]  # Lite2 at 128 px embeds faster than Lite0 at 224 (README)
 LARGE_MEMBERS: list[dict[str, Any]] = [LITE0_224, LITE0_128, LITE2_260]  # the best measured; Lite2 costs ~3x Lite0's CPU
 GPU_MEMBERS: list[dict[str, Any]] = [*LARGE_MEMBERS, SSL_PRETRAINED]  # BYOL from ImageNet weights; not measured: no GPU
 PRESETS = {"cpu": CPU_MEMBERS, "large": LARGE_MEMBERS, "gpu": GPU_MEMBERS}

@@ -178,8 +178,10 @@ def test_ensemble_presets_name_their_members():
     from scoring.selectors.ensemble import member_specs
 
     cpu, large, gpu = member_specs("cpu"), member_specs("large"), member_specs("gpu")
-    assert [m["options"]["image_size"] for m in cpu] == [224, 128]
-    assert large[:2] == cpu and large[2]["options"]["encoder"] == "efficientnet-lite2"
+    assert [(m["options"]["encoder"], m["options"]["image_size"]) for m in cpu] == [
+        ("efficientnet-lite0", 224), ("efficientnet-lite2", 128)]
+    assert [(m["options"]["encoder"], m["options"]["image_size"]) for m in large] == [
+        ("efficientnet-lite0", 224), ("efficientnet-lite0", 128), ("efficientnet-lite2", 260)]
     assert gpu[:3] == large and gpu[3]["name"] == "ssl-linear" and gpu[3]["options"]["init"] == "pretrained"
 
 
