@@ -4,7 +4,8 @@
 # selector's; its rule variants share its fit (alc simulate fits a selector once per seed for all its rules).
 # Embeddings are cached per image in .alc/cache: the first run of an encoder pays for them (delete
 # .alc/cache/embeddings for a cold run), the other seeds, the rule variants and T = 10 reuse them.
-# `ensemble` is the cpu preset; `ensemble[large]` the large preset (adds a Lite2 260 px member).
+# `ensemble` is the cpu preset (Lite0 224 + Lite2 128), `ensemble[large]` the large one (Lite0 224 + 128, Lite2 260).
+# ssl-linear's row is kept from an earlier run of its own (WITH_SSL=1 or by hand) when its folder exists.
 # SEEDS, TEMPERATURES, REFIT (refit every k re-annotations; 0 = never) and WITH_SSL=1 (BYOL: minutes) override.
 set -e
 ALC="nice -n ${NICE:-10} .venv/bin/alc simulate --dataset cifar10h --subset 5000 --budget-factor 3 --seeds ${SEEDS:-1,2,3,4,5} --refit-every ${REFIT:-0}"
@@ -20,6 +21,7 @@ for T in ${TEMPERATURES:-2 10}; do
   if [ -n "$WITH_SSL" ]; then
     $ALC --temperature "$T" --selectors ssl-linear --selector-options '{"ssl-linear": {"byol_epochs": 12}}' --out "$OUT/t$T-ssl-linear"
   fi
-  runs=$(ls -d "$OUT"/t"$T"-* | sed 's/\(.*-ensemble-large\)$/\1=ensemble[large]/')
-  .venv/bin/python docs/benchmarks/combine_runs.py "docs/benchmarks/pretrained_selectors_t$T" $runs
+  runs=""
+  for r in bounds linear ssl-linear pretrained-linear ensemble; do [ -d "$OUT/t$T-$r" ] && runs="$runs $OUT/t$T-$r"; done
+  .venv/bin/python docs/benchmarks/combine_runs.py "docs/benchmarks/pretrained_selectors_t$T" $runs "$OUT/t$T-ensemble-large=ensemble[large]"
 done
