@@ -26,7 +26,7 @@ def _members(selector) -> list:
 
 def main(n_images: int = 1000, threads: int = 2, name: str = "pretrained-linear", options: str = "{}") -> None:
     torch.set_num_threads(threads)
-    data = load_cifar10h(None, 5000, 2.0, 0, with_images=True)
+    data = load_cifar10h(None, max(5000, n_images), 2.0, 0, with_images=True)  # 10,000: the whole test set
     images, counts = data.images[:n_images], data.initial_counts[:n_images]
     print(f"load average before: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory() as cache:
