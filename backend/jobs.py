@@ -56,7 +56,6 @@ class Snapshot:
     initial_counts: np.ndarray | None = None  # (N, C) the initial label(s) only
 
 
-
 @dataclass
 class JobContext:
     settings: Settings

@@ -19,6 +19,10 @@ import numpy as np
 from scoring.hashing import images_hash
 from scoring.selectors.base import Selector
 
+FEATURE_CHUNK = 4096  # images pooled at a time: the integer sums of 100,000 32x32 images at once took 614 MB
+PCA_ROWS_PER_COMPONENT = 50  # whitening amplifies noise directions a small training set cannot pin down
+PCA_STATE = ("components_", "mean_", "explained_variance_", "n_components_", "n_features_in_", "n_samples_")
+
 
 def image_features(data: Any, size: int) -> np.ndarray:
     """(N, D) float features: user features pass through; images (N, H, W[, 3]) are block-averaged to size x size."""
@@ -31,20 +35,16 @@ def image_features(data: Any, size: int) -> np.ndarray:
         arr = arr[..., None]
     n, h, w, c = arr.shape
     fh, fw = max(h // size, 1), max(w // size, 1)
+    rows, cols = h // fh, w // fw  # the pooled grid
     acc = np.uint32 if np.issubdtype(arr.dtype, np.integer) else np.float32
-    out = np.empty((n, (h // fh) * (w // fw) * c), dtype=np.float32)
+    out = np.empty((n, rows * cols * c), dtype=np.float32)
     for start in range(0, n, FEATURE_CHUNK):  # bounded memory: the sums of one chunk at a time
-        blocks = arr[start:start + FEATURE_CHUNK, : (h // fh) * fh, : (w // fw) * fw]
-        blocks = blocks.reshape(len(blocks), h // fh, fh, w // fw, fw, c)
+        blocks = arr[start:start + FEATURE_CHUNK, : rows * fh, : cols * fw]
+        blocks = blocks.reshape(len(blocks), rows, fh, cols, fw, c)
         # one axis at a time, in integers: 7x faster than mean(axis=(2, 4)) at 10,000 images
         out[start:start + FEATURE_CHUNK] = blocks.sum(axis=4, dtype=acc).sum(axis=2, dtype=acc).reshape(len(blocks), -1)
     out /= np.float32(fh * fw * 255.0)
     return out
-
-
-FEATURE_CHUNK = 4096  # images pooled at a time: the integer sums of 100,000 32x32 images at once took 614 MB
-PCA_ROWS_PER_COMPONENT = 50  # whitening amplifies noise directions a small training set cannot pin down
-PCA_STATE = ("components_", "mean_", "explained_variance_", "n_components_", "n_features_in_", "n_samples_")
 
 
 class LinearSelector(Selector):
