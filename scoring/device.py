@@ -31,6 +31,22 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bfloat16' where the hardware computes it natively (CUDA, or a CPU with AVX512-BF16 or AMX),
+    else 'float32': emulated bf16 is slower than float32. Other values are checked and returned."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16"
+    native = device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return "bfloat16" if native else "float32"
+
+
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Move to the device; channels_last memory format (faster convolutions on CPU and on tensor cores)."""
     return model.to(device=device, memory_format=torch.channels_last)

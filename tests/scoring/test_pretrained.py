@@ -56,6 +56,33 @@ def test_stage_features_append_each_stages_pooled_output_to_the_last_layer(small
         build_pretrained_encoder("my_model.pt", stage_features=True)
 
 
+def test_bfloat16_features_are_close_to_float32_and_cached_apart(small):
+    batch = torch.from_numpy(small[0][:4]).permute(0, 3, 1, 2).float() / 255
+    full = build_pretrained_encoder("efficientnet-lite0", input_size=64, stage_features=True)
+    half = build_pretrained_encoder("efficientnet-lite0", input_size=64, stage_features=True, precision="bfloat16")
+    a, b = full(batch), half(batch)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert not torch.equal(a, b)  # really computed in bf16
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99
+    assert half.key == full.key + "-bf16"
+    with pytest.raises(ValueError, match="precision"):
+        build_pretrained_encoder("efficientnet-lite0", precision="float16")
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bfloat16"), (False, True, "bfloat16"),
+                                                          (False, False, "float32")])
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it_natively(avx512_bf16, amx, expected, monkeypatch):
+    from scoring.device import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("auto", torch.device("cuda")) == "bfloat16"
+    assert resolve_precision("float32", torch.device("cuda")) == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        make_selector("pretrained-linear", {"precision": "half"}, n_classes=10)
+
+
 def test_pretrained_linear_uses_stage_features_for_lite_encoders_by_default(small, tmp_path):
     images, counts = small
     assert pretrained(tmp_path)._features(images[:3]).shape == (3, 2064)
@@ -179,7 +206,7 @@ def test_ensemble_presets_name_their_members():
 
     cpu, large, gpu = member_specs("cpu"), member_specs("large"), member_specs("gpu")
     assert [(m["options"]["encoder"], m["options"]["image_size"]) for m in cpu] == [
-        ("efficientnet-lite0", 224), ("efficientnet-lite2", 128)]
+        ("efficientnet-lite0", 224), ("efficientnet-lite2", 192)]
     assert [(m["options"]["encoder"], m["options"]["image_size"]) for m in large] == [
         ("efficientnet-lite0", 224), ("efficientnet-lite0", 128), ("efficientnet-lite2", 260)]
     assert gpu[:3] == large and gpu[3]["name"] == "ssl-linear" and gpu[3]["options"]["init"] == "pretrained"
