@@ -246,14 +246,17 @@ class ImageLoader:
         size = size or self.size
         out = np.zeros((len(refs), size, size, 3), dtype=np.uint8)
         errors: dict[int, str] = {}
+
+        def fetch(i: int) -> None:  # written in place: 100,000 futures holding their images would double the memory
+            out[i] = self.load(refs[i], size)
+
         with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="alc-image") as pool:
-            futures = {pool.submit(self.load, ref, size): i for i, ref in enumerate(refs)}
+            futures = {pool.submit(fetch, i): i for i in range(len(refs))}
             for done, future in enumerate(as_completed(futures), 1):
-                i = futures[future]
                 try:
-                    out[i] = future.result()
+                    future.result()
                 except ImageError as exc:
-                    errors[i] = str(exc)
+                    errors[futures[future]] = str(exc)
                 if progress is not None:
                     progress(done)
         return out, errors

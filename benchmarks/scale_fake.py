@@ -15,7 +15,9 @@ is connected first (``connectors.setup.configure_project``). Then, per operation
   (``on_annotation``) settled and tied, and the status read (``project_status``).
 
 Peak RSS of this process (fake, image server and worker together: an upper bound of the worker's) is
-sampled every 0.2 s. Prints figures, asserts nothing.
+sampled every 0.2 s, with its increase over the RSS before the operation (the worker's own data, plus the
+fake's transient answers); ``worker_imports_rss_mib`` is the RSS of a fresh process that imports what a
+worker imports, so that a worker's peak is about that plus the increase. Prints figures, asserts nothing.
 
     nice -n 10 .venv/bin/python benchmarks/scale_fake.py --sizes 1000,100000 --out runs/scale-fake.json
 """
@@ -23,10 +25,12 @@ sampled every 0.2 s. Prints figures, asserts nothing.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import io
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -89,9 +93,19 @@ class Peak:
         return round(max(self.value, self.proc.memory_info().rss) / 2**20, 1)
 
 
+def worker_imports_rss() -> float:
+    """RSS (MiB) of a fresh Python that has imported the worker, its jobs and the selectors' libraries."""
+    code = ("import backend.worker, backend.jobs, scoring.selectors, sklearn.linear_model, torch, psutil; "
+            "print(psutil.Process().memory_info().rss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return round(int(out.stdout.split()[-1]) / 2**20, 1)
+
+
 def measure(fake, peak: Peak, fn) -> dict:
     before = len(fake.calls)
+    gc.collect()
     peak.reset()
+    rss_before = peak.mib()
     started = time.perf_counter()
     result = fn()
     calls = fake.calls[before:]
@@ -99,8 +113,9 @@ def measure(fake, peak: Peak, fn) -> dict:
     for method, path in calls:
         pattern = "/".join("{id}" if p.isdigit() else p for p in path.split("/"))
         kinds[f"{method} {pattern}"] = kinds.get(f"{method} {pattern}", 0) + 1
-    return {"requests": len(calls), "seconds": round(time.perf_counter() - started, 3), "peak_rss_mib": peak.mib(),
-            "kinds": kinds, "result": result}
+    top = peak.mib()
+    return {"requests": len(calls), "seconds": round(time.perf_counter() - started, 3), "peak_rss_mib": top,
+            "peak_rss_increase_mib": round(top - rss_before, 1), "kinds": kinds, "result": result}
 
 
 # --- an image server playing Label Studio's /data/upload/ ---------------------------------------
@@ -320,6 +335,7 @@ def main() -> None:
     figures = {"label": args.label, "code": str(ROOT), "selector": args.selector, "selector_options": args.selector_options,
                "path": "service (rq jobs)" if service else "connectors calls",
                "sizes": {}}
+    figures["worker_imports_rss_mib"] = worker_imports_rss()
     for n in (int(s) for s in args.sizes.split(",")):
         started = time.perf_counter()
         fake, pid, ids = build(fake_cls, n, seed=n)

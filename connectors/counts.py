@@ -38,7 +38,7 @@ PAGE_SIZE = 500
 EXPORT_TIMEOUT = 600.0  # seconds: a 10,000-task export took 12 s idle and passed 30 s under load
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AnnotationRecord:
     """One annotation as Label Studio holds it, with what it means for the counts."""
 
@@ -55,7 +55,7 @@ class AnnotationRecord:
     ground_truth: bool = False  # Label Studio's star; imported annotations get it by default
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PredictionRecord:
     """One prediction of a task (the scores this product pushed carry their explanation)."""
 
@@ -67,7 +67,7 @@ class PredictionRecord:
     created_at: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRecord:
     id: int
     data: dict
