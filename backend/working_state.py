@@ -15,6 +15,9 @@ webhook plus a read of that one task, rebuilt by a full read when it is missing 
   of the current model version: a settled task's free place is refilled from them without a retrain;
 - ``skipped``: tasks the last retrain could not rank (task id -> reason);
 - ``touched``: task id -> time of its last update (a rebuild re-reads the tasks touched during its read);
+- ``changes``: task id -> the ledger's ``generation`` at its last update; with the ledger's ``epoch`` (new at
+  each rebuild) it lets a process that read the tasks before re-read only those changed since
+  (:meth:`WorkingState.tasks`: a status page or a retrain costs O(changes), not O(N) parsing);
 - ``annotations``: annotation id -> task id (ANNOTATIONS_DELETED names annotations only);
 - ``reconciles``: the records of the last reconciles (newest first).
 """
@@ -24,7 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 import redis
@@ -37,8 +42,22 @@ from connectors.project import ProjectConfig
 log = logging.getLogger(__name__)
 
 RECONCILE_RECORDS_KEPT = 50
+RECORD_CACHE_PROJECTS = 4  # projects whose parsed task records a process keeps (100,000 tasks: ~150 MiB)
 
-# KEYS: tasks, slots, ledger, touched. ARGV: task id, record JSON (empty: delete), re-annotations, open slots, now
+
+@dataclass
+class _Records:
+    """The task records a process last read for one project, as of ``generation`` within ``epoch``."""
+
+    epoch: bytes
+    generation: int
+    tasks: dict[int, TaskRecord]
+
+
+_records: OrderedDict[int, _Records] = OrderedDict()  # project id -> its last read, most recent last
+
+# KEYS: tasks, slots, ledger, touched, changes. ARGV: task id, record JSON (empty: delete), re-annotations,
+# open slots, now. Every change bumps the ledger's ``generation`` and logs the task in ``changes`` under it.
 _PUT_TASK = """
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 local old_spent, old_open = 0, 0
@@ -59,6 +78,7 @@ end
 redis.call('HINCRBY', KEYS[3], 'spent', spent - old_spent)
 redis.call('HINCRBY', KEYS[3], 'committed', open - old_open)
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[5], redis.call('HINCRBY', KEYS[3], 'generation', 1), ARGV[1])
 return 1
 """
 
@@ -147,7 +167,30 @@ class WorkingState:
         return TaskRecord.from_json(raw) if raw is not None else None
 
     def tasks(self) -> dict[int, TaskRecord]:
-        return {int(k): TaskRecord.from_json(v) for k, v in self.conn.hgetall(self._k("tasks")).items()}
+        """Every task record. This process keeps its last read (a few projects) and re-reads only the tasks
+        changed since: the generation is read before the records, so a change racing the read is read again
+        next time, never missed; a rebuild starts a new epoch and so a full read."""
+        epoch, generation = self.conn.hmget(self._k("ledger"), "epoch", "generation")
+        if epoch is None and self.exists():  # a state from before the change log: give it an epoch, read it all
+            self.conn.hsetnx(self._k("ledger"), "epoch", uuid.uuid4().hex)
+            epoch, generation = self.conn.hmget(self._k("ledger"), "epoch", "generation")
+        generation = int(generation or 0)
+        last = _records.get(self.project_id)
+        if epoch is None or last is None or last.epoch != epoch or last.generation > generation:
+            tasks = {int(k): TaskRecord.from_json(v) for k, v in self.conn.hgetall(self._k("tasks")).items()}
+        else:
+            tasks = dict(last.tasks)
+            changed = [int(t) for t in self.conn.zrangebyscore(self._k("changes"), f"({last.generation}", "+inf")]
+            for task_id, raw in zip(changed, self.conn.hmget(self._k("tasks"), changed) if changed else []):
+                if raw is None:
+                    tasks.pop(task_id, None)
+                else:
+                    tasks[task_id] = TaskRecord.from_json(raw)
+        _records[self.project_id] = _Records(epoch, generation, tasks)
+        _records.move_to_end(self.project_id)
+        while len(_records) > RECORD_CACHE_PROJECTS:
+            _records.popitem(last=False)
+        return dict(tasks)
 
     def snapshot(self) -> ProjectSnapshot:
         """The project as the working state knows it: the same type a full read gives."""
@@ -180,7 +223,7 @@ class WorkingState:
     # --- writing ---------------------------------------------------------------------------------
 
     def put_task(self, task: TaskRecord) -> None:
-        keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched")]
+        keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched"), self._k("changes")]
         _script(self.conn, "put", _PUT_TASK)(keys=keys, args=[task.id, task.to_json(), task.reannotations,
                                                               task.open_slots, time.time()])
         if task.annotations:
@@ -193,7 +236,7 @@ class WorkingState:
         return {a: (int(t) if t is not None else None) for a, t in zip(ids, found)}
 
     def delete_task(self, task_id: int) -> None:
-        keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched")]
+        keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched"), self._k("changes")]
         _script(self.conn, "put", _PUT_TASK)(keys=keys, args=[int(task_id), "", 0, 0, time.time()])
         self.conn.zrem(self._k("spares"), int(task_id))
 
@@ -256,7 +299,7 @@ class WorkingState:
         assert snapshot.config is not None, "rebuild needs a snapshot from connectors.counts.read_project"
         config = snapshot.config
         pipe = self.conn.pipeline(transaction=True)
-        for what in ("tasks", "slots", "ledger", "touched", "annotations"):
+        for what in ("tasks", "slots", "ledger", "touched", "changes", "annotations"):
             pipe.delete(self._k(what))
         if snapshot.tasks:
             pipe.hset(self._k("tasks"), mapping={t.id: t.to_json() for t in snapshot.tasks})
@@ -265,7 +308,8 @@ class WorkingState:
                 pipe.hset(self._k("annotations"), mapping=annotations)
             pipe.hset(self._k("slots"), mapping={t.id: f"{t.reannotations},{t.open_slots}" for t in snapshot.tasks})
         pipe.hset(self._k("ledger"), mapping={"spent": sum(t.reannotations for t in snapshot.tasks),
-                                              "committed": sum(t.open_slots for t in snapshot.tasks)})
+                                              "committed": sum(t.open_slots for t in snapshot.tasks),
+                                              "epoch": uuid.uuid4().hex, "generation": 0})
         pipe.set(self._k("config"), config.to_json())
         if users is not None:
             pipe.set(self._k("users"), json.dumps({str(k): v for k, v in users.items()}))
