@@ -9,7 +9,8 @@ is connected first (``connectors.setup.configure_project``). Then, per operation
   first retrain through rq (full read into the working state, every image fetched from a local image
   server, ``linear`` fitted, the window pushed), one annotation per webhook (``POST /webhook`` through
   the Flask app, then the worker's job), for a settling annotation and a tie, the retrain after 10
-  annotations, and a reconcile;
+  annotations, a reconcile, ``/api/status`` and ``/dashboard`` (uncached by the page cache), the status again after one more
+  annotation (a process re-reads only the tasks changed since its last read);
 - otherwise (the code before it) the connectors' calls the old jobs made: a full read
   (``read_project``), the first push and a re-rank push (``push_window``), one annotation
   (``on_annotation``) settled and tied, and the status read (``project_status``).
@@ -297,8 +298,11 @@ def run_service(fake, pid: int, ids: list[int], peak: Peak, window: int, budget:
             assert response.status_code == 200, response.get_data(as_text=True)[:300]
             return len(response.get_data())
 
-        out["api_status"] = measure(fake, peak, lambda: page("/api/status"))
+        out["api_status"] = measure(fake, peak, lambda: page("/api/status"))  # the first read since the rebuild
         out["dashboard"] = measure(fake, peak, lambda: page("/dashboard"))
+        one_more = open_tasks(fake, ids)[0]
+        webhook(one_more, fake.annotate(one_more, other_label(initial_label(fake, one_more)), by=300))
+        out["api_status_after_an_annotation"] = measure(fake, peak, lambda: page("/api/status"))  # re-reads 1 task
         return out
     finally:
         jobs.TRANSPORT = None

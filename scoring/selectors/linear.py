@@ -3,7 +3,9 @@
 It trains in seconds on a CPU, so it is the default for tests and quick starts. Its posteriors are
 out-of-fold by default: each task is graded by a model that never saw its label. The features are
 standardised; with enough tasks (``PCA_ROWS_PER_COMPONENT`` per component) they are reduced to
-``components`` whitened principal components first. Measured: on 10,000 CIFAR-10 images (16x16
+``components`` whitened principal components first. Both are unsupervised, so they are fitted once on
+all tasks and only the logistic regression per fold (100,000 tasks: a peak of 0.4 GB above the
+images instead of 1.1 GB; 10,000: 2.8 s instead of 10.7 s, 37.4% top-1 as before). Measured: on 10,000 CIFAR-10 images (16x16
 pixels, 768 features) the five fold fits took 1.7 s instead of 44 s (L-BFGS needs far fewer steps on
 whitened features) and the out-of-fold posteriors were slightly better (37.5% vs 36.5% top-1 against
 the true labels); on 400 digits (200 per fold) whitening cost 17 points of accuracy, so small projects
@@ -19,7 +21,7 @@ import numpy as np
 from scoring.hashing import images_hash
 from scoring.selectors.base import Selector
 
-FEATURE_CHUNK = 4096  # images pooled at a time: the integer sums of 100,000 32x32 images at once took 614 MB
+FEATURE_CHUNK = 4096  # rows pooled or scaled at a time: the integer sums of 100,000 32x32 images at once took 614 MB
 PCA_ROWS_PER_COMPONENT = 50  # whitening amplifies noise directions a small training set cannot pin down
 PCA_STATE = ("components_", "mean_", "explained_variance_", "n_components_", "n_features_in_", "n_samples_")
 
@@ -68,6 +70,7 @@ class LinearSelector(Selector):
 
     def fit(self, data: Any, label_counts: np.ndarray) -> "LinearSelector":
         from sklearn.model_selection import StratifiedKFold
+        from sklearn.pipeline import make_pipeline
 
         if data is None:
             raise ValueError("the 'linear' selector needs images or features to learn from")
@@ -77,7 +80,17 @@ class LinearSelector(Selector):
             raise ValueError(f"{len(x)} inputs but {len(counts)} rows of label counts")
         y = counts.argmax(axis=1)
         self.n_classes_ = counts.shape[1]
-        self.model_ = self._train(x, y)
+        self.fitted_hash_ = images_hash(np.asarray(data))  # of the inputs: predict_proba then pools nothing to know them
+        # the scaler and the PCA are unsupervised, so fitted once on every task: no label leaks into a fold
+        transform = self._steps(self._components(x))[:-1]
+        scaler, *pca = transform
+        for start in range(0, len(x), FEATURE_CHUNK):  # its float64 statistics of 100,000 rows at once: 1 GB
+            scaler.partial_fit(x[start:start + FEATURE_CHUNK])
+        x = scaler.transform(x)  # in place (copy=False): x is this fit's own array
+        for step in pca:
+            x = step.fit_transform(x)
+        logistic = self._steps(0)[-1].fit(x, y)
+        self.model_ = make_pipeline(*transform, logistic)
         self.oof_ = None
         smallest = np.bincount(y, minlength=self.n_classes_)
         folds = min(self.folds, int(smallest[smallest > 0].min()))
@@ -85,15 +98,13 @@ class LinearSelector(Selector):
             self.oof_ = np.zeros((len(x), self.n_classes_))
             split = StratifiedKFold(folds, shuffle=True, random_state=self.seed)
             for train, held_out in split.split(x, y):
-                self.oof_[held_out] = self._proba(self._train(x[train], y[train]), x[held_out])
-        self.fitted_hash_ = images_hash(x)
+                self.oof_[held_out] = self._proba(self._steps(0)[-1].fit(x[train], y[train]), x[held_out])
         return self
 
     def predict_proba(self, data: Any) -> np.ndarray:
-        x = image_features(data, self.image_size)
-        if self.oof_ is not None and images_hash(x) == self.fitted_hash_:
+        if self.oof_ is not None and images_hash(np.asarray(data)) == self.fitted_hash_:
             return self.oof_
-        return self._proba(self.model_, x)
+        return self._proba(self.model_, image_features(data, self.image_size))
 
     def get_state(self) -> dict[str, Any]:
         scaler, logistic = self.model_[0], self.model_[-1]
@@ -120,16 +131,15 @@ class LinearSelector(Selector):
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        pca = [PCA(components, whiten=True, random_state=self.seed)] if components > 0 else []
-        return [StandardScaler(), *pca, LogisticRegression(C=self.c, max_iter=self.max_iter)]
+        pca = [PCA(components, whiten=True, random_state=self.seed, copy=False)] if components > 0 else []
+        return [StandardScaler(copy=False), *pca, LogisticRegression(C=self.c, max_iter=self.max_iter)]
 
-    def _train(self, x: np.ndarray, y: np.ndarray) -> Any:
-        from sklearn.pipeline import make_pipeline
-
+    def _components(self, x: np.ndarray) -> int:
+        """The whitened components to keep: 0 with too few rows to whiten safely, or nothing to reduce."""
         components = min(self.components, x.shape[1])
         if len(x) < PCA_ROWS_PER_COMPONENT * components or components >= x.shape[1]:
-            components = 0  # too few rows to whiten safely, or nothing to reduce
-        return make_pipeline(*self._steps(components)).fit(x, y)
+            return 0
+        return components
 
     def _proba(self, model: Any, x: np.ndarray) -> np.ndarray:
         """Posteriors over all classes, also those missing from the training labels (probability 0)."""
