@@ -4,7 +4,7 @@
 # selector's; its rule variants share its fit (alc simulate fits a selector once per seed for all its rules).
 # Embeddings are cached per image in .alc/cache: the first run of an encoder pays for them (delete
 # .alc/cache/embeddings for a cold run), the other seeds, the rule variants and T = 10 reuse them.
-# `ensemble` is the cpu preset (Lite0 224 + Lite2 128), `ensemble[large]` the large one (Lite0 224 + 128, Lite2 260).
+# `ensemble` is the cpu preset (Lite0 224 + Lite2 192), `ensemble[large]` the large one (Lite0 224 + 128, Lite2 260).
 # ssl-linear's row is kept from an earlier run of its own (WITH_SSL=1 or by hand) when its folder exists.
 # SEEDS, TEMPERATURES, REFIT (refit every k re-annotations; 0 = never) and WITH_SSL=1 (BYOL: minutes) override.
 set -e
