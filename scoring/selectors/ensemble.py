@@ -6,9 +6,9 @@ different images), so their average is better calibrated and more accurate than 
 optionally weights them. Every member gets the same context (seed, cache_dir, device, ...).
 
 Presets (measured in docs/benchmarks/pretrained_selectors_t2.md): ``cpu`` (the default: a Lite0 head at 224 px and
-a Lite2 head at 128 px, both with stage features: two architectures err on different images), ``large``
-(Lite0 at 224 and 128 px plus Lite2 at 260 px: the best ranking measured, about 2-3 times the embedding CPU
-of ``cpu``) and ``gpu`` (``large`` plus ssl-linear adapting Lite0 to
+a Lite2 head at 192 px, both with stage features: two architectures err on different images; the best ranking
+measured, in bf16), ``large`` (Lite0 at 224 and 128 px plus Lite2 at 260 px: the best in float32, no better than
+``cpu`` in bf16, about 2-3 times its embedding CPU) and ``gpu`` (``large`` plus ssl-linear adapting Lite0 to
 the images with BYOL; runs on a CPU too, slowly; not measured: no GPU was available).
 """
 
