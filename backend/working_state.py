@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -55,6 +56,7 @@ class _Records:
 
 
 _records: OrderedDict[int, _Records] = OrderedDict()  # project id -> its last read, most recent last
+_records_lock = threading.Lock()  # the web process reads from several threads
 
 # KEYS: tasks, slots, ledger, touched, changes. ARGV: task id, record JSON (empty: delete), re-annotations,
 # open slots, now. Every change bumps the ledger's ``generation`` and logs the task in ``changes`` under it.
@@ -175,7 +177,8 @@ class WorkingState:
             self.conn.hsetnx(self._k("ledger"), "epoch", uuid.uuid4().hex)
             epoch, generation = self.conn.hmget(self._k("ledger"), "epoch", "generation")
         generation = int(generation or 0)
-        last = _records.get(self.project_id)
+        with _records_lock:
+            last = _records.get(self.project_id)
         if epoch is None or last is None or last.epoch != epoch or last.generation > generation:
             tasks = {int(k): TaskRecord.from_json(v) for k, v in self.conn.hgetall(self._k("tasks")).items()}
         else:
@@ -186,10 +189,11 @@ class WorkingState:
                     tasks.pop(task_id, None)
                 else:
                     tasks[task_id] = TaskRecord.from_json(raw)
-        _records[self.project_id] = _Records(epoch, generation, tasks)
-        _records.move_to_end(self.project_id)
-        while len(_records) > RECORD_CACHE_PROJECTS:
-            _records.popitem(last=False)
+        with _records_lock:
+            _records[self.project_id] = _Records(epoch, generation, tasks)
+            _records.move_to_end(self.project_id)
+            while len(_records) > RECORD_CACHE_PROJECTS:
+                _records.popitem(last=False)
         return dict(tasks)
 
     def snapshot(self) -> ProjectSnapshot:
