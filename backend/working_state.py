@@ -179,7 +179,7 @@ class WorkingState:
         generation = int(generation or 0)
         with _records_lock:
             last = _records.get(self.project_id)
-        if epoch is None or last is None or last.epoch != epoch or last.generation > generation:
+        if epoch is None or last is None or last.epoch != epoch:  # (within an epoch generations only grow)
             tasks = {int(k): TaskRecord.from_json(v) for k, v in self.conn.hgetall(self._k("tasks")).items()}
         else:
             tasks = dict(last.tasks)

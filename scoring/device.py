@@ -31,7 +31,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+COMPUTED_PRECISIONS = ("float32", "bfloat16")  # what a model runs in
+PRECISIONS = ("auto", *COMPUTED_PRECISIONS)  # what a user may ask for: 'auto' resolves to one of them
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

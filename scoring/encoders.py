@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scoring.device import COMPUTED_PRECISIONS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # TF EfficientNet-Lite: (x - 127) / 128, i.e. [-1, 1]
@@ -102,7 +104,7 @@ class PretrainedEncoder:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """float [0, 1] (N, 3, H, W) -> (N, D) float32 features (global average pooled)."""
         with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
-            return self.backbone(batch).float()
+            return self.backbone(batch)  # float32 whatever the autocast
 
     def to(self, device: torch.device) -> "PretrainedEncoder":
         self.backbone = self.backbone.to(device=device, memory_format=torch.channels_last)
@@ -213,8 +215,8 @@ def build_pretrained_encoder(name: str = DEFAULT_ENCODER, input_size: int | None
     ``stage_features`` (EfficientNet-Lite only) appends each stage's pooled output to the features;
     ``precision`` is 'float32' or 'bfloat16' (see :class:`PretrainedEncoder`).
     """
-    if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+    if precision not in COMPUTED_PRECISIONS:
+        raise ValueError(f"precision must be one of {COMPUTED_PRECISIONS}, got {precision!r}")
     network, enc_id, normalisation = pretrained_network(name, weights, stage_features)
     network.eval()
     for parameter in network.parameters():  # (a ScriptModule has no requires_grad_)
