@@ -32,7 +32,7 @@ from backend.protocol import MAX_ID, ChoicesConfig, ProtocolError, TaskError
 from backend.queue import PROJECTS_KEY
 from backend.settings import SettingsError
 from backend.status import collect_status
-from connectors.client import connect
+from connectors.client import connect, get_task
 from connectors.errors import ConnectorError, UnknownProject
 
 bp = Blueprint("dashboard", __name__, template_folder="templates")
@@ -163,7 +163,7 @@ def thumbnail(project_id: int, task_id: int):
     try:
         url, key = settings.require_label_studio()
         client = connect(url, key, timeout=settings.label_studio_timeout, retries=2, check=False)  # a bad token fails the first request
-        task = client.tasks.get(task_id)
+        task = get_task(client, task_id)
         if int(task.project or 0) != project_id:
             return jsonify(error=f"task {task_id} is not in project {project_id}"), 404
         configs = current_app.extensions.setdefault("alc_label_configs", {})

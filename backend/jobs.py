@@ -328,6 +328,7 @@ def _remember_predictions(state: WorkingState, config: Any, plan: Any, entries: 
 def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> dict:
     """After an annotation on ``task_id``: one GET of that task, then at most two PATCHes (close it and
     refill its place, or open one more slot on a tie, reserved atomically within the budget)."""
+    from connectors.client import update_task
     from connectors.counts import read_task
     from connectors.errors import TaskNotFound
     from connectors.plan import after_annotation, clear_ground_truth, task_patch
@@ -350,7 +351,7 @@ def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> di
     if decision.action == "close":
         body = task_patch(task, task.n_annotators, config.class_names, cap)
         if task.overlap != task.n_annotators or any(task.data.get(k) != body["data"][k] for k in body["data"]):
-            ls.tasks.update(str(task.id), **body)
+            update_task(ls, task.id, body)
             state.apply_patch(task.id, body)
         outcome["refilled"] = refill(settings, ls, state)
     elif decision.action == "close-all":
@@ -362,7 +363,7 @@ def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> di
             try:
                 clear_ground_truth(ls, task.ground_truth_ids)
                 body = task_patch(task, task.n_annotators + 1, config.class_names, cap)
-                ls.tasks.update(str(task.id), **body)
+                update_task(ls, task.id, body)
             except Exception:
                 state.release(task.id)
                 raise
@@ -374,6 +375,7 @@ def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> di
 def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
     """A free place in the window goes to the best spare of the current ranking (it has its prediction),
     if the budget can pay: the queue never waits for a retrain to stay full."""
+    from connectors.client import update_task
     from connectors.plan import is_done, task_patch
 
     budget = state.budget(settings.budget)
@@ -390,7 +392,7 @@ def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
             return None
         body = task_patch(task, task.n_annotators + 1, config.class_names, settings.max_annotations_per_task)
         try:
-            ls.tasks.update(str(tid), **body)
+            update_task(ls, tid, body)
         except Exception:
             state.release(tid)
             raise

@@ -4,6 +4,10 @@ Label Studio pins redis and rq versions our own environment cannot share, so it 
 own (``ALC_LS_VENV``, default ``~/.cache/alc/label-studio-1.23.2``), installed on first use and reused.
 :class:`LabelStudioServer` runs one server on a data directory with an admin account whose legacy
 API token we choose (40 hex), logs to ``<data_dir>/label-studio.log``, and stops its whole process group.
+``workers=1`` (the default) is ``label-studio start``: Django's development server, one process. With
+``workers=N`` Label Studio is served as its Docker image serves it (uwsgi, 4 processes by default): N
+gunicorn worker processes on the same data dir, after one ``label-studio start`` when the dir is new
+(it migrates the database and makes the admin account).
 Used by `alc demo` and the integration tests. The process helpers (spawn, wait_until_up, stop_group) are the
 one way the demo starts and stops every process of its own too (backend.demo.services).
 """
@@ -24,6 +28,8 @@ import requests
 from rich.console import Console
 
 LABEL_STUDIO_VERSION = "1.23.2"
+GUNICORN_VERSION = "27.0.1"  # installed beside it: serves Label Studio with several processes (``workers``)
+REQUIREMENTS = {"label-studio": LABEL_STUDIO_VERSION, "gunicorn": GUNICORN_VERSION}
 
 
 class ServiceError(RuntimeError):
@@ -100,16 +106,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _installed_version(venv: Path) -> str | None:
-    """The label-studio version in ``venv`` (read from its metadata: `label-studio --version` starts a server)."""
+def _missing(venv: Path) -> list[str]:
+    """The requirements not installed in ``venv`` at their versions (read from its metadata: `label-studio
+    --version` starts a server); all of them when the venv has no Python."""
+    wanted = [f"{name}=={version}" for name, version in REQUIREMENTS.items()]
     python = venv / "bin" / "python"
-    if not (venv / "bin" / "label-studio").is_file() or not python.is_file():
-        return None
-    result = subprocess.run(
-        [str(python), "-c", "import importlib.metadata as m; print(m.version('label-studio'))"],
-        capture_output=True, text=True, timeout=60,
-    )
-    return result.stdout.strip() if result.returncode == 0 else None
+    if not python.is_file():
+        return wanted
+    script = ("import importlib.metadata as m, sys\n"
+              "for name in sys.argv[1:]:\n"
+              "    try: print(name, m.version(name))\n"
+              "    except m.PackageNotFoundError: print(name, '-')")
+    result = subprocess.run([str(python), "-c", script, *REQUIREMENTS], capture_output=True, text=True, timeout=60)
+    found = dict(line.split() for line in result.stdout.splitlines()) if result.returncode == 0 else {}
+    return [req for req, (name, version) in zip(wanted, REQUIREMENTS.items()) if found.get(name) != version]
 
 
 def _wait_for_other_install(venv: Path, timeout: float, console: Console | None = None) -> None:
@@ -155,7 +165,8 @@ def _read(path: Path) -> str:
 
 
 def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeout: float = 1800) -> Path:
-    """The ``label-studio`` executable of a venv holding Label Studio 1.23.2, installing it if missing.
+    """The ``label-studio`` executable of a venv holding Label Studio 1.23.2 (and gunicorn), installing what is
+    missing: the whole venv when Label Studio is, only gunicorn into a venv made before it was a requirement.
 
     Concurrent callers (tests, demo) serialise on ``<venv>.lock``; a failed install removes the half-made venv.
     """
@@ -163,7 +174,7 @@ def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeou
     exe = venv / "bin" / "label-studio"
     console = Console(stderr=True, quiet=not progress)
     _wait_for_other_install(venv, timeout, console)
-    if _installed_version(venv) == LABEL_STUDIO_VERSION:
+    if not _missing(venv):
         return exe
     venv.parent.mkdir(parents=True, exist_ok=True)
     lock = venv.with_name(venv.name + ".lock")
@@ -171,18 +182,22 @@ def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeou
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         _wait_for_other_install(venv, timeout, console)
-        if _installed_version(venv) == LABEL_STUDIO_VERSION:
+        if not _missing(venv):
             return exe
         raise LabelStudioRuntimeError(f"another process is installing Label Studio into {venv} (lock {lock})")
     os.write(fd, str(os.getpid()).encode())  # who holds the lock, for whoever waits on it
     os.close(fd)
     log = venv.with_name(venv.name + ".install.log")
     try:
-        shutil.rmtree(venv, ignore_errors=True)
-        console.print(f"installing Label Studio {LABEL_STUDIO_VERSION} into {venv} (first use only, a few minutes)")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        argv = [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", f"label-studio=={LABEL_STUDIO_VERSION}"]
-        with open(log, "w") as out, console.status("pip install label-studio") as status:
+        missing = _missing(venv)
+        whole = any(req.startswith("label-studio==") for req in missing)
+        if whole:
+            shutil.rmtree(venv, ignore_errors=True)
+            console.print(f"installing Label Studio {LABEL_STUDIO_VERSION} into {venv} (first use only, a few minutes)")
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            missing = _missing(venv)
+        argv = [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", *missing]
+        with open(log, "w") as out, console.status(f"pip install {' '.join(missing)}") as status:
             process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             assert process.stdout is not None
             for line in process.stdout:
@@ -190,9 +205,11 @@ def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeou
                 if line.startswith(("Collecting", "Downloading", "Installing", "Successfully")):
                     status.update(f"pip: {line.strip()[:100]}")
             code = process.wait(timeout)
-        if code != 0 or _installed_version(venv) != LABEL_STUDIO_VERSION:
-            shutil.rmtree(venv, ignore_errors=True)
-            raise LabelStudioRuntimeError(f"installing Label Studio {LABEL_STUDIO_VERSION} failed (pip exit {code}); see {log}")
+        if code != 0 or _missing(venv):
+            if whole:
+                shutil.rmtree(venv, ignore_errors=True)
+            raise LabelStudioRuntimeError(f"installing {' '.join(missing)} into {venv} failed (pip exit {code}); "
+                                          f"see {log}")
     finally:
         lock.unlink(missing_ok=True)
     return exe
@@ -207,7 +224,10 @@ class LabelStudioServer:
 
     def __init__(self, data_dir: Path, port: int | None = None, username: str = "admin@example.com",
                  password: str | None = None, token: str | None = None, executable: Path | None = None,
-                 start_timeout: float = 400.0) -> None:
+                 start_timeout: float = 400.0, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        self.workers = int(workers)
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         account = self.data_dir / "account"
@@ -257,8 +277,30 @@ class LabelStudioServer:
 
     def start(self) -> "LabelStudioServer":
         exe = self.executable or ensure_installed()
-        argv = [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
+        if self.workers > 1 and not self.database.is_file():
+            self._run(self._dev_server_argv(exe))  # migrates the new data dir and makes the admin account
+            self.stop()
+        self._run(self._dev_server_argv(exe) if self.workers == 1 else self._gunicorn_argv(exe))
+        return self
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "label_studio.sqlite3"
+
+    def _dev_server_argv(self, exe: Path) -> list[str]:
+        return [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
                 "--data-dir", str(self.data_dir)]
+
+    def _gunicorn_argv(self, exe: Path) -> list[str]:
+        """Label Studio's WSGI application in ``workers`` processes, as `label-studio start` sets it up (its
+        code on sys.path, its settings module); long requests (an export of a big project) are not killed."""
+        code = next(exe.parent.parent.glob("lib/python*/site-packages/label_studio"))
+        return [str(exe.parent / "gunicorn"), "--chdir", str(code), "--pythonpath", str(code),
+                "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}", "--timeout", "600",
+                "--env", "DJANGO_SETTINGS_MODULE=label_studio.core.settings.label_studio",
+                "label_studio.core.wsgi:application"]
+
+    def _run(self, argv: list[str]) -> None:
         self.process = spawn(argv, self.env(), self.log_path)
         try:
             wait_until_up(self.process, self._healthy, "Label Studio", self.log_path, self.start_timeout,
@@ -266,7 +308,6 @@ class LabelStudioServer:
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _healthy(self) -> bool:
         """/health answers and the admin token works (the account is created after the migrations)."""

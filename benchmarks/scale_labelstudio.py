@@ -24,6 +24,7 @@ asserts nothing about time. Run it nice'd on a shared machine:
 
     nice -n 10 .venv/bin/python benchmarks/scale_labelstudio.py --tasks 2000 --steps connect,annotate
     nice -n 10 .venv/bin/python benchmarks/scale_labelstudio.py --out runs/scale-10000.json
+    .venv/bin/python benchmarks/scale_labelstudio.py --ls-workers 4 --unstarred --out runs/scale-10000-w4.json
 """
 
 from __future__ import annotations
@@ -346,7 +347,8 @@ class Run:
 
     def start_label_studio(self, name: str) -> LabelStudioServer:
         data = self.template.copy_to(self.work / name)
-        self.server = LabelStudioServer(data, executable=ensure_installed(progress=True)).start()
+        self.server = LabelStudioServer(data, executable=ensure_installed(progress=True),
+                                        workers=self.args.ls_workers).start()
         self.ls_proxy = CountingProxy(self.server.url).start()
         return self.server
 
@@ -690,6 +692,9 @@ def main() -> None:
     parser.add_argument("--template-dir", type=Path, default=Path.home() / ".cache" / "alc" / "scale-bench")
     parser.add_argument("--unstarred", action="store_true",
                         help="initial annotations without Label Studio's ground-truth star (imported with ground_truth false)")
+    parser.add_argument("--ls-workers", type=int, default=1,
+                        help="1: `label-studio start` (Django's development server, one process); N: N gunicorn "
+                             "worker processes, as Label Studio's Docker image serves it (uwsgi, 4 processes)")
     parser.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before / after)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -703,7 +708,7 @@ def main() -> None:
         template = template.unstarred()
     work = Path(tempfile.mkdtemp(prefix="alc-scale-"))
     run = Run(template, work, args)
-    figures: dict = {"label": args.label, "unstarred": args.unstarred, "code": str(Path(q.__file__).resolve().parents[1]), "tasks": args.tasks, "window": args.window, "budget": args.budget, "selector": args.selector,
+    figures: dict = {"label": args.label, "unstarred": args.unstarred, "ls_workers": args.ls_workers, "code": str(Path(q.__file__).resolve().parents[1]), "tasks": args.tasks, "window": args.window, "budget": args.budget, "selector": args.selector,
                      "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                      "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                               cwd=Path(q.__file__).resolve().parents[1]).stdout.strip()}

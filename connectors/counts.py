@@ -27,7 +27,7 @@ import numpy as np
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from connectors.client import NO_RETRY_HEADER, get_project
+from connectors.client import NO_RETRY_HEADER, get_project, get_task
 from connectors.errors import TaskNotFound
 from connectors.project import ProjectConfig, project_config
 from connectors.state import ProjectState
@@ -194,7 +194,7 @@ def read_project(
     if task_ids is None:
         raw_tasks = read_tasks(client, project_id, page_size)
     else:
-        raw_tasks = sorted((_plain(client.tasks.get(str(int(t)))) for t in task_ids), key=lambda t: int(t["id"]))
+        raw_tasks = sorted((_plain(get_task(client, t)) for t in task_ids), key=lambda t: int(t["id"]))
     return snapshot_of_raw(config, raw_tasks, users)
 
 
@@ -211,7 +211,7 @@ def read_task(client: LabelStudio, config: ProjectConfig, task_id: int, users: d
               problems: list[str] | None = None) -> TaskRecord:
     """One task, one request (its annotations, predictions and overlap); :class:`TaskNotFound` on a 404."""
     try:
-        raw = _plain(client.tasks.get(str(int(task_id))))
+        raw = _plain(get_task(client, task_id))
     except ApiError as exc:
         if exc.status_code == 404:
             raise TaskNotFound(f"Label Studio has no task {task_id}") from None

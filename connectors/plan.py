@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from label_studio_sdk import LabelStudio
 
+from connectors.client import update_task
 from connectors.counts import TaskRecord
 from connectors.ledger import Budget
 from connectors.project import ProjectConfig
@@ -265,7 +266,7 @@ def patch_tasks(client: LabelStudio, patches: Mapping[int, dict],
     """One PATCH per task, ``PATCH_THREADS`` in flight; returns the number of requests."""
     def send(item: tuple[int, dict]) -> None:
         tid, body = item
-        client.tasks.update(str(tid), **body)
+        update_task(client, tid, body)
         if on_patched is not None:
             on_patched(tid, body)
 

@@ -219,6 +219,8 @@ def test_one_annotation_costs_at_most_three_requests_whatever_the_project_size(p
                                          initial_class(fake, project.project_id, agree))
     assert outcome["action"] == "settled" and len(calls) == 3, calls
     assert calls[0] == ("GET", f"/api/tasks/{agree}")
+    # each through Label Studio's lean task view (connectors.client.LEAN_TASK_VIEW)
+    assert all(query.get("review") == "1" for query in fake.ls.queries[-len(calls):]), fake.ls.queries[-len(calls):]
     data = fake.ls.tasks[agree]["data"]
     assert data["alc_status"] == "settled" and data["alc_changed"] is False and data["alc_final_label"]
     assert outcome["refilled"] in fake.ls.tasks and len(project.open_ids()) == 5, "the window stays full"

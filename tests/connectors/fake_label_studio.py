@@ -30,6 +30,7 @@ class FakeLabelStudio:
     tasks: dict[int, dict] = field(default_factory=dict)
     users: dict[int, str] = field(default_factory=lambda: {1: "admin@example.com"})
     calls: list[tuple[str, str]] = field(default_factory=list)
+    queries: list[dict[str, str]] = field(default_factory=list)  # each call's query parameters, as ``calls``
     views: list[dict] = field(default_factory=list)
     fail_after: dict[tuple[str, str], int] = field(default_factory=dict)
     version_log: list[tuple[int, str]] = field(default_factory=list)  # (project, model_version) per switch
@@ -87,6 +88,7 @@ class FakeLabelStudio:
     def handle(self, request: httpx.Request) -> httpx.Response:
         path, method = request.url.path.rstrip("/"), request.method
         self.calls.append((method, path))
+        self.queries.append(dict(request.url.params))
         for (m, prefix), allowed in list(self.fail_after.items()):
             if m == method and path.startswith(prefix):
                 if allowed <= 0:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import requests
 
 from backend.labelstudio_runtime import LabelStudioRuntimeError, LabelStudioServer
+from connectors.client import connect, get_task, update_task
 
 
 def whoami(url: str, token: str) -> dict:
@@ -32,6 +35,29 @@ def test_admin_and_two_annotators_have_their_own_tokens(label_studio):
 def test_a_wrong_token_is_refused(label_studio):
     response = requests.get(f"{label_studio.url}/api/projects", headers={"Authorization": "Token " + "0" * 40}, timeout=10)
     assert response.status_code == 401
+
+
+CONFIG = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+          '<Choice value="cat"/><Choice value="dog"/></Choices></View>')
+
+
+@pytest.mark.integration
+def test_label_studio_served_by_several_worker_processes(label_studio, tmp_path):
+    """``workers=2`` on a copy of the session's migrated data dir: gunicorn's master and two worker processes
+    (as the Docker image serves Label Studio with uwsgi processes), the same admin token, and the task view
+    through which the backend opens tasks stores what it is sent."""
+    shutil.copytree(label_studio.data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("*.log", "export", "media"))
+    with LabelStudioServer(tmp_path / "data", workers=2) as server:
+        assert server.token == label_studio.token and whoami(server.url, server.token)["email"] == label_studio.email
+        children = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 2, children
+        client = connect(server.url, server.token)
+        project = client.projects.create(title="workers", label_config=CONFIG)
+        client.projects.import_tasks(project.id, request=[{"image": "/static/x.png"}])
+        task_id = client.tasks.list(project=project.id).items[0].id
+        update_task(client, task_id, {"overlap": 3, "is_labeled": False, "data": {"image": "/static/x.png", "alc_status": "open"}})
+        task = get_task(client, task_id)
+        assert (task.overlap, task.is_labeled, task.data["alc_status"]) == (3, False, "open")
 
 
 # --- the server wrapper itself, with a stand-in executable (no Label Studio needed) -------------------
@@ -95,3 +121,5 @@ def test_a_server_that_dies_at_start_names_its_log(tmp_path, monkeypatch):
 def test_a_bad_admin_token_is_refused_before_starting(tmp_path):
     with pytest.raises(ValueError, match="40 lowercase hex"):
         LabelStudioServer(tmp_path / "data", token="not-a-token")
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        LabelStudioServer(tmp_path / "data", workers=0)
