@@ -527,8 +527,11 @@ def step_annotate(run: Run, figures: dict) -> None:
                               round(t_idle - start - 0.3, 3), "submit_s": round(t_done - t_submit, 3),
                               "kinds": kinds(seen)})
         live = run.wait_version_change(version, args.step_timeout)
-        rounds.append({"annotation_to_new_ranking_live_s": None if live is None else round(time.monotonic() - t_done, 1),
-                       "timed_out": live is None, "last_retrain": last_retrain(run)})
+        seconds = None if live is None else round(time.monotonic() - t_done, 1)
+        # the retrain's record is written after its push, which switches the version before opening tasks
+        record = live is not None and wait_for(lambda: (r := last_retrain(run)) and r["model_version"] == run.model_version() and r, 60)
+        rounds.append({"annotation_to_new_ranking_live_s": seconds, "timed_out": live is None,
+                       "last_retrain": record or last_retrain(run)})
         console.print(f"round {r}: {rounds[-1]}; settled {[(a['requests'], a['seconds']) for a in per['settled']]}, "
                       f"tie {[(a['requests'], a['seconds']) for a in per['tie']]}")
 
