@@ -118,7 +118,8 @@ def _missing(venv: Path) -> list[str]:
               "    try: print(name, m.version(name))\n"
               "    except m.PackageNotFoundError: print(name, '-')")
     result = subprocess.run([str(python), "-c", script, *REQUIREMENTS], capture_output=True, text=True, timeout=60)
-    found = dict(line.split() for line in result.stdout.splitlines()) if result.returncode == 0 else {}
+    pairs = [line.split() for line in result.stdout.splitlines()] if result.returncode == 0 else []
+    found = dict(pair for pair in pairs if len(pair) == 2)
     return [req for req, (name, version) in zip(wanted, REQUIREMENTS.items()) if found.get(name) != version]
 
 

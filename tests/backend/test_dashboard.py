@@ -355,7 +355,7 @@ class _FakeClient:
     def __init__(self, label_config: str) -> None:
         from types import SimpleNamespace
 
-        self.tasks = SimpleNamespace(get=lambda task_id: _Task(PROJECT, f"/data/upload/1/{task_id % 80}.png"))
+        self.tasks = SimpleNamespace(get=lambda task_id, **_: _Task(PROJECT, f"/data/upload/1/{int(task_id) % 80}.png"))
         self.projects = SimpleNamespace(get=lambda project_id: SimpleNamespace(label_config=label_config))
 
 

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from backend.demo.services import Services, ServiceError, free_port
+from backend.labelstudio_runtime import GUNICORN_VERSION, LABEL_STUDIO_VERSION
 from backend.queue import EmbeddedRedis
 
 
@@ -63,8 +64,8 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path):
     pid_file = tmp_path / "ls.pid"
     exe = venv / "bin" / "label-studio"
     exe.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 300\n")
-    python = venv / "bin" / "python"  # answers the runtime's installed-version check
-    python.write_text("#!/bin/sh\necho 1.23.2\n")
+    python = venv / "bin" / "python"  # answers the runtime's installed-versions check
+    python.write_text(f"#!/bin/sh\necho label-studio {LABEL_STUDIO_VERSION}; echo gunicorn {GUNICORN_VERSION}\n")
     for script in (exe, python):
         script.chmod(0o755)
     home = tmp_path / "home"

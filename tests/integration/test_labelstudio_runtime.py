@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.labelstudio_runtime import LabelStudioRuntimeError, LabelStudioServer
+from backend.labelstudio_runtime import GUNICORN_VERSION, LABEL_STUDIO_VERSION, LabelStudioRuntimeError, LabelStudioServer, _missing
 from connectors.client import connect, get_task, update_task
 
 
@@ -123,3 +123,18 @@ def test_a_bad_admin_token_is_refused_before_starting(tmp_path):
         LabelStudioServer(tmp_path / "data", token="not-a-token")
     with pytest.raises(ValueError, match="workers must be at least 1"):
         LabelStudioServer(tmp_path / "data", workers=0)
+
+
+@pytest.mark.parametrize("answer, missing", [
+    (f"label-studio {LABEL_STUDIO_VERSION}\ngunicorn {GUNICORN_VERSION}", []),
+    (f"label-studio {LABEL_STUDIO_VERSION}\ngunicorn -", [f"gunicorn=={GUNICORN_VERSION}"]),  # a venv from before
+    (f"label-studio 1.22.0\ngunicorn {GUNICORN_VERSION}", [f"label-studio=={LABEL_STUDIO_VERSION}"]),
+    ("1.23.2", [f"label-studio=={LABEL_STUDIO_VERSION}", f"gunicorn=={GUNICORN_VERSION}"]),  # not an answer
+])
+def test_what_the_label_studio_venv_lacks(tmp_path, answer, missing):
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text("#!/bin/sh\nprintf '" + answer.replace("\n", "\\n") + "\\n'\n")
+    python.chmod(0o755)
+    assert _missing(tmp_path) == missing
+    assert len(_missing(tmp_path / "nothing-here")) == 2
