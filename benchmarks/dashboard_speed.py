@@ -1,7 +1,8 @@
 """How long the project manager's view takes against a real Label Studio, for projects of N tasks.
 
-Every /dashboard and /api/status request reads the whole project again from Label Studio (so nothing
-shown lives only in the backend). For each N this makes a fresh project of N tasks with an initial
+It measures the fallback path: without the backend's working state in Redis (never connected, or Redis
+down), each /dashboard and /api/status request reads the whole project from Label Studio. The path with
+a working state (no Label Studio read) is measured by scale_labelstudio.py and scale_fake.py. For each N this makes a fresh project of N tasks with an initial
 label each, connects it (budget 2N), publishes a model ranking, opens a window of 100 tasks and
 adds R re-annotations through the API, then times: the read alone (connectors.ledger.reconcile),
 the status (read + ledger + model estimate), the three charts, and the whole /dashboard and
