@@ -200,11 +200,18 @@ def dashboard_screenshot(deployment: dict, tmp_path, chromium: str):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1100}, http_credentials={
                 "username": deployment["basic_auth_user"], "password": deployment["basic_auth_pass"]})
+            answers: list[tuple[str, int]] = []  # each thumbnail's answer, for a failure's message
+            page.on("response", lambda r: answers.append((r.url.rsplit("/", 1)[-1], r.status)) if "/thumbnail/" in r.url else None)
             response = page.goto(url, timeout=120_000)
             assert response is not None and response.status == 200
             page.wait_for_load_state("networkidle", timeout=60_000)
+            thumbnails = page.locator("#cleaning img").all()
+            assert thumbnails, "the cleaning view shows no thumbnail"
+            for img in thumbnails:  # they load lazily: as a reader scrolls to them (the page above can be long)
+                img.scroll_into_view_if_needed(timeout=30_000)
+            page.wait_for_load_state("networkidle", timeout=60_000)
             loaded = page.eval_on_selector_all("#cleaning img", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
-            assert loaded and all(loaded), f"thumbnails not loaded: {loaded}"
+            assert all(loaded), f"thumbnails not loaded: {loaded}; answers: {answers}"
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
