@@ -528,8 +528,10 @@ def step_annotate(run: Run, figures: dict) -> None:
                               "kinds": kinds(seen)})
         live = run.wait_version_change(version, args.step_timeout)
         seconds = None if live is None else round(time.monotonic() - t_done, 1)
-        # the retrain's record is written after its push, which switches the version before opening tasks
-        record = live is not None and wait_for(lambda: (r := last_retrain(run)) and r["model_version"] == run.model_version() and r, 60)
+        record = None
+        if live is not None:  # the retrain's record is written after its push, which switches the version first
+            current = run.model_version()
+            record = wait_for(lambda: (r := last_retrain(run)) and r["model_version"] == current and r, 60)
         rounds.append({"annotation_to_new_ranking_live_s": seconds, "timed_out": live is None,
                        "last_retrain": record or last_retrain(run)})
         console.print(f"round {r}: {rounds[-1]}; settled {[(a['requests'], a['seconds']) for a in per['settled']]}, "

@@ -64,11 +64,14 @@ def test_label_studio_served_by_several_worker_processes(label_studio, tmp_path)
 # --- the server wrapper itself, with a stand-in executable (no Label Studio needed) -------------------
 
 FAKE = """#!{python}
-import os, subprocess, sys
+import json, os, subprocess, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
-port = int(sys.argv[sys.argv.index("--port") + 1])
+data = os.environ["LABEL_STUDIO_BASE_DATA_DIR"]
+open(os.path.join(data, os.path.basename(sys.argv[0]) + ".json"), "w").write(json.dumps(sys.argv[1:]))  # who ran, how
+bind = sys.argv[sys.argv.index("--bind") + 1] if "--bind" in sys.argv else ""  # gunicorn's form
+port = int(bind.rsplit(":", 1)[1]) if bind else int(sys.argv[sys.argv.index("--port") + 1])
 child = subprocess.Popen(["sleep", "300"])  # Label Studio forks too: stop() must reach children
-open(os.environ["LABEL_STUDIO_BASE_DATA_DIR"] + "/child.pid", "w").write(str(child.pid))
+open(data + "/child.pid", "w").write(str(child.pid))
 if os.environ.get("FAKE_MODE") == "crash":
     sys.exit(3)
 class Ok(BaseHTTPRequestHandler):
@@ -79,8 +82,9 @@ HTTPServer(("127.0.0.1", port), Ok).serve_forever()
 """
 
 
-def fake_executable(tmp_path) -> Path:
-    exe = tmp_path / "label-studio"
+def fake_executable(directory: Path, name: str = "label-studio") -> Path:
+    """The stand-in server as ``directory/name``: label-studio (``--port``) or gunicorn (``--bind``)."""
+    exe = directory / name
     exe.write_text(FAKE.format(python=sys.executable))
     exe.chmod(0o755)
     return exe
@@ -110,38 +114,24 @@ def test_stop_ends_the_whole_process_group(tmp_path):
     assert (again.username, again.password, again.token) == (server.username, server.password, server.token)
 
 
-FAKE_GUNICORN = """#!{python}
-import json, os, sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-open(os.environ["LABEL_STUDIO_BASE_DATA_DIR"] + "/gunicorn.json", "w").write(json.dumps(sys.argv[1:]))
-port = int(sys.argv[sys.argv.index("--bind") + 1].rsplit(":", 1)[1])
-class Ok(BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200); self.end_headers(); self.wfile.write(b"{{}}")
-    def log_message(self, *a): pass
-HTTPServer(("127.0.0.1", port), Ok).serve_forever()
-"""
-
-
 def test_several_workers_on_a_new_data_dir_migrate_first_then_serve_with_gunicorn(tmp_path):
     """A stand-in label-studio and gunicorn in a stand-in venv."""
-    (tmp_path / "venv" / "bin").mkdir(parents=True)
-    exe = fake_executable(tmp_path / "venv" / "bin")
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    exe = fake_executable(bin_dir)
+    fake_executable(bin_dir, "gunicorn")
     (tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "label_studio").mkdir(parents=True)
-    gunicorn = tmp_path / "venv" / "bin" / "gunicorn"
-    gunicorn.write_text(FAKE_GUNICORN.format(python=sys.executable))
-    gunicorn.chmod(0o755)
     data = tmp_path / "data"
     with LabelStudioServer(data, executable=exe, workers=3, start_timeout=30) as server:
         argv = json.loads((data / "gunicorn.json").read_text())
-        assert (data / "child.pid").is_file(), "label-studio start ran first (the migrations, the admin account)"
+        assert (data / "label-studio.json").is_file(), "label-studio start ran first (the migrations, the admin account)"
         assert argv[argv.index("--workers") + 1] == "3" and argv[-1] == "label_studio.core.wsgi:application"
         assert argv[argv.index("--bind") + 1] == f"127.0.0.1:{server.port}"
         assert requests.get(f"{server.url}/health", timeout=5).ok
-    (data / "child.pid").unlink()
+    (data / "label-studio.json").unlink()
     (data / "label_studio.sqlite3").touch()  # a migrated data dir: gunicorn at once
     with LabelStudioServer(data, executable=exe, workers=2, start_timeout=30):
-        assert not (data / "child.pid").exists()
+        assert not (data / "label-studio.json").exists()
 
 
 def test_a_server_that_dies_at_start_names_its_log(tmp_path, monkeypatch):
