@@ -5,6 +5,7 @@ retrain:     working state -> images (cached per task) -> selector.fit/update ->
              -> connectors.plan.plan_window (pure) -> reserve slots (atomic) -> connectors.plan.apply_plan
 annotation:  GET that one task -> working state -> after_annotation -> at most two task PATCHes
 reconcile:   full read -> compare with the working state (recorded) -> rebuild -> close / refill what is due
+unstar:      ground-truth stars off in the background, in slices that yield to every other job
 ```
 The working state (:mod:`backend.working_state`) replaces the whole-project reads: a project is read
 in full only when its state is missing and in ``reconcile``, which runs periodically (rq's scheduler) and
@@ -42,6 +43,12 @@ log = logging.getLogger(__name__)
 SPARES = 50  # ranked candidates beyond the window that get a prediction: free places are refilled from them
 TRANSPORT: httpx.BaseTransport | None = None  # tests: an in-memory Label Studio under the real client
 CLIENT_BACKOFF = 0.5  # seconds before the client's first retry (doubling)
+# the background un-starring, one request at a time: Label Studio 1.23.2 takes about 12 such PATCHes a second
+# with one in flight and 14 with two (4 gunicorn workers, SQLite), and a second one makes its other answers
+# 2.6x slower (a task GET 72 -> 189 ms); the other queues are looked at every UNSTAR_BATCH annotations
+UNSTAR_THREADS = 1
+UNSTAR_BATCH = 2
+UNSTAR_SLICE_SECONDS = 120.0
 
 
 @dataclass
@@ -274,7 +281,7 @@ def window_of(settings: Settings, state: WorkingState) -> int:
 def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Ranking, version: str) -> Any:
     """plan_window on the working state as it is now (annotations arrive while a model trains), slots
     reserved atomically, then apply_plan: predictions, the version switch, the task PATCHes."""
-    from connectors.plan import apply_plan, clear_ground_truth, plan_window, rank_entries
+    from connectors.plan import apply_plan, candidates, plan_window, rank_entries
 
     config, tasks = state.config(), state.tasks()
     entries = rank_entries(ranking)
@@ -283,12 +290,15 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     window = window_of(settings, state)
     plan = plan_window(list(tasks.values()), entries, budget=budget, window=window,
                        max_annotations=cap, model_version=version, spares=SPARES)
+    if state.n_starred():
+        state.order_starred(candidates(tasks.values(), entries, cap), tasks)
     opened: set[int] = set()
     granted: list[int] = []
+    unstarred: list[int] = []
 
     def reserve(task_ids: list[int]) -> list[int]:
         granted.extend(state.reserve(task_ids, budget.total, most_open=window))
-        clear_ground_truth(ls, [a for tid in granted for a in tasks[tid].ground_truth_ids])  # connect took them off
+        unstarred.append(take_stars_off(ls, state, [a for tid in granted for a in tasks[tid].ground_truth_ids]))
         return granted
 
     def patched(task_id: int, body: dict) -> None:
@@ -300,12 +310,26 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     finally:
         for tid in set(granted) - opened:
             state.release(tid)
+    result.requests += sum(unstarred)
     state.set_model_version(version)
     _remember_predictions(state, config, plan, entries, version)
     served = set(result.window)
     state.set_spares({tid: entries[tid].score for tid in plan.predict if tid not in served and tid in entries})
     result.budget = state.budget(settings.budget).as_dict()
+    if state.n_starred():
+        q.enqueue_unstar(state.conn, state.project_id)
     return result
+
+
+def take_stars_off(ls: Any, state: WorkingState, annotation_ids: list[int], threads: int | None = None) -> int:
+    """The ground-truth star off those of these annotations that still carry it, before their task opens
+    (Label Studio's task lock ignores starred annotations); returns the requests made."""
+    from connectors.plan import PATCH_THREADS, clear_ground_truth
+
+    starred = state.starred(annotation_ids)
+    clear_ground_truth(ls, starred, threads=threads or PATCH_THREADS)
+    state.unstarred(starred)
+    return len(starred)
 
 
 def _remember_predictions(state: WorkingState, config: Any, plan: Any, entries: dict, version: str) -> None:
@@ -331,7 +355,7 @@ def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> di
     from connectors.client import update_task
     from connectors.counts import read_task
     from connectors.errors import TaskNotFound
-    from connectors.plan import after_annotation, clear_ground_truth, task_patch
+    from connectors.plan import after_annotation, task_patch
 
     config = state.config()
     cap = settings.max_annotations_per_task
@@ -344,6 +368,7 @@ def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> di
     if known is not None:
         task = replace(task, data=known.data)  # the data as stored, not as the task API resolves its URLs
     state.put_task(task)
+    state.sync_starred(task)
     budget = state.budget(settings.budget)
     decision = after_annotation(task, budget, cap)
     outcome: dict[str, Any] = {"task_id": int(task_id), "annotations": task.n_annotations, "counts": list(task.counts),
@@ -361,7 +386,7 @@ def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> di
             outcome["action"] = "no majority, but the budget is committed: not reopened"
         else:
             try:
-                clear_ground_truth(ls, task.ground_truth_ids)
+                take_stars_off(ls, state, task.ground_truth_ids)
                 body = task_patch(task, task.n_annotators + 1, config.class_names, cap)
                 update_task(ls, task.id, body)
             except Exception:
@@ -392,6 +417,7 @@ def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
             return None
         body = task_patch(task, task.n_annotators + 1, config.class_names, settings.max_annotations_per_task)
         try:
+            take_stars_off(ls, state, task.ground_truth_ids)  # none left when the background job came by first
             update_task(ls, tid, body)
         except Exception:
             state.release(tid)
@@ -555,16 +581,15 @@ def reconcile(project_id: int, trigger: str = "periodic") -> dict:
         differences: list[str] = []
         fresh = rebuild_from_label_studio(state, ls, ctx.settings.initial_label_source,
                                           before=lambda snap, touched: differences.extend(compare(state, snap, touched)))
-        from connectors.plan import clear_ground_truth
-
-        stars = clear_ground_truth(ls, [a for t in fresh.tasks for a in t.ground_truth_ids])  # tasks imported later
         swept = sweep(ctx.settings, ls, state)
+        if state.n_starred():  # e.g. tasks imported with their annotations since connect
+            q.enqueue_unstar(conn, project_id)
     except Exception as exc:
         record_job(conn, "reconcile", "error", time.monotonic() - started)
         _no_retry_if_permanent(job, exc)
         raise
     record = {"time": time.time(), "trigger": trigger, "tasks": len(fresh.tasks), "differences": differences[:200],
-              "n_differences": len(differences), "stars_removed": stars, **swept,
+              "n_differences": len(differences), "starred_left": state.n_starred(), **swept,
               "seconds": round(time.monotonic() - started, 3)}
     state.record_reconcile(record)
     record_job(conn, "reconcile", "ok", time.monotonic() - started)
@@ -583,3 +608,35 @@ def reconcile_all() -> dict:
     finally:
         q.schedule_reconcile(conn, ctx.settings.reconcile_seconds, after_run=True)
     return {"queued": queued}
+
+
+def unstar(project_id: int) -> dict:
+    """Background slice: ground-truth stars off, ``UNSTAR_THREADS`` PATCHes at a time, in the order the
+    latest push would open their tasks, until none is left or another job waits (checked after each
+    batch; the next slice is queued behind it) or ``UNSTAR_SLICE_SECONDS`` passed. Whatever opens a task
+    takes its own star off first, so nothing waits for this; it only saves those requests later."""
+    ctx = context()
+    job = get_current_job()
+    conn = job.connection
+    started = time.monotonic()
+    q.release_unstar(conn, project_id)  # from here a push may queue the next slice
+    state = WorkingState(conn, project_id)
+    if not state.exists():
+        return {"skipped": "no working state (the next retrain or reconcile rebuilds it)"}
+    ls = client(ctx)
+    done = 0
+    try:
+        while batch := state.next_starred(UNSTAR_BATCH):
+            take_stars_off(ls, state, batch, threads=UNSTAR_THREADS)
+            done += len(batch)
+            if q.others_waiting(conn) or time.monotonic() - started > UNSTAR_SLICE_SECONDS:
+                break
+    except Exception as exc:
+        record_job(conn, "unstar", "error", time.monotonic() - started)
+        _no_retry_if_permanent(job, exc)
+        raise
+    left = state.n_starred()
+    if left:
+        q.enqueue_unstar(conn, project_id)
+    record_job(conn, "unstar", "ok", time.monotonic() - started)
+    return {"unstarred": done, "left": left, "seconds": round(time.monotonic() - started, 3)}

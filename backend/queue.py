@@ -35,12 +35,14 @@ from backend.settings import Settings
 
 TRAIN_QUEUE = "alc-train"
 FAST_QUEUE = "alc-fast"  # per-annotation bookkeeping
-QUEUES = (FAST_QUEUE, TRAIN_QUEUE)
+BACKGROUND_QUEUE = "alc-background"  # work no one waits for (taking ground-truth stars off); it yields to the others
+QUEUES = (FAST_QUEUE, TRAIN_QUEUE, BACKGROUND_QUEUE)
 # workers take the queues in turn (rq's round robin), so a due retrain runs after at most one
 # per-annotation job, however long the burst: retrains cannot be starved, annotations wait one retrain at most
 DEQUEUE_STRATEGY = DequeueStrategy.ROUND_ROBIN
 RECONCILE_FUNC = "backend.jobs.reconcile"
 RECONCILE_ALL_FUNC = "backend.jobs.reconcile_all"
+UNSTAR_FUNC = "backend.jobs.unstar"
 RECONCILE_NEXT_KEY = "alc:reconcile:next"  # the scheduled periodic run's job id, while one is scheduled
 RETRY_INTERVALS = [5, 30, 120]  # seconds between attempts (rq Retry backoff)
 RETRAIN_RECORDS_KEPT = 50
@@ -346,6 +348,38 @@ def enqueue_reconcile(conn: redis.Redis, project_id: int, trigger: str) -> bool:
 
 def release_reconcile(conn: redis.Redis, project_id: int) -> None:
     conn.delete(project_key(project_id, "reconcile-pending"))
+
+
+# --- background: ground-truth stars taken off, in slices that yield to every other job ----------
+
+
+def enqueue_unstar(conn: redis.Redis, project_id: int) -> bool:
+    """One slice of the project's un-starring waiting at a time (a mark held until the slice starts, as for
+    reconcile); False if one is waiting."""
+    mark = project_key(project_id, "unstar-pending")
+    if not conn.set(mark, 1, nx=True, ex=3600):
+        return False
+    try:
+        Queue(BACKGROUND_QUEUE, connection=conn).enqueue(
+            UNSTAR_FUNC, project_id, job_timeout=600, result_ttl=3600, failure_ttl=7 * 24 * 3600,
+            retry=Retry(max=3, interval=RETRY_INTERVALS), description=f"take ground-truth stars off in project {project_id}",
+        )
+    except Exception:
+        conn.delete(mark)
+        raise
+    return True
+
+
+def release_unstar(conn: redis.Redis, project_id: int) -> None:
+    conn.delete(project_key(project_id, "unstar-pending"))
+
+
+def others_waiting(conn: redis.Redis) -> bool:
+    """A job waits in the per-annotation or the training queue (two LLENs): background work stops for it."""
+    pipe = conn.pipeline(transaction=False)
+    for name in (FAST_QUEUE, TRAIN_QUEUE):
+        pipe.llen(Queue(name, connection=conn).key)
+    return any(pipe.execute())
 
 
 def schedule_reconcile(conn: redis.Redis, seconds: float, *, after_run: bool = False) -> str | None:

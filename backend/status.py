@@ -235,15 +235,18 @@ def _why(card: dict, max_entropy: float) -> str:
 
 
 def jobs_status(redis_conn: Any, project_id: int) -> dict[str, Any]:
-    """The rq queues, workers and failed-job registry, and this project's retrain state; Redis down is reported."""
+    """The rq queues, workers and failed-job registry, this project's retrain state and the ground-truth stars
+    the background job has still to take off; Redis down is reported."""
     from backend.queue import queue_status
+    from backend.working_state import WorkingState
 
     try:
         jobs = queue_status(redis_conn)
+        stars = WorkingState(redis_conn, project_id).n_starred()
     except Exception as exc:  # Redis down must not take the dashboard with it
         return {"error": f"Redis unavailable: {exc}"}
     return {"queues": jobs["queues"], "failed_jobs": jobs["failed_jobs"], "workers": jobs["workers"],
-            "project": jobs["projects"].get(project_id)}
+            "project": jobs["projects"].get(project_id), "stars_left": stars}
 
 
 def build_status(client: Any, ledger: Ledger, store: ModelStore | None = None, redis_conn: Any = None,

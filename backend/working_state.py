@@ -19,6 +19,10 @@ webhook plus a read of that one task, rebuilt by a full read when it is missing 
   each rebuild) it lets a process that read the tasks before re-read only those changed since
   (:meth:`WorkingState.tasks`: a status page or a retrain costs O(changes), not O(N) parsing);
 - ``annotations``: annotation id -> task id (ANNOTATIONS_DELETED names annotations only);
+- ``starred``: the annotations that still carry Label Studio's ground-truth star (imported ones get it by
+  default, and its task lock ignores them), scored by the order the latest push would open their tasks
+  in; ``backend.jobs.unstar`` takes the stars off in that order in the background, and whatever opens a
+  task takes its own off first;
 - ``reconciles``: the records of the last reconciles (newest first).
 """
 
@@ -43,6 +47,7 @@ from connectors.project import ProjectConfig
 log = logging.getLogger(__name__)
 
 RECONCILE_RECORDS_KEPT = 50
+UNRANKED = 1e12  # the ``starred`` score of an annotation whose task no push has ranked yet: taken off last
 RECORD_CACHE_PROJECTS = 4  # projects whose parsed task records a process keeps (100,000 tasks: ~150 MiB)
 
 
@@ -303,7 +308,7 @@ class WorkingState:
         assert snapshot.config is not None, "rebuild needs a snapshot from connectors.counts.read_project"
         config = snapshot.config
         pipe = self.conn.pipeline(transaction=True)
-        for what in ("tasks", "slots", "ledger", "touched", "changes", "annotations"):
+        for what in ("tasks", "slots", "ledger", "touched", "changes", "annotations", "starred"):
             pipe.delete(self._k(what))
         if snapshot.tasks:
             pipe.hset(self._k("tasks"), mapping={t.id: t.to_json() for t in snapshot.tasks})
@@ -311,6 +316,9 @@ class WorkingState:
             if annotations:
                 pipe.hset(self._k("annotations"), mapping=annotations)
             pipe.hset(self._k("slots"), mapping={t.id: f"{t.reannotations},{t.open_slots}" for t in snapshot.tasks})
+            starred = {a: UNRANKED for t in snapshot.tasks for a in t.ground_truth_ids}
+            if starred:
+                pipe.zadd(self._k("starred"), starred)
         pipe.hset(self._k("ledger"), mapping={"spent": sum(t.reannotations for t in snapshot.tasks),
                                               "committed": sum(t.open_slots for t in snapshot.tasks),
                                               "epoch": uuid.uuid4().hex, "generation": 0})
@@ -319,6 +327,51 @@ class WorkingState:
             pipe.set(self._k("users"), json.dumps({str(k): v for k, v in users.items()}))
         pipe.set(self._k("synced_at"), time.time())
         pipe.sadd(PROJECTS_KEY, self.project_id)  # a known project: the periodic reconcile covers it
+        pipe.execute()
+
+    # --- ground-truth stars still to take off ---------------------------------------------------
+
+    def starred(self, annotation_ids: Iterable[int]) -> list[int]:
+        """Those of ``annotation_ids`` that still carry the star."""
+        ids = [int(a) for a in annotation_ids]
+        scores = self.conn.zmscore(self._k("starred"), ids) if ids else []
+        return [a for a, score in zip(ids, scores) if score is not None]
+
+    def next_starred(self, n: int) -> list[int]:
+        """The ``n`` starred annotations whose tasks the latest push would open first."""
+        return [int(a) for a in self.conn.zrange(self._k("starred"), 0, int(n) - 1)]
+
+    def n_starred(self) -> int:
+        return int(self.conn.zcard(self._k("starred")))
+
+    def unstarred(self, annotation_ids: Iterable[int]) -> None:
+        """These annotations' stars are off in Label Studio (or the annotations are gone). Their tasks count as
+        touched: a full read running meanwhile may have seen the star, and reads them again."""
+        ids = [int(a) for a in annotation_ids]
+        if not ids:
+            return
+        tasks = {t for t in self.tasks_of_annotations(ids).values() if t is not None}
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.zrem(self._k("starred"), *ids)
+        if tasks:
+            pipe.zadd(self._k("touched"), {t: time.time() for t in tasks})
+        pipe.execute()
+
+    def order_starred(self, task_order: Iterable[int], tasks: dict[int, TaskRecord]) -> None:
+        """The stars of these tasks (best first) come off in this order (ZADD XX: one already off stays off)."""
+        positions = {a: float(i) for i, tid in enumerate(task_order) for a in tasks[tid].ground_truth_ids}
+        if positions:
+            self.conn.zadd(self._k("starred"), positions, xx=True)
+
+    def sync_starred(self, task: TaskRecord) -> None:
+        """A task just read from Label Studio: its annotations' stars as Label Studio holds them."""
+        starred = task.ground_truth_ids
+        plain = [a.id for a in task.annotations if a.id not in set(starred)]
+        pipe = self.conn.pipeline(transaction=False)
+        if starred:
+            pipe.zadd(self._k("starred"), {a: UNRANKED for a in starred}, nx=True)
+        if plain:
+            pipe.zrem(self._k("starred"), *plain)
         pipe.execute()
 
     def record_reconcile(self, record: dict) -> None:
@@ -368,6 +421,12 @@ def compare(state: WorkingState, fresh: ProjectSnapshot, skip: set[int] | None =
     if not skip and (budget.spent, budget.committed) != (spent, committed):
         out.append(f"ledger: spent/committed {budget.spent}/{budget.committed} in the working state, "
                    f"{spent}/{committed} in Label Studio")
+    compared = [t for t in fresh.tasks if t.id not in skip]
+    theirs_starred = {a for t in compared for a in t.ground_truth_ids}
+    mine_starred = set(state.starred(a.id for t in compared for a in t.annotations))
+    if mine_starred != theirs_starred:
+        out.append(f"ground-truth stars: {len(mine_starred - theirs_starred)} in the working state only, "
+                   f"{len(theirs_starred - mine_starred)} in Label Studio only")
     config = state.config()
     if fresh.config is not None and config.state != fresh.config.state:
         out.append(f"project state: {config.state} in the working state, {fresh.config.state} in Label Studio")
@@ -411,7 +470,9 @@ def adopt(state: WorkingState, client: Any, fresh: ProjectSnapshot, started: flo
     state.rebuild(fresh, fresh.users)
     for tid in touched:
         try:
-            state.put_task(read_task(client, fresh.config, tid, fresh.users))
+            task = read_task(client, fresh.config, tid, fresh.users)
+            state.put_task(task)
+            state.sync_starred(task)
         except TaskNotFound:
             state.delete_task(tid)
     return fresh

@@ -24,7 +24,7 @@ asserts nothing about time. Run it nice'd on a shared machine:
 
     nice -n 10 .venv/bin/python benchmarks/scale_labelstudio.py --tasks 2000 --steps connect,annotate
     nice -n 10 .venv/bin/python benchmarks/scale_labelstudio.py --out runs/scale-10000.json
-    .venv/bin/python benchmarks/scale_labelstudio.py --ls-workers 4 --unstarred --out runs/scale-10000-w4.json
+    .venv/bin/python benchmarks/scale_labelstudio.py --ls-workers 4 --starred --out runs/scale-10000-w4-starred.json
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class Seen:
     path: str
     status: int
     switches_version: bool = False  # a project PATCH carrying model_version
+    ignored: bool = False  # a webhook the backend acknowledged and ignored (our own edit: nothing changed)
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -144,8 +145,9 @@ class CountingProxy:
                 self._local.conn = None
         path = handler.path.split("?", 1)[0].rstrip("/")
         switches = handler.command == "PATCH" and path.startswith("/api/projects/") and b"model_version" in (body or b"")
+        ignored = path == "/webhook" and b'"retrain":"ignored' in data.replace(b" ", b"")
         with self._lock:
-            self.log.append(Seen(started, time.monotonic(), handler.command, path, status, switches))
+            self.log.append(Seen(started, time.monotonic(), handler.command, path, status, switches, ignored))
         handler.send_response(status)
         for key, value in reply_headers:
             if key.lower() not in HOP_BY_HOP:
@@ -242,18 +244,18 @@ class Template:
             return None
         return cls(directory, **json.loads(meta.read_text()))
 
-    def unstarred(self) -> "Template":
-        """A copy whose initial annotations carry no ground-truth star, as if imported with
-        ``"ground_truth": false``: made by clearing the flag in the copy's database (Label Studio stopped),
-        which is what `alc connect` otherwise does with one PATCH per annotation."""
+    def with_stars(self, starred: bool) -> "Template":
+        """A copy whose initial annotations carry Label Studio's ground-truth star (``starred``: as imported
+        without ``"ground_truth": false``, Label Studio's default) or not (as the demo imports them): made by
+        setting the flag in the copy's database, Label Studio stopped."""
         import sqlite3
 
-        target = self.dir.with_name(self.dir.name + "-unstarred")
+        target = self.dir.with_name(self.dir.name + ("-starred" if starred else "-unstarred"))
         if Template.load(target) is None:
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(self.dir, target, ignore=shutil.ignore_patterns("*.log"))
             with sqlite3.connect(target / "ls" / "label_studio.sqlite3") as db:
-                db.execute("UPDATE task_completion SET ground_truth = 0")
+                db.execute("UPDATE task_completion SET ground_truth = ?", (int(starred),))
         return Template.load(target)
 
     def copy_to(self, target: Path) -> Path:
@@ -415,14 +417,22 @@ class Run:
         return response.json().get("model_version") or ""
 
     def busy(self) -> int:
-        """Jobs queued or running in any rq queue (scheduled ones, e.g. a periodic reconcile, do not count)."""
+        """Jobs queued or running in the per-annotation and training queues (scheduled ones, e.g. a periodic
+        reconcile, do not count, nor the background queue's un-starring: it yields to any job of those two)."""
         from rq import Queue
         from rq.registry import StartedJobRegistry
 
-        return sum(queue.count + StartedJobRegistry(queue=queue).count for queue in Queue.all(connection=self.redis))
+        return sum(queue.count + StartedJobRegistry(queue=queue).count for queue in Queue.all(connection=self.redis)
+                   if queue.name != q.BACKGROUND_QUEUE)
+
+    def starred_left(self) -> int:
+        """Annotations whose ground-truth star the backend has still to take off."""
+        from backend.working_state import WorkingState
+
+        return WorkingState(self.redis, self.template.project_id).n_starred()
 
     def wait_idle(self, timeout: float, settle: float = 0.3) -> float | None:
-        """Seconds until no job is queued or running (held for ``settle`` s); None when ``timeout`` passed."""
+        """Seconds until no job is queued or running (from then on for ``settle`` s); None when ``timeout`` passed."""
         started = time.monotonic()
         idle_since = None
         while time.monotonic() - started < timeout:
@@ -452,7 +462,7 @@ def step_connect(run: Run, figures: dict) -> None:
     pid = run.template.project_id
     argv = [sys.executable, "-m", "backend.cli", "connect", "--project", str(pid), "--backend-url", run.hook_proxy.url,
             "--budget", str(run.args.budget), "--window", str(run.args.window)]
-    t0 = time.monotonic()
+    t0 = run.connected_at = time.monotonic()
     result = subprocess.run(argv, env={**os.environ, **run.env}, capture_output=True, text=True, timeout=run.args.step_timeout)
     connect_s = time.monotonic() - t0
     if result.returncode != 0:
@@ -484,10 +494,13 @@ def step_connect(run: Run, figures: dict) -> None:
     out["queue_left_when_stopped_waiting"] = None if idle is not None else run.busy()
     out["requests_until_idle"] = len(after)
     out["first_retrain"] = last_retrain(run, oldest=True)
+    out["starred_left_when_idle"] = run.starred_left()
     out["webhooks_caused_by_our_own_edits"] = sum(s.path == "/webhook" for s in hooks)
+    out["of_them_ignored"] = sum(s.ignored for s in hooks)
     figures["connect"] = out
     console.print(f"  queue idle after: {out['queue_busy_after_live_s']} s; webhooks from our own edits: "
-                  f"{out['webhooks_caused_by_our_own_edits']}")
+                  f"{out['webhooks_caused_by_our_own_edits']} ({out['of_them_ignored']} ignored); "
+                  f"stars left: {out['starred_left_when_idle']}")
 
 
 def step_annotate(run: Run, figures: dict) -> None:
@@ -519,12 +532,13 @@ def step_annotate(run: Run, figures: dict) -> None:
             if k == args.retrain_after - 1:
                 break
             hook = wait_for(lambda: [s for s in run.hook_proxy.between(t_submit) if s.path == "/webhook"], 10)
+            t_wait = time.monotonic()
             idle = run.wait_idle(args.step_timeout)
-            t_idle = time.monotonic()
+            t_idle = t_wait + (idle if idle is not None else args.step_timeout)  # when the backend went idle
             start = hook[0].started if hook else t_submit
             seen = run.ls_proxy.between(start, t_idle)
             per[kind].append({"task": int(task["id"]), "requests": len(seen), "seconds": None if idle is None else
-                              round(t_idle - start - 0.3, 3), "submit_s": round(t_done - t_submit, 3),
+                              round(t_idle - start, 3), "submit_s": round(t_done - t_submit, 3),
                               "kinds": kinds(seen)})
         live = run.wait_version_change(version, args.step_timeout)
         seconds = None if live is None else round(time.monotonic() - t_done, 1)
@@ -533,7 +547,8 @@ def step_annotate(run: Run, figures: dict) -> None:
             current = run.model_version()
             record = wait_for(lambda: (r := last_retrain(run)) and r["model_version"] == current and r, 60)
         rounds.append({"annotation_to_new_ranking_live_s": seconds, "timed_out": live is None,
-                       "last_retrain": record or last_retrain(run)})
+                       "last_retrain": record or last_retrain(run), "starred_left": run.starred_left(),
+                       "since_connect_s": round(time.monotonic() - getattr(run, "connected_at", t_done), 1)})
         console.print(f"round {r}: {rounds[-1]}; settled {[(a['requests'], a['seconds']) for a in per['settled']]}, "
                       f"tie {[(a['requests'], a['seconds']) for a in per['tie']]}")
 
@@ -593,7 +608,7 @@ def push_once(client, pid: int, task_ids: list[int], scores: np.ndarray, version
     from connectors.ledger import budget_of
 
     try:
-        from connectors.plan import apply_plan, entries_of, plan_window
+        from connectors.plan import apply_plan, clear_ground_truth, entries_of, plan_window
     except ImportError:  # the code before the pipeline
         from connectors.queue import push_window
 
@@ -605,7 +620,13 @@ def push_once(client, pid: int, task_ids: list[int], scores: np.ndarray, version
     entries = entries_of(task_ids, scores.tolist(), (-scores).tolist())
     plan = plan_window(snap.tasks, entries, budget=budget_of(snap, budget), window=window, max_annotations=5,
                        model_version=version, spares=50)
-    return started, apply_plan(client, snap.config, plan, entries, {t.id: t for t in snap.tasks}, max_annotations=5)
+    tasks = {t.id: t for t in snap.tasks}
+
+    def unstar(opening: list[int]) -> list[int]:  # as the backend's push: stars off before its tasks open
+        clear_ground_truth(client, [a for tid in opening for a in tasks[tid].ground_truth_ids])
+        return opening
+
+    return started, apply_plan(client, snap.config, plan, entries, tasks, max_annotations=5, reserve=unstar)
 
 
 def step_push(run: Run, figures: dict) -> None:
@@ -652,7 +673,9 @@ def print_table(figures: dict) -> None:
         table.add_row("  requests to Label Studio / images fetched", f"{c['requests_until_live']} / {c['images_fetched']}")
         table.add_row("  first task opened before the ranking was live (s)", str(c["first_task_opened_before_live_s"]))
         table.add_row("  queues busy after the ranking was live (s)", str(c["queue_busy_after_live_s"]))
-        table.add_row("  webhooks caused by our own edits", str(c["webhooks_caused_by_our_own_edits"]))
+        table.add_row("  webhooks caused by our own edits (ignored)",
+                      f"{c['webhooks_caused_by_our_own_edits']} ({c.get('of_them_ignored', '-')})")
+        table.add_row("  ground-truth stars still to take off when idle", str(c.get("starred_left_when_idle", "-")))
     a = figures.get("annotate", {})
     for kind in ("settled", "tie"):
         if a.get(kind):
@@ -695,8 +718,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ALC_DATA_DIR", "../shared/data")))
     parser.add_argument("--template-dir", type=Path, default=Path.home() / ".cache" / "alc" / "scale-bench")
-    parser.add_argument("--unstarred", action="store_true",
-                        help="initial annotations without Label Studio's ground-truth star (imported with ground_truth false)")
+    parser.add_argument("--starred", action="store_true",
+                        help="initial annotations carry Label Studio's ground-truth star (its default for imported "
+                             "ones); without: imported with ground_truth false, as the demo does")
     parser.add_argument("--ls-workers", type=int, default=1,
                         help="1: `label-studio start` (Django's development server, one process); N: N gunicorn "
                              "worker processes, as Label Studio's Docker image serves it (uwsgi, 4 processes)")
@@ -709,11 +733,10 @@ def main() -> None:
 
     directory = args.template_dir / f"ls-{LABEL_STUDIO_VERSION}-n{args.tasks}-seed{args.seed}"
     template = Template.load(directory) or build_template(directory, args.tasks, args.data_dir, args.seed)
-    if args.unstarred:
-        template = template.unstarred()
+    template = template.with_stars(args.starred)
     work = Path(tempfile.mkdtemp(prefix="alc-scale-"))
     run = Run(template, work, args)
-    figures: dict = {"label": args.label, "unstarred": args.unstarred, "ls_workers": args.ls_workers, "code": str(Path(q.__file__).resolve().parents[1]), "tasks": args.tasks, "window": args.window, "budget": args.budget, "selector": args.selector,
+    figures: dict = {"label": args.label, "starred": args.starred, "ls_workers": args.ls_workers, "code": str(Path(q.__file__).resolve().parents[1]), "tasks": args.tasks, "window": args.window, "budget": args.budget, "selector": args.selector,
                      "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                      "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                               cwd=Path(q.__file__).resolve().parents[1]).stdout.strip()}

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
 
 from connectors.client import update_task
 from connectors.counts import TaskRecord
@@ -277,16 +278,24 @@ def patch_tasks(client: LabelStudio, patches: Mapping[int, dict],
     return len(items)
 
 
-def clear_ground_truth(client: LabelStudio, annotation_ids: Sequence[int]) -> int:
-    """Take Label Studio's ground-truth star off these annotations (once per project, at connect).
+def clear_ground_truth(client: LabelStudio, annotation_ids: Sequence[int], *, threads: int = PATCH_THREADS) -> int:
+    """Take Label Studio's ground-truth star off these annotations, ``threads`` PATCHes in flight; returns
+    the number of requests. An annotation deleted meanwhile (404) has no star left to take off.
 
     Label Studio 1.23.2 leaves ground-truth annotations out of its task-lock count (``Task.has_lock``)
     but not out of ``is_labeled``; imported annotations are ground truth by default. An opened task
     whose initial label is ground truth is therefore served to two annotators at once (measured), and
     both are paid. Without the star the lock holds; the label itself is untouched.
     """
+    def clear(annotation_id: int) -> None:
+        try:
+            client.annotations.update(int(annotation_id), ground_truth=False)
+        except ApiError as exc:
+            if exc.status_code != 404:
+                raise
+
     ids = list(annotation_ids)
     if ids:
-        with ThreadPoolExecutor(max_workers=min(PATCH_THREADS, len(ids))) as pool:
-            list(pool.map(lambda aid: client.annotations.update(int(aid), ground_truth=False), ids))
+        with ThreadPoolExecutor(max_workers=min(threads, len(ids))) as pool:
+            list(pool.map(clear, ids))
     return len(ids)

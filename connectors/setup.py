@@ -17,7 +17,6 @@ from label_studio_sdk import LabelStudio
 
 from connectors.client import get_project
 from connectors.counts import ProjectSnapshot, _plain, project_config, read_tasks, snapshot_of_raw, user_emails
-from connectors.plan import clear_ground_truth
 from connectors.project import choices_tag
 from connectors.queue import set_overlaps
 from connectors.state import parse_state, write_state
@@ -42,7 +41,7 @@ def configure_project(
     """Sampling, overlap-first, blind re-annotation, webhook, ML backend, the tab, the baseline and budget.
 
     ``on_read(snapshot, started)``: the project as this one full read saw it, after connect's own changes
-    (baseline, closed strays, stars taken off), and the time the read began; called before the webhook and
+    (baseline, closed strays), and the time the read began; called before the webhook and
     the ML backend are registered (the backend's first retrain then needs no read of its own)."""
     project = get_project(client, project_id)
     choices_tag(project.label_config or "")  # fails early, clearly, on a config without <Choices>
@@ -71,11 +70,13 @@ def configure_project(
         report["closed"] = f"{len(stray)} labelled task(s) that were open outside the queue"
     else:
         report["baseline"] = f"kept: annotations with ids <= {state.baseline_annotation_id} are initial labels"
-    # once per project, here: Label Studio's task lock ignores starred annotations, so an opened task whose
-    # initial label carries the star would be served twice (connectors.plan.clear_ground_truth)
-    unstarred = [a for t in snapshot.tasks for a in t.ground_truth_ids]
-    starred = clear_ground_truth(client, unstarred)
-    report["ground_truth"] = f"took the ground-truth star off {starred} annotation(s) (labels untouched)"
+    # Label Studio's task lock ignores starred annotations, so an opened task whose initial label carries the
+    # star would be served twice (connectors.plan.clear_ground_truth); at one PATCH per annotation (about
+    # 12 per second) connect leaves them to the backend, which opens no task with its star on
+    starred = sum(len(t.ground_truth_ids) for t in snapshot.tasks)
+    report["ground_truth"] = (f"{starred} annotation(s) carry Label Studio's ground-truth star: the backend takes it "
+                              "off in the background, the tasks it will open first first, and always before it "
+                              "opens a task (labels untouched)") if starred else "no annotation carries the ground-truth star"
     if budget is not None:
         state = replace(state, budget=int(budget))
     if window is not None:
@@ -84,8 +85,7 @@ def configure_project(
     report["budget"] = state.budget
     report["window"] = state.window if state.window is not None else "the worker's ALC_WINDOW"
     if on_read is not None:
-        on_read(snapshot_of_raw(replace(config, state=state), _as_changed(raw_tasks, stray, set(unstarred)), users),
-                started)
+        on_read(snapshot_of_raw(replace(config, state=state), _as_changed(raw_tasks, stray), users), started)
 
     if backend_url:
         backend_url = backend_url.rstrip("/")
@@ -95,16 +95,9 @@ def configure_project(
     return report
 
 
-def _as_changed(raw_tasks: list[dict], overlaps: dict[int, tuple[int, int]], unstarred: set[int]) -> list[dict]:
-    """The tasks as Label Studio holds them after connect's PATCHes: strays closed, stars taken off."""
-    out = []
-    for raw in raw_tasks:
-        tid = int(raw["id"])
-        annotations = [{**a, "ground_truth": False} if int(a.get("id") or 0) in unstarred else a
-                       for a in raw.get("annotations") or []]
-        out.append({**raw, "annotations": annotations,
-                    **({"overlap": overlaps[tid][0]} if tid in overlaps else {})})
-    return out
+def _as_changed(raw_tasks: list[dict], overlaps: dict[int, tuple[int, int]]) -> list[dict]:
+    """The tasks as Label Studio holds them after connect's PATCHes: strays closed."""
+    return [{**raw, "overlap": overlaps[int(raw["id"])][0]} if int(raw["id"]) in overlaps else raw for raw in raw_tasks]
 
 
 def _ensure_webhook(client: LabelStudio, project_id: int, url: str, secret: str | None) -> str:

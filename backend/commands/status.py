@@ -150,6 +150,9 @@ def _print_jobs(console: Console, jobs: dict) -> None:
     console.print(queues)
     workers = ", ".join(f"{w['name']} ({w['state']})" for w in jobs["workers"]) or "none running"
     console.print(f"Workers: {workers}")
+    if jobs.get("stars_left"):
+        console.print(f"Ground-truth stars still to take off (in the background, before any of their tasks opens): "
+                      f"{jobs['stars_left']}")
     if jobs["failed_jobs"]:
         failed = _table("Failed jobs (rq's failed-job registry)", "queue", "job", "ended", "error")
         for f in jobs["failed_jobs"]:

@@ -121,7 +121,7 @@ def test_status_adds_the_model_estimate_and_the_job_queue(sdk, store, conn):
     assert estimate["forecast_spend"] == expected()["forecast"]
     assert estimate["suggested_budget"] == expected()["suggested"]
     assert status["model"]["version"] == store.current_version(PROJECT) and status["model"]["selector"] == "linear"
-    assert set(status["jobs"]["queues"]) == {q.FAST_QUEUE, q.TRAIN_QUEUE}
+    assert set(status["jobs"]["queues"]) == set(q.QUEUES)
     assert status["queue"][0]["url"] == f"{LS_URL}/projects/{PROJECT}/data?task=13"
     json.dumps(status)  # plain JSON data all the way down
 

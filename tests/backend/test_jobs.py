@@ -282,6 +282,114 @@ def test_the_backends_own_star_removal_is_not_work(parts, conn, settings):
     assert Queue(q.FAST_QUEUE, connection=conn).count == 1
 
 
+# --- ground-truth stars (Label Studio's task lock ignores starred annotations) ----------------------
+
+
+def star_every_initial_label(fake, project_id: int) -> set[int]:
+    """As imported without ``"ground_truth": false`` (Label Studio's default); the starred annotation ids."""
+    for tid in fake.projects[project_id].task_ids:
+        for a in fake.ls.tasks[tid]["annotations"]:
+            a["ground_truth"] = True
+    return stars_in_label_studio(fake, project_id)
+
+
+def stars_in_label_studio(fake, project_id: int) -> set[int]:
+    return {a["id"] for tid in fake.projects[project_id].task_ids for a in fake.ls.tasks[tid]["annotations"]
+            if a.get("ground_truth")}
+
+
+def unstar_calls(calls: list[tuple[str, str]]) -> list[int]:
+    return [int(c[1].rsplit("/", 1)[1]) for c in calls if c[0] == "PATCH" and c[1].startswith("/api/annotations/")]
+
+
+def test_a_push_takes_the_star_off_each_task_it_opens_first_and_leaves_the_rest_to_the_background(parts, conn):
+    settings, store, loader, fake = parts
+    settings = settings.model_copy(update={"window": 5})
+    starred = star_every_initial_label(fake, 1)
+    before = len(fake.ls.calls)
+    record = retrain_now(conn, settings)
+    calls = requests_of(fake, before)
+    opened = fake.projects[1].open_ids()
+    opened_stars = {a["id"] for tid in opened for a in fake.ls.tasks[tid]["annotations"]}
+    assert sorted(unstar_calls(calls)) == sorted(opened_stars) and len(opened_stars) == 5
+    first_open = min(i for i, c in enumerate(calls) if c[0] == "PATCH" and c[1].startswith("/api/tasks/"))
+    assert max(i for i, c in enumerate(calls) if c[1].startswith("/api/annotations/")) < first_open
+    assert stars_in_label_studio(fake, 1) == starred - opened_stars
+    assert record["push"]["requests"] == 1 + 1 + 5 + 5  # predictions, version switch, 5 stars off, 5 opened
+    # the rest wait in the background queue, those of the ranking's next candidates (the spares) first
+    state = WorkingState(conn, 1)
+    assert state.n_starred() == len(starred) - 5 and Queue(q.BACKGROUND_QUEUE, connection=conn).count == 1
+    task_of = {a: t for a, t in state.tasks_of_annotations(starred).items()}
+    spares = state.spares()
+    assert [task_of[a] for a in state.next_starred(len(spares))] == spares
+
+    # one slice, nothing else waiting: every star off, in that order, one request each
+    order = state.next_starred(len(starred))
+    before = len(fake.ls.calls)
+    run_jobs(conn, settings, [q.BACKGROUND_QUEUE])
+    assert unstar_calls(requests_of(fake, before)) == order
+    assert stars_in_label_studio(fake, 1) == set() and state.n_starred() == 0
+    assert Queue(q.BACKGROUND_QUEUE, connection=conn).finished_job_registry.count == 1
+
+
+def test_the_background_job_yields_to_waiting_work_after_each_batch(parts, conn):
+    settings, store, loader, fake = parts
+    settings = settings.model_copy(update={"window": 5})
+    starred = star_every_initial_label(fake, 1)
+    retrain_now(conn, settings)
+    waiting = Queue(q.FAST_QUEUE, connection=conn)
+    waiting.enqueue("backend.jobs.annotation_changed", 1, fake.projects[1].task_ids[0])  # never run here
+    state = WorkingState(conn, 1)
+    left = state.n_starred()
+    run_jobs(conn, settings, [q.BACKGROUND_QUEUE])  # each slice: one batch, then the next slice queued behind
+    assert state.n_starred() == 0 and stars_in_label_studio(fake, 1) == set() and len(starred) - left == 5
+    slices = Queue(q.BACKGROUND_QUEUE, connection=conn).finished_job_registry.count
+    assert slices == -(-left // jobs.UNSTAR_BATCH) and waiting.count == 1
+
+
+def test_a_refilled_spare_and_a_reopened_tie_lose_their_star_before_they_open(parts, conn):
+    settings, store, loader, fake = parts
+    settings = settings.model_copy(update={"window": 5})
+    star_every_initial_label(fake, 1)
+    retrain_now(conn, settings)
+    Queue(q.BACKGROUND_QUEUE, connection=conn).empty()  # the background job has not come by yet
+    state = WorkingState(conn, 1)
+    project = fake.projects[1]
+    agree = project.open_ids()[0]
+    spare = state.spares()[0]
+    spare_star = fake.ls.tasks[spare]["annotations"][0]["id"]
+    outcome, calls = annotate_and_settle(conn, settings, fake, 1, agree, initial_class(fake, 1, agree))
+    assert outcome["action"] == "settled" and outcome["refilled"] == spare
+    star_off = calls.index(("PATCH", f"/api/annotations/{spare_star}"))
+    assert star_off < calls.index(("PATCH", f"/api/tasks/{spare}")) and len(calls) == 4
+    assert not fake.ls.tasks[spare]["annotations"][0]["ground_truth"] and not state.starred([spare_star])
+    # a tie on a closed task whose star is still on (a task closed before connect, annotated since)
+    closed = next(t for t in project.task_ids if t not in project.open_ids() and state.starred(
+        [a["id"] for a in fake.ls.tasks[t]["annotations"]]))
+    project.add_annotation(closed, (initial_class(fake, 1, closed) + 1) % 10)  # a re-annotation: a tie
+    ls = jobs.client(jobs.configure(settings))
+    jobs.settle(settings, ls, state, closed)
+    assert fake.ls.tasks[closed]["overlap"] == 3 and not stars_in_label_studio(fake, 1) & {
+        a["id"] for a in fake.ls.tasks[closed]["annotations"]}
+
+
+def test_reconcile_leaves_new_stars_to_the_background_job(parts, conn):
+    settings, store, loader, fake = parts
+    retrain_now(conn, settings)
+    run_jobs(conn, settings, [q.BACKGROUND_QUEUE])
+    starred = star_every_initial_label(fake, 1)  # e.g. tasks imported with their annotations since connect
+    state = WorkingState(conn, 1)
+    assert state.n_starred() == 0
+    assert q.enqueue_reconcile(conn, 1, "test")
+    before = len(fake.ls.calls)
+    run_jobs(conn, settings, [q.TRAIN_QUEUE])
+    assert unstar_calls(requests_of(fake, before)) == []
+    [record] = reconcile_records(conn, 1)
+    assert record["starred_left"] == state.n_starred() == len(starred)
+    run_jobs(conn, settings, [q.BACKGROUND_QUEUE])
+    assert stars_in_label_studio(fake, 1) == set()
+
+
 # --- reconcile -------------------------------------------------------------------------------------
 
 

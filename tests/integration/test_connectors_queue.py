@@ -17,7 +17,7 @@ from backend.demo.annotators import LabelStream
 from connectors.client import connect
 from connectors.counts import read_project
 from connectors.ledger import reconcile
-from connectors.queue import on_annotation, push_window
+from connectors.queue import on_annotation, push_window, set_overlaps
 from connectors.state import read_state
 
 pytestmark = pytest.mark.integration
@@ -240,14 +240,22 @@ def test_updated_and_deleted_annotations_are_honoured_by_reconcile(label_studio,
 
 
 def test_an_open_slot_is_served_to_one_annotator_only(label_studio, client, annotators):
-    """Imported annotations carry Label Studio's ground-truth star, which its task lock ignores: without
-    taking the star off (`alc connect` does, once per project), one open slot is served to two annotators
-    at once (and both are paid)."""
+    """Imported annotations carry Label Studio's ground-truth star, which its task lock ignores: a task opened
+    with its star on serves its one open slot to two annotators at once (and both are paid). `alc connect`
+    leaves the stars on (one PATCH each: the backend's background job takes them off); whatever opens a task
+    takes its star off first, and then the slot is locked by the first annotator."""
+    starred, [kept] = make_project(client, "connectors: a slot opened with the star on", ["cat"])
     pid, ids = make_project(client, "connectors: one slot, one annotator", ["cat"])
-    assert read_project(client, pid).tasks[0].ground_truth_ids, "Label Studio stars imported annotations"
-    assert alc(label_studio, "connect", "--project", str(pid), ALC_BUDGET="3").returncode == 0
-    assert read_project(client, pid).tasks[0].ground_truth_ids == [], "connect takes the star off, once"
+    for project in (starred, pid):
+        assert read_project(client, project).tasks[0].ground_truth_ids, "Label Studio stars imported annotations"
+        assert alc(label_studio, "connect", "--project", str(project), ALC_BUDGET="3").returncode == 0
+        assert read_project(client, project).tasks[0].ground_truth_ids, "connect leaves the star on"
+    set_overlaps(client, {kept: (2, 1)})  # one slot open, as a push sets it, the star still on
+    assert annotators[0].next_task(starred)["id"] == kept
+    assert (annotators[1].next_task(starred) or {}).get("id") == kept, "the star leaves the slot unlocked"
+
     push_window(client, pid, task_ids=ids, scores=[0.1], model_version="lock-1", window=1)
+    assert read_project(client, pid).tasks[0].ground_truth_ids == [], "the push took the star off first"
     first = annotators[0].next_task(pid)
     assert first["id"] == ids[0]
     assert annotators[1].next_task(pid) is None, "the slot is locked by the first annotator"
