@@ -612,10 +612,11 @@ def reconcile_all() -> dict:
 
 
 def unstar(project_id: int) -> dict:
-    """Background slice: ground-truth stars off, ``UNSTAR_THREADS`` PATCHes at a time, in the order the
-    latest push would open their tasks, until none is left or another job waits (checked after each
-    batch; the next slice is queued behind it) or ``UNSTAR_SLICE_SECONDS`` passed. Whatever opens a task
-    takes its own star off first, so nothing waits for this; it only saves those requests later."""
+    """Background slice: ground-truth stars off, one PATCH at a time, in the order the latest push would open
+    their tasks, until none is left, another job waits (looked at after each PATCH; the next slice then
+    starts ``UNSTAR_PAUSE_SECONDS`` later) or ``UNSTAR_SLICE_SECONDS`` passed (the next slice at once).
+    Whatever opens a task takes its own stars off first, so nothing waits for this; it saves those
+    requests later, and serves the star's purpose: no open slot served twice."""
     ctx = context()
     job = get_current_job()
     conn = job.connection
@@ -625,12 +626,13 @@ def unstar(project_id: int) -> dict:
     if not state.exists():
         return {"skipped": "no working state (the next retrain or reconcile rebuilds it)"}
     ls = client(ctx)
-    done = 0
+    done, gave_way = 0, False
     try:
         while batch := state.next_starred(UNSTAR_BATCH):
             take_stars_off(ls, state, batch, threads=UNSTAR_THREADS)
             done += len(batch)
-            if q.others_waiting(conn) or time.monotonic() - started > UNSTAR_SLICE_SECONDS:
+            gave_way = q.others_waiting(conn)
+            if gave_way or time.monotonic() - started > UNSTAR_SLICE_SECONDS:
                 break
     except Exception as exc:
         record_job(conn, "unstar", "error", time.monotonic() - started)
@@ -638,6 +640,6 @@ def unstar(project_id: int) -> dict:
         raise
     left = state.n_starred()
     if left:
-        q.enqueue_unstar(conn, project_id)
+        q.enqueue_unstar(conn, project_id, pause=gave_way)
     record_job(conn, "unstar", "ok", time.monotonic() - started)
-    return {"unstarred": done, "left": left, "seconds": round(time.monotonic() - started, 3)}
+    return {"unstarred": done, "left": left, "gave_way": gave_way, "seconds": round(time.monotonic() - started, 3)}

@@ -43,6 +43,7 @@ DEQUEUE_STRATEGY = DequeueStrategy.ROUND_ROBIN
 RECONCILE_FUNC = "backend.jobs.reconcile"
 RECONCILE_ALL_FUNC = "backend.jobs.reconcile_all"
 UNSTAR_FUNC = "backend.jobs.unstar"
+UNSTAR_PAUSE_SECONDS = 5.0  # background work that gave way to other jobs resumes this much later
 RECONCILE_NEXT_KEY = "alc:reconcile:next"  # the scheduled periodic run's job id, while one is scheduled
 RETRY_INTERVALS = [5, 30, 120]  # seconds between attempts (rq Retry backoff)
 RETRAIN_RECORDS_KEPT = 50
@@ -353,17 +354,22 @@ def release_reconcile(conn: redis.Redis, project_id: int) -> None:
 # --- background: ground-truth stars taken off, in slices that yield to every other job ----------
 
 
-def enqueue_unstar(conn: redis.Redis, project_id: int) -> bool:
+def enqueue_unstar(conn: redis.Redis, project_id: int, *, pause: bool = True) -> bool:
     """One slice of the project's un-starring waiting at a time (a mark held until the slice starts, as for
-    reconcile); False if one is waiting."""
+    reconcile); False if one is waiting. ``pause``: it starts ``UNSTAR_PAUSE_SECONDS`` from now (rq's
+    scheduler), not at once: while annotations arrive, background work runs in the gaps between them."""
     mark = project_key(project_id, "unstar-pending")
     if not conn.set(mark, 1, nx=True, ex=3600):
         return False
+    queue = Queue(BACKGROUND_QUEUE, connection=conn)
+    options = {"job_timeout": 600, "result_ttl": 3600, "failure_ttl": 7 * 24 * 3600,
+               "retry": Retry(max=3, interval=RETRY_INTERVALS),
+               "description": f"take ground-truth stars off in project {project_id}"}
     try:
-        Queue(BACKGROUND_QUEUE, connection=conn).enqueue(
-            UNSTAR_FUNC, project_id, job_timeout=600, result_ttl=3600, failure_ttl=7 * 24 * 3600,
-            retry=Retry(max=3, interval=RETRY_INTERVALS), description=f"take ground-truth stars off in project {project_id}",
-        )
+        if pause:
+            queue.enqueue_in(timedelta(seconds=UNSTAR_PAUSE_SECONDS), UNSTAR_FUNC, project_id, **options)
+        else:
+            queue.enqueue(UNSTAR_FUNC, project_id, **options)
     except Exception:
         conn.delete(mark)
         raise

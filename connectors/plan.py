@@ -232,7 +232,8 @@ def apply_plan(client: LabelStudio, config: ProjectConfig, plan: Plan, entries: 
               for tid in plan.close}
     result.requests += patch_tasks(client, closes, on_patched)
     result.closed = list(plan.close)
-    opening = list(plan.open) if reserve is None else [t for t in plan.open if t in set(reserve(list(plan.open)))]
+    granted = set(plan.open if reserve is None else reserve(list(plan.open)))  # asked once, for all of them
+    opening = [t for t in plan.open if t in granted]
     opens = {tid: task_patch(tasks[tid], tasks[tid].n_annotators + 1, config.class_names, max_annotations)
              for tid in opening}
     result.requests += patch_tasks(client, opens, on_patched)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -302,6 +303,27 @@ def unstar_calls(calls: list[tuple[str, str]]) -> list[int]:
     return [int(c[1].rsplit("/", 1)[1]) for c in calls if c[0] == "PATCH" and c[1].startswith("/api/annotations/")]
 
 
+def scheduled_slices(conn) -> list[float]:
+    """Seconds from now until each background slice that rq's scheduler holds for later."""
+    from rq.registry import ScheduledJobRegistry
+
+    registry = ScheduledJobRegistry(queue=Queue(q.BACKGROUND_QUEUE, connection=conn))
+    now = time.time()
+    return [registry.get_scheduled_time(job_id).timestamp() - now for job_id in registry.get_job_ids()]
+
+
+def start_scheduled_slices(conn) -> None:
+    """rq's scheduler, at once: the background slices held for later go into their queue now."""
+    from rq.job import Job
+    from rq.registry import ScheduledJobRegistry
+
+    queue = Queue(q.BACKGROUND_QUEUE, connection=conn)
+    registry = ScheduledJobRegistry(queue=queue)
+    for job_id in registry.get_job_ids():
+        registry.remove(job_id)
+        queue.enqueue_job(Job.fetch(job_id, connection=conn))
+
+
 def test_a_push_takes_the_star_off_each_task_it_opens_first_and_leaves_the_rest_to_the_background(parts, conn):
     settings, store, loader, fake = parts
     settings = settings.model_copy(update={"window": 5})
@@ -318,7 +340,9 @@ def test_a_push_takes_the_star_off_each_task_it_opens_first_and_leaves_the_rest_
     assert record["push"]["requests"] == 1 + 1 + 5 + 5  # predictions, version switch, 5 stars off, 5 opened
     # the rest wait in the background queue, those of the ranking's next candidates (the spares) first
     state = WorkingState(conn, 1)
-    assert state.n_starred() == len(starred) - 5 and Queue(q.BACKGROUND_QUEUE, connection=conn).count == 1
+    assert state.n_starred() == len(starred) - 5
+    [due] = scheduled_slices(conn)  # annotations may be coming in: in a pause (rq keeps whole seconds)
+    assert q.UNSTAR_PAUSE_SECONDS - 2 < due <= q.UNSTAR_PAUSE_SECONDS
     task_of = {a: t for a, t in state.tasks_of_annotations(starred).items()}
     spares = state.spares()
     assert [task_of[a] for a in state.next_starred(len(spares))] == spares
@@ -326,33 +350,39 @@ def test_a_push_takes_the_star_off_each_task_it_opens_first_and_leaves_the_rest_
     # one slice, nothing else waiting: every star off, in that order, one request each
     order = state.next_starred(len(starred))
     before = len(fake.ls.calls)
+    start_scheduled_slices(conn)
     run_jobs(conn, settings, [q.BACKGROUND_QUEUE])
     assert unstar_calls(requests_of(fake, before)) == order
     assert stars_in_label_studio(fake, 1) == set() and state.n_starred() == 0
     assert Queue(q.BACKGROUND_QUEUE, connection=conn).finished_job_registry.count == 1
 
 
-def test_the_background_job_yields_to_waiting_work_after_each_batch(parts, conn):
+def test_the_background_job_gives_way_to_a_waiting_job_and_resumes_later(parts, conn):
     settings, store, loader, fake = parts
     settings = settings.model_copy(update={"window": 5})
-    starred = star_every_initial_label(fake, 1)
+    star_every_initial_label(fake, 1)
     retrain_now(conn, settings)
     waiting = Queue(q.FAST_QUEUE, connection=conn)
-    waiting.enqueue("backend.jobs.annotation_changed", 1, fake.projects[1].task_ids[0])  # never run here
+    waiting.enqueue("backend.jobs.annotation_changed", 1, fake.projects[1].task_ids[0])  # not run here
     state = WorkingState(conn, 1)
     left = state.n_starred()
-    run_jobs(conn, settings, [q.BACKGROUND_QUEUE])  # each slice: one batch, then the next slice queued behind
-    assert state.n_starred() == 0 and stars_in_label_studio(fake, 1) == set() and len(starred) - left == 5
-    slices = Queue(q.BACKGROUND_QUEUE, connection=conn).finished_job_registry.count
-    assert slices == -(-left // jobs.UNSTAR_BATCH) and waiting.count == 1
+    start_scheduled_slices(conn)
+    before = len(fake.ls.calls)
+    run_jobs(conn, settings, [q.BACKGROUND_QUEUE])
+    assert len(unstar_calls(requests_of(fake, before))) == jobs.UNSTAR_BATCH == left - state.n_starred()
+    [due] = scheduled_slices(conn)
+    assert q.UNSTAR_PAUSE_SECONDS - 2 < due <= q.UNSTAR_PAUSE_SECONDS and waiting.count == 1
+    waiting.empty()  # the annotation's job ran: the next slice, once due, takes every star left off
+    start_scheduled_slices(conn)
+    run_jobs(conn, settings, [q.BACKGROUND_QUEUE])
+    assert state.n_starred() == 0 and stars_in_label_studio(fake, 1) == set() and scheduled_slices(conn) == []
 
 
 def test_a_refilled_spare_and_a_reopened_tie_lose_their_star_before_they_open(parts, conn):
     settings, store, loader, fake = parts
     settings = settings.model_copy(update={"window": 5})
     star_every_initial_label(fake, 1)
-    retrain_now(conn, settings)
-    Queue(q.BACKGROUND_QUEUE, connection=conn).empty()  # the background job has not come by yet
+    retrain_now(conn, settings)  # the background job is not due yet
     state = WorkingState(conn, 1)
     project = fake.projects[1]
     agree = project.open_ids()[0]
@@ -376,7 +406,6 @@ def test_a_refilled_spare_and_a_reopened_tie_lose_their_star_before_they_open(pa
 def test_reconcile_leaves_new_stars_to_the_background_job(parts, conn):
     settings, store, loader, fake = parts
     retrain_now(conn, settings)
-    run_jobs(conn, settings, [q.BACKGROUND_QUEUE])
     starred = star_every_initial_label(fake, 1)  # e.g. tasks imported with their annotations since connect
     state = WorkingState(conn, 1)
     assert state.n_starred() == 0
@@ -385,7 +414,8 @@ def test_reconcile_leaves_new_stars_to_the_background_job(parts, conn):
     run_jobs(conn, settings, [q.TRAIN_QUEUE])
     assert unstar_calls(requests_of(fake, before)) == []
     [record] = reconcile_records(conn, 1)
-    assert record["starred_left"] == state.n_starred() == len(starred)
+    assert record["starred_left"] == state.n_starred() == len(starred) and len(scheduled_slices(conn)) == 1
+    start_scheduled_slices(conn)
     run_jobs(conn, settings, [q.BACKGROUND_QUEUE])
     assert stars_in_label_studio(fake, 1) == set()
 

@@ -181,3 +181,25 @@ def test_overlap_counts_distinct_annotators_like_label_studio(fake, client_of):
     assert fake.tasks[tid]["is_labeled"]
     assert on_annotation(client, pid, tid, max_annotations=5)["action"] == "no majority: one more opinion asked"
     assert fake.tasks[tid]["overlap"] == 3 and reconcile(client, pid).budget.committed == 1
+
+
+def test_apply_plan_asks_for_its_openings_once_and_opens_only_those_granted(fake, client_of):
+    from connectors.counts import read_project
+    from connectors.ledger import budget_of
+    from connectors.plan import apply_plan, entries_of, plan_window
+
+    pid, ids = make_project(fake, n=10, budget=None)
+    client = client_of(fake)
+    snap = read_project(client, pid)
+    entries = entries_of(ids, [i / 10 for i in range(10)])
+    plan = plan_window(snap.tasks, entries, budget=budget_of(snap, None), window=4, max_annotations=5,
+                       model_version="m1")
+    asked: list[list[int]] = []
+
+    def reserve(task_ids: list[int]) -> list[int]:
+        asked.append(task_ids)
+        return task_ids[:2]  # the budget grants two of the four
+
+    result = apply_plan(client, snap.config, plan, entries, {t.id: t for t in snap.tasks}, max_annotations=5,
+                        reserve=reserve)
+    assert asked == [plan.open] and result.opened == plan.open[:2] == open_ids(fake, pid)
