@@ -315,7 +315,11 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     state.set_model_version(version)
     _remember_predictions(state, config, plan, entries, version)
     served = set(result.window)
-    state.set_spares({tid: entries[tid].score for tid in plan.predict if tid not in served and tid in entries})
+    spares = [tid for tid in plan.predict if tid not in served and tid in entries]
+    state.set_spares({tid: entries[tid].score for tid in spares})
+    # a settled task's place is refilled from the spares: their stars off now (the ranking is live, the window
+    # open), so that a refill costs no request more than the PATCH that opens it
+    result.requests += take_stars_off(ls, state, [a for tid in spares for a in tasks[tid].ground_truth_ids])
     result.budget = state.budget(settings.budget).as_dict()
     if state.n_starred():
         q.enqueue_unstar(state.conn, state.project_id)

@@ -20,7 +20,7 @@ from backend.events import NO_CHANGE, handle_event
 from backend.model_store import VERSIONS_KEPT, ModelStateError
 from backend.webhooks import parse_webhook
 from backend.working_state import WorkingState, compare, ensure_state, rebuild_from_label_studio, reconcile_records
-from connectors.counts import read_project
+from connectors.counts import read_project, read_task
 from connectors.state import ProjectState, with_state
 
 
@@ -333,19 +333,29 @@ def test_a_push_takes_the_star_off_each_task_it_opens_first_and_leaves_the_rest_
     calls = requests_of(fake, before)
     opened = fake.projects[1].open_ids()
     opened_stars = {a["id"] for tid in opened for a in fake.ls.tasks[tid]["annotations"]}
-    assert sorted(unstar_calls(calls)) == sorted(opened_stars) and len(opened_stars) == 5
-    first_open = min(i for i, c in enumerate(calls) if c[0] == "PATCH" and c[1].startswith("/api/tasks/"))
-    assert max(i for i, c in enumerate(calls) if c[1].startswith("/api/annotations/")) < first_open
-    assert stars_in_label_studio(fake, 1) == starred - opened_stars
-    assert record["push"]["requests"] == 1 + 1 + 5 + 5  # predictions, version switch, 5 stars off, 5 opened
-    # the rest wait in the background queue, those of the ranking's next candidates (the spares) first
     state = WorkingState(conn, 1)
-    assert state.n_starred() == len(starred) - 5
+    spares = state.spares()
+    spare_stars = {a["id"] for tid in spares for a in fake.ls.tasks[tid]["annotations"]}
+    unstarred = unstar_calls(calls)
+    assert sorted(unstarred[:5]) == sorted(opened_stars) and len(opened_stars) == 5
+    first_open = min(i for i, c in enumerate(calls) if c[0] == "PATCH" and c[1].startswith("/api/tasks/"))
+    assert max(i for i, c in enumerate(calls) if c[1] == f"/api/annotations/{unstarred[4]}") < first_open
+    # then the spares' (a refill opens one of them without a request more): after the window opened
+    last_open = max(i for i, c in enumerate(calls) if c[0] == "PATCH" and c[1].startswith("/api/tasks/"))
+    assert sorted(unstarred[5:]) == sorted(spare_stars) and len(spares) == jobs.SPARES
+    assert min(i for i, c in enumerate(calls) if c[1] == f"/api/annotations/{unstarred[5]}") > last_open
+    assert stars_in_label_studio(fake, 1) == starred - opened_stars - spare_stars
+    # predictions, version switch, 5 stars off, 5 opened, the spares' stars off
+    assert record["push"]["requests"] == 1 + 1 + 5 + 5 + len(spare_stars)
+    # the rest wait for the background job, in the order the ranking would open their tasks
+    assert state.n_starred() == len(starred) - 5 - len(spare_stars)
+    ranking = store.load(1).ranking
+    by_score = [int(t) for _, t in sorted(zip(ranking.scores, ranking.task_ids))]
+    task_of = state.tasks_of_annotations(starred)
+    assert [task_of[a] for a in state.next_starred(len(starred))] == [t for t in by_score if t not in
+                                                                       set(opened) | set(spares)]
     [due] = scheduled_slices(conn)  # annotations may be coming in: in a pause (rq keeps whole seconds)
     assert q.UNSTAR_PAUSE_SECONDS - 2 < due <= q.UNSTAR_PAUSE_SECONDS
-    task_of = {a: t for a, t in state.tasks_of_annotations(starred).items()}
-    spares = state.spares()
-    assert [task_of[a] for a in state.next_starred(len(spares))] == spares
 
     # one slice, nothing else waiting: every star off, in that order, one request each
     order = state.next_starred(len(starred))
@@ -387,7 +397,12 @@ def test_a_refilled_spare_and_a_reopened_tie_lose_their_star_before_they_open(pa
     project = fake.projects[1]
     agree = project.open_ids()[0]
     spare = state.spares()[0]
+    assert not stars_in_label_studio(fake, 1) & {a["id"] for a in fake.ls.tasks[spare]["annotations"]}, \
+        "the push took the spares' stars off"
     spare_star = fake.ls.tasks[spare]["annotations"][0]["id"]
+    fake.ls.tasks[spare]["annotations"][0]["ground_truth"] = True  # starred again since, as a reconcile finds it
+    ls = jobs.client(jobs.configure(settings))
+    state.sync_starred(read_task(ls, state.config(), spare, state.users()))
     outcome, calls = annotate_and_settle(conn, settings, fake, 1, agree, initial_class(fake, 1, agree))
     assert outcome["action"] == "settled" and outcome["refilled"] == spare
     star_off = calls.index(("PATCH", f"/api/annotations/{spare_star}"))
@@ -397,7 +412,6 @@ def test_a_refilled_spare_and_a_reopened_tie_lose_their_star_before_they_open(pa
     closed = next(t for t in project.task_ids if t not in project.open_ids() and state.starred(
         [a["id"] for a in fake.ls.tasks[t]["annotations"]]))
     project.add_annotation(closed, (initial_class(fake, 1, closed) + 1) % 10)  # a re-annotation: a tie
-    ls = jobs.client(jobs.configure(settings))
     jobs.settle(settings, ls, state, closed)
     assert fake.ls.tasks[closed]["overlap"] == 3 and not stars_in_label_studio(fake, 1) & {
         a["id"] for a in fake.ls.tasks[closed]["annotations"]}
