@@ -15,6 +15,8 @@ images included) and Label Studio -> backend (webhooks). It prints and writes as
   for a settling annotation and a tie; after every 10th (``ALC_RETRAIN_AFTER_ANNOTATIONS``) the time
   until the new ranking is live;
 - ``dashboard``: ``GET /api/status`` and ``GET /dashboard`` (uncached: 11 s apart);
+- ``background``: with no annotation coming in for 60 s, how fast the background job takes the ground-truth
+  stars off (``--starred``);
 - ``push``: on a fresh copy of the project, a first push opening K tasks and a re-rank push of the same
   window (``--push-windows``), called directly through the connectors, counted by the proxy;
 - peak memory (RSS) of the web process tree, the worker and its work horses (psutil, every 0.5 s).
@@ -564,6 +566,16 @@ def step_annotate(run: Run, figures: dict) -> None:
     figures["annotate"] = {"settled": summary(per["settled"]), "tie": summary(per["tie"]), "rounds": rounds}
 
 
+def step_background(run: Run, figures: dict, seconds: float = 60.0) -> None:
+    """With no annotation coming in: how fast the background job takes the ground-truth stars off."""
+    left, started = run.starred_left(), time.monotonic()
+    time.sleep(seconds)
+    now = run.starred_left()
+    figures["background"] = {"starred_left_before": left, "starred_left_after": now, "seconds": seconds,
+                             "unstarred_per_second": round((left - now) / (time.monotonic() - started), 1)}
+    console.print(f"background: {figures['background']}")
+
+
 def last_retrain(run: Run, oldest: bool = False) -> dict | None:
     """The backend's own record of a retrain (its duration and the push's summary)."""
     records = q.retrain_records(run.redis, run.template.project_id)
@@ -692,6 +704,10 @@ def print_table(figures: dict) -> None:
             push = item["last_retrain"].get("push") or {}
             table.add_row("  that retrain (s) / its re-rank push (s, requests)",
                           f"{item['last_retrain']['seconds']} / {push.get('seconds')}, {push.get('requests', '-')}")
+    if figures.get("background"):
+        b = figures["background"]
+        table.add_row("background un-starring, nothing else to do (per s)",
+                      f"{b['unstarred_per_second']} ({b['starred_left_before']} -> {b['starred_left_after']} left)")
     for path, times in figures.get("dashboard", {}).items():
         table.add_row(f"GET {path} (s, uncached)", ", ".join(map(str, times)))
     for k, p in figures.get("push", {}).items():
@@ -741,13 +757,14 @@ def main() -> None:
                      "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                               cwd=Path(q.__file__).resolve().parents[1]).stdout.strip()}
     try:
-        pipeline = [s for s in steps if s in ("connect", "annotate", "dashboard")]
+        pipeline = [s for s in steps if s in ("connect", "annotate", "dashboard", "background")]
         if pipeline:
             run.start_label_studio("ls")
             run.start_services()
             try:
                 for name in pipeline:
-                    {"connect": step_connect, "annotate": step_annotate, "dashboard": step_dashboard}[name](run, figures)
+                    {"connect": step_connect, "annotate": step_annotate, "dashboard": step_dashboard,
+                     "background": step_background}[name](run, figures)
             finally:
                 figures["peak_rss_mib"] = run.stop_services()
                 run.stop_label_studio()

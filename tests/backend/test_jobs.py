@@ -348,7 +348,9 @@ def test_a_push_takes_the_star_off_each_task_it_opens_first_and_leaves_the_rest_
     # predictions, version switch, 5 stars off, 5 opened, the spares' stars off
     assert record["push"]["requests"] == 1 + 1 + 5 + 5 + len(spare_stars)
     # the rest wait for the background job, in the order the ranking would open their tasks
-    assert state.n_starred() == len(starred) - 5 - len(spare_stars)
+    from backend.status import jobs_status
+
+    assert jobs_status(conn, 1)["stars_left"] == state.n_starred() == len(starred) - 5 - len(spare_stars)
     ranking = store.load(1).ranking
     by_score = [int(t) for _, t in sorted(zip(ranking.scores, ranking.task_ids))]
     task_of = state.tasks_of_annotations(starred)
