@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import redis
 from rq import Queue, Retry
@@ -333,14 +333,19 @@ def enqueue_reconcile(conn: redis.Redis, project_id: int, trigger: str) -> bool:
     """One reconcile of the project waiting at a time: a mark held from here until the job starts, so a burst
     of requests queues one, and a reconcile killed mid-run (its worker or Redis lost) never blocks the next
     periodic one (a mark held to the end did, for its hour of expiry). False if one is waiting."""
-    mark = project_key(project_id, "reconcile-pending")
-    if not conn.set(mark, trigger, nx=True, ex=3600):
+    return _one_waiting(conn, project_key(project_id, "reconcile-pending"), trigger, lambda: Queue(
+        TRAIN_QUEUE, connection=conn).enqueue(
+        RECONCILE_FUNC, project_id, trigger, job_timeout=1800, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+        retry=Retry(max=2, interval=[30, 120]), description=f"reconcile project {project_id} ({trigger})"))
+
+
+def _one_waiting(conn: redis.Redis, mark: str, value: Any, enqueue: Callable[[], Any]) -> bool:
+    """``enqueue()`` unless ``mark`` is held (the job releases it when it starts); the mark given back if
+    enqueueing fails. False if one is waiting."""
+    if not conn.set(mark, value, nx=True, ex=3600):
         return False
     try:
-        Queue(TRAIN_QUEUE, connection=conn).enqueue(
-            RECONCILE_FUNC, project_id, trigger, job_timeout=1800, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-            retry=Retry(max=2, interval=[30, 120]), description=f"reconcile project {project_id} ({trigger})",
-        )
+        enqueue()
     except Exception:
         conn.delete(mark)
         raise
@@ -358,22 +363,17 @@ def enqueue_unstar(conn: redis.Redis, project_id: int, *, pause: bool = True) ->
     """One slice of the project's un-starring waiting at a time (a mark held until the slice starts, as for
     reconcile); False if one is waiting. ``pause``: it starts ``UNSTAR_PAUSE_SECONDS`` from now (rq's
     scheduler), not at once: while annotations arrive, background work runs in the gaps between them."""
-    mark = project_key(project_id, "unstar-pending")
-    if not conn.set(mark, 1, nx=True, ex=3600):
-        return False
     queue = Queue(BACKGROUND_QUEUE, connection=conn)
     options = {"job_timeout": 600, "result_ttl": 3600, "failure_ttl": 7 * 24 * 3600,
                "retry": Retry(max=3, interval=RETRY_INTERVALS),
                "description": f"take ground-truth stars off in project {project_id}"}
-    try:
+
+    def enqueue() -> Job:
         if pause:
-            queue.enqueue_in(timedelta(seconds=UNSTAR_PAUSE_SECONDS), UNSTAR_FUNC, project_id, **options)
-        else:
-            queue.enqueue(UNSTAR_FUNC, project_id, **options)
-    except Exception:
-        conn.delete(mark)
-        raise
-    return True
+            return queue.enqueue_in(timedelta(seconds=UNSTAR_PAUSE_SECONDS), UNSTAR_FUNC, project_id, **options)
+        return queue.enqueue(UNSTAR_FUNC, project_id, **options)
+
+    return _one_waiting(conn, project_key(project_id, "unstar-pending"), 1, enqueue)
 
 
 def release_unstar(conn: redis.Redis, project_id: int) -> None:

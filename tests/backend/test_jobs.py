@@ -390,6 +390,21 @@ def test_the_background_job_gives_way_to_a_waiting_job_and_resumes_later(parts, 
     assert state.n_starred() == 0 and stars_in_label_studio(fake, 1) == set() and scheduled_slices(conn) == []
 
 
+def test_a_starred_annotation_deleted_meanwhile_is_done_not_a_failure(parts, conn):
+    settings, store, loader, fake = parts
+    settings = settings.model_copy(update={"window": 5})
+    star_every_initial_label(fake, 1)
+    retrain_now(conn, settings)
+    state = WorkingState(conn, 1)
+    first = state.next_starred(1)[0]
+    task = next(t for t in fake.ls.tasks.values() if any(a["id"] == first for a in t["annotations"]))
+    task["annotations"] = [a for a in task["annotations"] if a["id"] != first]  # deleted in Label Studio
+    start_scheduled_slices(conn)
+    run_jobs(conn, settings, [q.BACKGROUND_QUEUE])
+    assert state.n_starred() == 0 and stars_in_label_studio(fake, 1) == set()
+    assert Queue(q.BACKGROUND_QUEUE, connection=conn).failed_job_registry.count == 0
+
+
 def test_a_refilled_spare_and_a_reopened_tie_lose_their_star_before_they_open(parts, conn):
     settings, store, loader, fake = parts
     settings = settings.model_copy(update={"window": 5})
