@@ -23,8 +23,9 @@ import logging
 import os
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import numpy as np
@@ -295,11 +296,11 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
         state.order_starred(candidates(tasks.values(), entries, cap), tasks)
     opened: set[int] = set()
     granted: list[int] = []
-    unstarred: list[int] = []
+    unstar_requests: list[int] = []
 
     def reserve(task_ids: list[int]) -> list[int]:
         granted.extend(state.reserve(task_ids, budget.total, most_open=window))
-        unstarred.append(take_stars_off(ls, state, [a for tid in granted for a in tasks[tid].ground_truth_ids]))
+        unstar_requests.append(take_stars_off(ls, state, [a for tid in granted for a in tasks[tid].ground_truth_ids]))
         return granted
 
     def patched(task_id: int, body: dict) -> None:
@@ -311,7 +312,7 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     finally:
         for tid in set(granted) - opened:
             state.release(tid)
-    result.requests += sum(unstarred)
+    result.requests += sum(unstar_requests)
     state.set_model_version(version)
     _remember_predictions(state, config, plan, entries, version)
     served = set(result.window)
@@ -502,51 +503,79 @@ def _no_retry_if_permanent(job: Any, exc: Exception) -> None:
         job.retries_left = 0
 
 
+@dataclass
+class _Run:
+    """The rq job running now, from when it started."""
+
+    job: Any
+    started: float
+    outcome: str = "ok"
+
+    @property
+    def conn(self) -> Any:
+        return self.job.connection
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+@contextmanager
+def _recorded(kind: str) -> Iterator[_Run]:
+    """The current job timed and counted under ``kind`` with ``run.outcome`` ("error" when it raises); a
+    failure a retry cannot fix gets no retry."""
+    run = _Run(get_current_job(), time.monotonic())
+    try:
+        yield run
+    except Exception as exc:
+        record_job(run.conn, kind, "error", run.seconds())
+        _no_retry_if_permanent(run.job, exc)
+        raise
+    record_job(run.conn, kind, run.outcome, run.seconds())
+
+
 def retrain(project_id: int) -> dict:
     """The coalesced retrain of one project: working state, fit/update, rescore, publish, push."""
     ctx = context()
-    job = get_current_job()
-    conn = job.connection
-    cadence = q.Cadence.from_settings(ctx.settings)
-    covered = q.claim(conn, project_id, job.id, cadence)
-    if covered is None:
-        record_job(conn, "retrain", "duplicate", 0.0)
-        return {"skipped": "another retrain of this project owns the pending mark"}
-    q.schedule_reconcile(conn, ctx.settings.reconcile_seconds)
-    started = time.monotonic()
-    try:
-        ls = client(ctx)
-        state = working_state(ctx, conn, ls, project_id)
-        if project_done(ctx.settings, state):
-            record = {"skipped": "budget spent or committed: no task can be opened, nothing to retrain for",
-                      "seconds": 0.0}
-            q.finish(conn, project_id, job.id, covered, cadence, record, follow_up=False)
-            record_job(conn, "retrain", "done", time.monotonic() - started)
-            return record
-        snapshot = training_snapshot(state)
-        selector, ranking, meta = train_and_score(ctx.settings, project_id, snapshot, ctx.store, ctx.loader)
-        if project_done(ctx.settings, state):  # the budget ran out while it trained: publish nothing
-            record = {"skipped": "the budget was spent or committed during the training: not published",
-                      "seconds": round(time.monotonic() - started, 3)}
-            q.finish(conn, project_id, job.id, covered, cadence, record, follow_up=False)
-            record_job(conn, "retrain", "done", time.monotonic() - started)
-            return record
-        version = ctx.store.publish(project_id, selector, ranking, meta)
-        state.set_skipped(meta["skipped"])
-        conn.set(q.project_key(project_id, "config"), config_hash(snapshot.label_config))
-        pushed = push_ranking(ctx.settings, ls, state, ranking, version)
-    except Exception as exc:
-        record_job(conn, "retrain", "error", time.monotonic() - started)
-        log.exception("retrain of project %s failed; the previous model version keeps serving", project_id)
-        _no_retry_if_permanent(job, exc)
-        raise
-    seconds = time.monotonic() - started
-    record_job(conn, "retrain", "ok", seconds)
-    record = {"model_version": version, "seconds": round(seconds, 3), "tasks": meta["tasks"], "mode": meta["mode"],
-              "push": _push_summary(pushed)}
-    follow_up = q.finish(conn, project_id, job.id, covered, cadence, record)
-    log.info("project %s: model %s (%s, %d tasks) in %.1f s", project_id, version, meta["mode"], meta["tasks"], seconds)
-    return {**record, "annotations": covered, "follow_up": follow_up}
+    with _recorded("retrain") as run:
+        job, conn = run.job, run.conn
+        cadence = q.Cadence.from_settings(ctx.settings)
+        covered = q.claim(conn, project_id, job.id, cadence)
+        if covered is None:
+            run.outcome = "duplicate"
+            return {"skipped": "another retrain of this project owns the pending mark"}
+        q.schedule_reconcile(conn, ctx.settings.reconcile_seconds)
+        run.started = time.monotonic()
+        try:
+            ls = client(ctx)
+            state = working_state(ctx, conn, ls, project_id)
+            if project_done(ctx.settings, state):
+                record = {"skipped": "budget spent or committed: no task can be opened, nothing to retrain for",
+                          "seconds": 0.0}
+                q.finish(conn, project_id, job.id, covered, cadence, record, follow_up=False)
+                run.outcome = "done"
+                return record
+            snapshot = training_snapshot(state)
+            selector, ranking, meta = train_and_score(ctx.settings, project_id, snapshot, ctx.store, ctx.loader)
+            if project_done(ctx.settings, state):  # the budget ran out while it trained: publish nothing
+                record = {"skipped": "the budget was spent or committed during the training: not published",
+                          "seconds": round(run.seconds(), 3)}
+                q.finish(conn, project_id, job.id, covered, cadence, record, follow_up=False)
+                run.outcome = "done"
+                return record
+            version = ctx.store.publish(project_id, selector, ranking, meta)
+            state.set_skipped(meta["skipped"])
+            conn.set(q.project_key(project_id, "config"), config_hash(snapshot.label_config))
+            pushed = push_ranking(ctx.settings, ls, state, ranking, version)
+        except Exception:
+            log.exception("retrain of project %s failed; the previous model version keeps serving", project_id)
+            raise
+        seconds = run.seconds()
+        record = {"model_version": version, "seconds": round(seconds, 3), "tasks": meta["tasks"],
+                  "mode": meta["mode"], "push": _push_summary(pushed)}
+        follow_up = q.finish(conn, project_id, job.id, covered, cadence, record)
+        log.info("project %s: model %s (%s, %d tasks) in %.1f s", project_id, version, meta["mode"], meta["tasks"],
+                 seconds)
+        return {**record, "annotations": covered, "follow_up": follow_up}
 
 
 def _push_summary(pushed: Any) -> dict:
@@ -558,29 +587,18 @@ def _push_summary(pushed: Any) -> dict:
 def annotation_changed(project_id: int, task_id: int) -> Any:
     """Per-annotation step on the working state: majority reached -> settled, else one more opinion."""
     ctx = context()
-    job = get_current_job()
-    conn = job.connection
-    started = time.monotonic()
-    try:
+    with _recorded("annotation") as run:
         ls = client(ctx)
-        result = settle(ctx.settings, ls, working_state(ctx, conn, ls, project_id), task_id)
-    except Exception as exc:
-        record_job(conn, "annotation", "error", time.monotonic() - started)
-        _no_retry_if_permanent(job, exc)
-        raise
-    record_job(conn, "annotation", "ok", time.monotonic() - started)
-    return result
+        return settle(ctx.settings, ls, working_state(ctx, run.conn, ls, project_id), task_id)
 
 
 def reconcile(project_id: int, trigger: str = "periodic") -> dict:
     """Full read of the project, the differences from the working state recorded, the state rebuilt, then
     what the lost events left undone (a settled task still open, a free place) done. Label Studio wins."""
     ctx = context()
-    job = get_current_job()
-    conn = job.connection
-    started = time.monotonic()
-    q.release_reconcile(conn, project_id)  # from now on a new request queues another: a run killed mid-way blocks nothing
-    try:
+    with _recorded("reconcile") as run:
+        conn = run.conn
+        q.release_reconcile(conn, project_id)  # from now on a new request queues another: a run killed mid-way blocks nothing
         ls = client(ctx)
         state = WorkingState(conn, project_id)
         differences: list[str] = []
@@ -589,15 +607,10 @@ def reconcile(project_id: int, trigger: str = "periodic") -> dict:
         swept = sweep(ctx.settings, ls, state)
         if state.n_starred():  # e.g. tasks imported with their annotations since connect
             q.enqueue_unstar(conn, project_id)
-    except Exception as exc:
-        record_job(conn, "reconcile", "error", time.monotonic() - started)
-        _no_retry_if_permanent(job, exc)
-        raise
-    record = {"time": time.time(), "trigger": trigger, "tasks": len(fresh.tasks), "differences": differences[:200],
-              "n_differences": len(differences), "starred_left": state.n_starred(), **swept,
-              "seconds": round(time.monotonic() - started, 3)}
-    state.record_reconcile(record)
-    record_job(conn, "reconcile", "ok", time.monotonic() - started)
+        record = {"time": time.time(), "trigger": trigger, "tasks": len(fresh.tasks), "differences": differences[:200],
+                  "n_differences": len(differences), "starred_left": state.n_starred(), **swept,
+                  "seconds": round(run.seconds(), 3)}
+        state.record_reconcile(record)
     if differences:
         log.warning("project %s: reconcile found %d difference(s), e.g. %s", project_id, len(differences), differences[0])
     return record
@@ -619,31 +632,25 @@ def unstar(project_id: int) -> dict:
     """Background slice: ground-truth stars off, one PATCH at a time, in the order the latest push would open
     their tasks, until none is left, another job waits (looked at after each PATCH; the next slice then
     starts ``UNSTAR_PAUSE_SECONDS`` later) or ``UNSTAR_SLICE_SECONDS`` passed (the next slice at once).
-    Whatever opens a task takes its own stars off first, so nothing waits for this; it saves those
-    requests later, and serves the star's purpose: no open slot served twice."""
+    Whatever opens a task takes its own stars off first, so nothing waits for this: it saves those requests
+    when the tasks open later."""
     ctx = context()
-    job = get_current_job()
-    conn = job.connection
-    started = time.monotonic()
-    q.release_unstar(conn, project_id)  # from here a push may queue the next slice
-    state = WorkingState(conn, project_id)
-    if not state.exists():
-        return {"skipped": "no working state (the next retrain or reconcile rebuilds it)"}
-    ls = client(ctx)
-    done, gave_way = 0, False
-    try:
+    with _recorded("unstar") as run:
+        conn = run.conn
+        q.release_unstar(conn, project_id)  # from here a push may queue the next slice
+        state = WorkingState(conn, project_id)
+        if not state.exists():
+            run.outcome = "skipped"
+            return {"skipped": "no working state (the next retrain or reconcile rebuilds it)"}
+        ls = client(ctx)
+        done, gave_way = 0, False
         while batch := state.next_starred(UNSTAR_BATCH):
             take_stars_off(ls, state, batch, threads=UNSTAR_THREADS)
             done += len(batch)
             gave_way = q.others_waiting(conn)
-            if gave_way or time.monotonic() - started > UNSTAR_SLICE_SECONDS:
+            if gave_way or run.seconds() > UNSTAR_SLICE_SECONDS:
                 break
-    except Exception as exc:
-        record_job(conn, "unstar", "error", time.monotonic() - started)
-        _no_retry_if_permanent(job, exc)
-        raise
-    left = state.n_starred()
-    if left:
-        q.enqueue_unstar(conn, project_id, pause=gave_way)
-    record_job(conn, "unstar", "ok", time.monotonic() - started)
-    return {"unstarred": done, "left": left, "gave_way": gave_way, "seconds": round(time.monotonic() - started, 3)}
+        left = state.n_starred()
+        if left:
+            q.enqueue_unstar(conn, project_id, pause=gave_way)
+        return {"unstarred": done, "left": left, "gave_way": gave_way, "seconds": round(run.seconds(), 3)}
