@@ -366,7 +366,7 @@ class WorkingState:
     def sync_starred(self, task: TaskRecord) -> None:
         """A task just read from Label Studio: its annotations' stars as Label Studio holds them."""
         starred = task.ground_truth_ids
-        plain = [a.id for a in task.annotations if a.id not in set(starred)]
+        plain = [a.id for a in task.annotations if a.id not in starred]
         pipe = self.conn.pipeline(transaction=False)
         if starred:
             pipe.zadd(self._k("starred"), {a: UNRANKED for a in starred}, nx=True)

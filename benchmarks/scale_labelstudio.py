@@ -348,6 +348,7 @@ class Run:
     env: dict[str, str] = field(default_factory=dict)
     backend_url: str = ""
     redis: object = None
+    connected_at: float | None = None  # time.monotonic() when `alc connect` began
 
     def start_label_studio(self, name: str) -> LabelStudioServer:
         data = self.template.copy_to(self.work / name)
@@ -550,7 +551,8 @@ def step_annotate(run: Run, figures: dict) -> None:
             record = wait_for(lambda: (r := last_retrain(run)) and r["model_version"] == current and r, 60)
         rounds.append({"annotation_to_new_ranking_live_s": seconds, "timed_out": live is None,
                        "last_retrain": record or last_retrain(run), "starred_left": run.starred_left(),
-                       "since_connect_s": round(time.monotonic() - getattr(run, "connected_at", t_done), 1)})
+                       "since_connect_s": None if run.connected_at is None else
+                       round(time.monotonic() - run.connected_at, 1)})
         console.print(f"round {r}: {rounds[-1]}; settled {[(a['requests'], a['seconds']) for a in per['settled']]}, "
                       f"tie {[(a['requests'], a['seconds']) for a in per['tie']]}")
 
@@ -718,6 +720,11 @@ def print_table(figures: dict) -> None:
     Console().print(table)
 
 
+# the steps that run against the services, in the order given; `push` starts Label Studio copies of its own
+PIPELINE_STEPS = {"connect": step_connect, "annotate": step_annotate, "dashboard": step_dashboard,
+                  "background": step_background}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=10_000, help="N tasks (at most 10,000: the CIFAR-10 test set)")
@@ -757,14 +764,13 @@ def main() -> None:
                      "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                               cwd=Path(q.__file__).resolve().parents[1]).stdout.strip()}
     try:
-        pipeline = [s for s in steps if s in ("connect", "annotate", "dashboard", "background")]
+        pipeline = [s for s in steps if s in PIPELINE_STEPS]
         if pipeline:
             run.start_label_studio("ls")
             run.start_services()
             try:
                 for name in pipeline:
-                    {"connect": step_connect, "annotate": step_annotate, "dashboard": step_dashboard,
-                     "background": step_background}[name](run, figures)
+                    PIPELINE_STEPS[name](run, figures)
             finally:
                 figures["peak_rss_mib"] = run.stop_services()
                 run.stop_label_studio()

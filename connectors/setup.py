@@ -75,8 +75,8 @@ def configure_project(
     # 12 per second) connect leaves them to the backend, which opens no task with its star on
     starred = sum(len(t.ground_truth_ids) for t in snapshot.tasks)
     report["ground_truth"] = (f"{starred} annotation(s) carry Label Studio's ground-truth star: the backend takes it "
-                              "off in the background, the tasks it will open first first, and always before it "
-                              "opens a task (labels untouched)") if starred else "no annotation carries the ground-truth star"
+                              "off before it opens their task, and the rest in the background in the order it will "
+                              "open them (labels untouched)") if starred else "no annotation carries the ground-truth star"
     if budget is not None:
         state = replace(state, budget=int(budget))
     if window is not None:
