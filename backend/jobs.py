@@ -296,23 +296,24 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
         state.order_starred(candidates(tasks.values(), entries, cap), tasks)
     opened: set[int] = set()
     granted: list[int] = []
-    unstar_requests: list[int] = []
 
     def reserve(task_ids: list[int]) -> list[int]:
         granted.extend(state.reserve(task_ids, budget.total, most_open=window))
-        unstar_requests.append(take_stars_off(ls, state, [a for tid in granted for a in tasks[tid].ground_truth_ids]))
         return granted
+
+    def stars_off(task_id: int) -> int:  # in the opening PATCH's thread, just before it: best tasks open first
+        return take_stars_off(ls, state, tasks[task_id].ground_truth_ids, threads=1)
 
     def patched(task_id: int, body: dict) -> None:
         state.apply_patch(task_id, body)
         opened.add(task_id)
 
     try:
-        result = apply_plan(ls, config, plan, entries, tasks, max_annotations=cap, on_patched=patched, reserve=reserve)
+        result = apply_plan(ls, config, plan, entries, tasks, max_annotations=cap, on_patched=patched, reserve=reserve,
+                            before_open=stars_off)
     finally:
         for tid in set(granted) - opened:
             state.release(tid)
-    result.requests += sum(unstar_requests)
     state.set_model_version(version)
     _remember_predictions(state, config, plan, entries, version)
     served = set(result.window)

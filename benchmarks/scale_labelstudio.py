@@ -615,9 +615,10 @@ def step_dashboard(run: Run, figures: dict, repeats: int = 2) -> None:
 
 
 def push_once(client, pid: int, task_ids: list[int], scores: np.ndarray, version: str, window: int, budget: int):
-    """One push of a ranking as the service makes it. With the incremental pipeline (connectors.plan) the
-    service decides on its working state, so the project is read first, untimed (``timed`` marks the
-    start of what the service would do); before it, push_window read the project itself."""
+    """One push of a ranking as the service makes it; returns its start, its result and the seconds until its
+    first task was open. With the incremental pipeline (connectors.plan) the service decides on its working
+    state, so the project is read first, untimed (``started`` marks the start of what the service would do);
+    before it, push_window read the project itself."""
     from connectors.counts import read_project
     from connectors.ledger import budget_of
 
@@ -628,19 +629,33 @@ def push_once(client, pid: int, task_ids: list[int], scores: np.ndarray, version
 
         started = time.monotonic()
         return started, push_window(client, pid, task_ids=task_ids, scores=scores.tolist(),
-                                    priorities=(-scores).tolist(), model_version=version, window=window, budget=budget)
+                                    priorities=(-scores).tolist(), model_version=version, window=window,
+                                    budget=budget), None
     snap = read_project(client, pid)
     started = time.monotonic()
     entries = entries_of(task_ids, scores.tolist(), (-scores).tolist())
     plan = plan_window(snap.tasks, entries, budget=budget_of(snap, budget), window=window, max_annotations=5,
                        model_version=version, spares=50)
     tasks = {t.id: t for t in snap.tasks}
+    opened_at: list[float] = []
 
-    def unstar(opening: list[int]) -> list[int]:  # as the backend's push: stars off before its tasks open
-        clear_ground_truth(client, [a for tid in opening for a in tasks[tid].ground_truth_ids])
-        return opening
+    def stars_off(task_id: int) -> int:  # as the backend's push: a task's stars off just before it opens
+        return clear_ground_truth(client, tasks[task_id].ground_truth_ids, threads=1)
 
-    return started, apply_plan(client, snap.config, plan, entries, tasks, max_annotations=5, reserve=unstar)
+    def patched(task_id: int, body: dict) -> None:
+        opened_at.append(time.monotonic())
+
+    try:
+        result = apply_plan(client, snap.config, plan, entries, tasks, max_annotations=5, on_patched=patched,
+                            before_open=stars_off)
+    except TypeError:  # the code before before_open: every star of the window off first, then the tasks open
+        def unstar(opening: list[int]) -> list[int]:
+            clear_ground_truth(client, [a for tid in opening for a in tasks[tid].ground_truth_ids])
+            return opening
+
+        result = apply_plan(client, snap.config, plan, entries, tasks, max_annotations=5, on_patched=patched,
+                            reserve=unstar)
+    return started, result, (round(min(opened_at) - started, 2) if opened_at else None)
 
 
 def step_push(run: Run, figures: dict) -> None:
@@ -658,14 +673,15 @@ def step_push(run: Run, figures: dict) -> None:
             configure_project(client, pid, budget=run.args.budget, window=k)
             t1 = time.monotonic()
             scores = np.random.default_rng(k).random(len(ids))
-            p1, first = push_once(client, pid, ids, scores, f"bench-{k}-first", k, run.args.budget)
+            p1, first, first_open_s = push_once(client, pid, ids, scores, f"bench-{k}-first", k, run.args.budget)
             t2 = time.monotonic()
-            p2, _ = push_once(client, pid, ids, scores, f"bench-{k}-rerank", k, run.args.budget)
+            p2, _, _ = push_once(client, pid, ids, scores, f"bench-{k}-rerank", k, run.args.budget)
             t3 = time.monotonic()
             out[str(k)] = {
                 "setup_s": round(t1 - t0, 1), "setup_requests": len(run.ls_proxy.between(t0, t1)),
                 "first_push_s": round(t2 - p1, 1), "first_push_requests": len(run.ls_proxy.between(p1, t2)),
                 "opened": len(getattr(first, "opened", []) or []),
+                "first_push_first_task_open_s": first_open_s,
                 "rerank_push_s": round(t3 - p2, 1), "rerank_push_requests": len(run.ls_proxy.between(p2, t3)),
                 "untimed_reads_s": round((p1 - t1) + (p2 - t2), 1),
                 "first_push_kinds": kinds(run.ls_proxy.between(p1, t2)),
@@ -714,6 +730,7 @@ def print_table(figures: dict) -> None:
         table.add_row(f"GET {path} (s, uncached)", ", ".join(map(str, times)))
     for k, p in figures.get("push", {}).items():
         table.add_row(f"first push K = {k}: s / requests / opened", f"{p['first_push_s']} / {p['first_push_requests']} / {p['opened']}")
+        table.add_row("  its first task open after (s)", str(p.get("first_push_first_task_open_s")))
         table.add_row(f"re-rank push K = {k}: s / requests", f"{p['rerank_push_s']} / {p['rerank_push_requests']}")
     for name, mib in figures.get("peak_rss_mib", {}).items():
         table.add_row(f"peak RSS {name} (MiB)", str(mib))

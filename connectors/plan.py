@@ -211,12 +211,15 @@ class PushResult:
 def apply_plan(client: LabelStudio, config: ProjectConfig, plan: Plan, entries: Mapping[int, RankEntry],
                tasks: Mapping[int, TaskRecord], *, max_annotations: int,
                on_patched: Callable[[int, dict], None] | None = None,
-               reserve: Callable[[list[int]], list[int]] | None = None) -> PushResult:
+               reserve: Callable[[list[int]], list[int]] | None = None,
+               before_open: Callable[[int], int] | None = None) -> PushResult:
     """Predictions, then the model version switch (live), then the closing PATCHes, then the opening ones.
     Values are absolute, so a push retried after failing half-way does the same thing again, not twice.
     ``on_patched(task_id, body)`` is called after each successful task PATCH (the backend updates its
     working state there); ``reserve(task_ids) -> granted`` (the backend's atomic budget reservation) is
-    asked, after the closes freed their slots, which of ``plan.open`` may really be opened."""
+    asked, after the closes freed their slots, which of ``plan.open`` may really be opened;
+    ``before_open(task_id) -> requests made`` runs just before each opening PATCH, in its thread (the
+    backend takes the task's ground-truth stars off there), so the best tasks open first, not last."""
     started = time.perf_counter()
     result = PushResult(plan.model_version, kept=list(plan.keep), budget=plan.budget.as_dict())
     predictions = [prediction_for(config, tasks[tid], entries.get(tid), plan.model_version)
@@ -236,7 +239,7 @@ def apply_plan(client: LabelStudio, config: ProjectConfig, plan: Plan, entries: 
     opening = [t for t in plan.open if t in granted]
     opens = {tid: task_patch(tasks[tid], tasks[tid].n_annotators + 1, config.class_names, max_annotations)
              for tid in opening}
-    result.requests += patch_tasks(client, opens, on_patched)
+    result.requests += patch_tasks(client, opens, on_patched, before=before_open)
     result.opened = opening
     if len(opening) < len(plan.open):
         result.budget = plan.opening_only(opening).budget.as_dict()
@@ -264,19 +267,23 @@ def prediction_for(config: ProjectConfig, task: TaskRecord, entry: RankEntry | N
 
 
 def patch_tasks(client: LabelStudio, patches: Mapping[int, dict],
-                on_patched: Callable[[int, dict], None] | None = None) -> int:
-    """One PATCH per task, ``PATCH_THREADS`` in flight; returns the number of requests."""
-    def send(item: tuple[int, dict]) -> None:
+                on_patched: Callable[[int, dict], None] | None = None,
+                before: Callable[[int], int] | None = None) -> int:
+    """One PATCH per task in the given order, ``PATCH_THREADS`` in flight, each after ``before(task_id)``
+    (which returns the requests it made); returns the number of requests."""
+    def send(item: tuple[int, dict]) -> int:
         tid, body = item
+        made = before(tid) if before is not None else 0
         update_task(client, tid, body)
         if on_patched is not None:
             on_patched(tid, body)
+        return made + 1
 
     items = list(patches.items())
-    if items:
-        with ThreadPoolExecutor(max_workers=min(PATCH_THREADS, len(items))) as pool:
-            list(pool.map(send, items))
-    return len(items)
+    if not items:
+        return 0
+    with ThreadPoolExecutor(max_workers=min(PATCH_THREADS, len(items))) as pool:
+        return sum(pool.map(send, items))
 
 
 def clear_ground_truth(client: LabelStudio, annotation_ids: Sequence[int], *, threads: int = PATCH_THREADS) -> int:

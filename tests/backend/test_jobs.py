@@ -325,32 +325,40 @@ def start_scheduled_slices(conn) -> None:
 
 
 def test_a_push_takes_the_star_off_each_task_it_opens_first_and_leaves_the_rest_to_the_background(parts, conn):
+    from connectors.plan import PATCH_THREADS
+
     settings, store, loader, fake = parts
-    settings = settings.model_copy(update={"window": 5})
+    window = PATCH_THREADS + 1  # of 60 tasks, with SPARES = 50 spares: one left to the background
+    settings = settings.model_copy(update={"window": window})
     starred = star_every_initial_label(fake, 1)
     before = len(fake.ls.calls)
     record = retrain_now(conn, settings)
     calls = requests_of(fake, before)
     opened = fake.projects[1].open_ids()
-    opened_stars = {a["id"] for tid in opened for a in fake.ls.tasks[tid]["annotations"]}
+    star_of = {tid: fake.ls.tasks[tid]["annotations"][0]["id"] for tid in fake.projects[1].task_ids}
+    opened_stars = {star_of[tid] for tid in opened}
     state = WorkingState(conn, 1)
     spares = state.spares()
-    spare_stars = {a["id"] for tid in spares for a in fake.ls.tasks[tid]["annotations"]}
+    spare_stars = {star_of[tid] for tid in spares}
     unstarred = unstar_calls(calls)
-    assert sorted(unstarred[:5]) == sorted(opened_stars) and len(opened_stars) == 5
+    assert sorted(unstarred[:window]) == sorted(opened_stars) and len(opened) == window
+    # each task's star comes off just before that task opens, so the best tasks open first, not after the
+    # whole window's stars: at most one star per PATCH in flight before the first task is open
+    for tid in opened:
+        assert calls.index(("PATCH", f"/api/annotations/{star_of[tid]}")) < calls.index(("PATCH", f"/api/tasks/{tid}"))
     first_open = min(i for i, c in enumerate(calls) if c[0] == "PATCH" and c[1].startswith("/api/tasks/"))
-    assert max(i for i, c in enumerate(calls) if c[1] == f"/api/annotations/{unstarred[4]}") < first_open
+    assert calls.index(("PATCH", f"/api/annotations/{unstarred[PATCH_THREADS]}")) > first_open
     # then the spares' (a refill opens one of them without a request more): after the window opened
     last_open = max(i for i, c in enumerate(calls) if c[0] == "PATCH" and c[1].startswith("/api/tasks/"))
-    assert sorted(unstarred[5:]) == sorted(spare_stars) and len(spares) == jobs.SPARES
-    assert min(i for i, c in enumerate(calls) if c[1] == f"/api/annotations/{unstarred[5]}") > last_open
+    assert sorted(unstarred[window:]) == sorted(spare_stars) and len(spares) == jobs.SPARES
+    assert min(i for i, c in enumerate(calls) if c[1] == f"/api/annotations/{unstarred[window]}") > last_open
     assert stars_in_label_studio(fake, 1) == starred - opened_stars - spare_stars
-    # predictions, version switch, 5 stars off, 5 opened, the spares' stars off
-    assert record["push"]["requests"] == 1 + 1 + 5 + 5 + len(spare_stars)
+    # predictions, version switch, the window's stars off and its tasks opened, the spares' stars off
+    assert record["push"]["requests"] == 1 + 1 + window + window + len(spare_stars)
     # the rest wait for the background job, in the order the ranking would open their tasks
     from backend.status import jobs_status
 
-    assert jobs_status(conn, 1)["stars_left"] == state.n_starred() == len(starred) - 5 - len(spare_stars)
+    assert jobs_status(conn, 1)["stars_left"] == state.n_starred() == len(starred) - window - len(spare_stars)
     ranking = store.load(1).ranking
     by_score = [int(t) for _, t in sorted(zip(ranking.scores, ranking.task_ids))]
     task_of = state.tasks_of_annotations(starred)
