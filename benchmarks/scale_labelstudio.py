@@ -56,7 +56,8 @@ from rich.console import Console
 from rich.table import Table
 
 from backend import queue as q
-from backend.demo.dataset import choice_result, image_name, label_config, label_studio_tasks, make_cifar10h
+from backend.demo.dataset import choice_result, label_config, label_studio_tasks, make_cifar10h
+from backend.demo.project import upload_images
 from backend.demo.services import Services
 from backend.labelstudio_runtime import LABEL_STUDIO_VERSION, LabelStudioServer, create_user, ensure_installed, free_port
 
@@ -265,38 +266,6 @@ class Template:
         return target
 
 
-def upload_images(url: str, token: str, project_id: int, dataset, batch: int = 100) -> dict[str, str]:
-    """Every image uploaded as a file of the project (no task yet), 100 per multipart request as the demo
-    does (backend.demo.project.upload_images), but their URLs asked for per batch: one query naming all
-    10,000 file ids is refused by Label Studio (414 Request-URI Too Long)."""
-    import io
-
-    from PIL import Image
-
-    headers = {"Authorization": f"Token {token}"}
-    urls: dict[str, str] = {}
-    for start in range(0, dataset.n_tasks, batch):
-        files = []
-        for k in range(start, min(start + batch, dataset.n_tasks)):
-            buffer = io.BytesIO()
-            Image.fromarray(dataset.images[k]).save(buffer, format="PNG")
-            files.append((f"file{k}", (image_name(k), buffer.getvalue(), "image/png")))
-        response = requests.post(f"{url}/api/projects/{project_id}/import", headers=headers,
-                                 params={"commit_to_project": "false"}, files=files, timeout=600)
-        response.raise_for_status()
-        ids = response.json()["file_upload_ids"]
-        listed = requests.get(f"{url}/api/projects/{project_id}/file-uploads", headers=headers,
-                              params={"ids": json.dumps(ids)}, timeout=600)
-        listed.raise_for_status()
-        for upload in listed.json():
-            stored = upload["file"]  # upload/<project>/<random prefix>-img_00042.png
-            urls[stored.rsplit("/", 1)[-1].split("-", 1)[-1]] = f"/data/{stored}"
-    missing = [image_name(k) for k in range(dataset.n_tasks) if image_name(k) not in urls]
-    if missing:
-        raise RuntimeError(f"Label Studio did not keep {len(missing)} uploaded image(s), e.g. {missing[0]}")
-    return urls
-
-
 def build_template(directory: Path, n: int, data_dir: Path, seed: int) -> Template:
     """Create the project in a fresh Label Studio (images uploaded in bulk, one JSON import of the tasks)."""
     dataset = make_cifar10h(data_dir, n_images=n, seed=seed, temperature=2.0, size=32)
@@ -310,7 +279,7 @@ def build_template(directory: Path, n: int, data_dir: Path, seed: int) -> Templa
         client = LabelStudio(base_url=server.url, api_key=server.token, timeout=1800)
         project = client.projects.create(title=f"scale benchmark, {n} tasks", label_config=label_config(dataset.class_names))
         with console.status(f"uploading {n} images"):
-            urls = upload_images(server.url, server.token, project.id, dataset)
+            urls = upload_images(server.url, server.token, project.id, dataset, timeout=600)
         tasks = label_studio_tasks(dataset, urls.__getitem__, "annotation")
         with console.status(f"importing {n} tasks with their initial labels"):
             for start in range(0, n, 2000):
@@ -563,7 +532,8 @@ def step_annotate(run: Run, figures: dict) -> None:
         return {"n": len(items), "requests_median": statistics.median(a["requests"] for a in items),
                 "requests_max": max(a["requests"] for a in items),
                 "seconds_median": round(statistics.median(secs), 3) if secs else None,
-                "seconds_max": round(max(secs), 3) if secs else None, "example": items[-1]["kinds"]}
+                "seconds_max": round(max(secs), 3) if secs else None, "example": items[-1]["kinds"],
+                "above_median": [a for a in items if a["requests"] > statistics.median(b["requests"] for b in items)]}
 
     figures["annotate"] = {"settled": summary(per["settled"]), "tie": summary(per["tie"]), "rounds": rounds}
 

@@ -44,11 +44,12 @@ def create_project(client: LabelStudio, base_url: str, api_key: str, dataset: De
 def upload_images(base_url: str, api_key: str, project_id: int, dataset: DemoDataset, timeout: float = 60.0) -> dict[str, str]:
     """Upload every image as a file of the project (no task yet); returns image name -> /data/upload/... URL.
 
-    The SDK has no multipart upload, so this one call goes through requests.
+    The SDK has no multipart upload, so these calls go through requests. The stored names are asked for
+    per batch: one query naming every file id is refused at about 10,000 files (414 Request-URI Too Long).
     """
     base = base_url.rstrip("/")
     headers = {"Authorization": f"Token {api_key}"}
-    ids: list[int] = []
+    urls: dict[str, str] = {}
     for start in range(0, dataset.n_tasks, UPLOAD_BATCH):
         files = []
         for k in range(start, min(start + UPLOAD_BATCH, dataset.n_tasks)):
@@ -58,15 +59,12 @@ def upload_images(base_url: str, api_key: str, project_id: int, dataset: DemoDat
         response = requests.post(f"{base}/api/projects/{project_id}/import", headers=headers,
                                  params={"commit_to_project": "false"}, files=files, timeout=timeout)
         response.raise_for_status()
-        ids += response.json()["file_upload_ids"]
-    response = requests.get(f"{base}/api/projects/{project_id}/file-uploads", headers=headers,
-                            params={"ids": json.dumps(ids)}, timeout=timeout)
-    response.raise_for_status()
-    urls = {}
-    for upload in response.json():
-        stored = upload["file"]  # upload/<project>/<random prefix>-img_00042.png
-        name = stored.rsplit("/", 1)[-1].split("-", 1)[-1]
-        urls[name] = f"/data/{stored}"
+        listed = requests.get(f"{base}/api/projects/{project_id}/file-uploads", headers=headers,
+                              params={"ids": json.dumps(response.json()["file_upload_ids"])}, timeout=timeout)
+        listed.raise_for_status()
+        for upload in listed.json():
+            stored = upload["file"]  # upload/<project>/<random prefix>-img_00042.png
+            urls[stored.rsplit("/", 1)[-1].split("-", 1)[-1]] = f"/data/{stored}"
     missing = [image_name(k) for k in range(dataset.n_tasks) if image_name(k) not in urls]
     if missing:
         raise RuntimeError(f"Label Studio did not keep {len(missing)} uploaded image(s), e.g. {missing[0]}")
