@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import inspect
 import json
 import os
 import shutil
@@ -529,11 +530,11 @@ def step_annotate(run: Run, figures: dict) -> None:
         if not items:
             return {}
         secs = [a["seconds"] for a in items if a["seconds"] is not None]
-        return {"n": len(items), "requests_median": statistics.median(a["requests"] for a in items),
-                "requests_max": max(a["requests"] for a in items),
+        median = statistics.median(a["requests"] for a in items)
+        return {"n": len(items), "requests_median": median, "requests_max": max(a["requests"] for a in items),
                 "seconds_median": round(statistics.median(secs), 3) if secs else None,
                 "seconds_max": round(max(secs), 3) if secs else None, "example": items[-1]["kinds"],
-                "above_median": [a for a in items if a["requests"] > statistics.median(b["requests"] for b in items)]}
+                "above_median": [a for a in items if a["requests"] > median]}
 
     figures["annotate"] = {"settled": summary(per["settled"]), "tie": summary(per["tie"]), "rounds": rounds}
 
@@ -615,16 +616,13 @@ def push_once(client, pid: int, task_ids: list[int], scores: np.ndarray, version
     def patched(task_id: int, body: dict) -> None:
         opened_at.append(time.monotonic())
 
-    try:
-        result = apply_plan(client, snap.config, plan, entries, tasks, max_annotations=5, on_patched=patched,
-                            before_open=stars_off)
-    except TypeError:  # the code before before_open: every star of the window off first, then the tasks open
-        def unstar(opening: list[int]) -> list[int]:
-            clear_ground_truth(client, [a for tid in opening for a in tasks[tid].ground_truth_ids])
-            return opening
+    def unstar(opening: list[int]) -> list[int]:  # the code before before_open: the window's stars first
+        clear_ground_truth(client, [a for tid in opening for a in tasks[tid].ground_truth_ids])
+        return opening
 
-        result = apply_plan(client, snap.config, plan, entries, tasks, max_annotations=5, on_patched=patched,
-                            reserve=unstar)
+    per_task = "before_open" in inspect.signature(apply_plan).parameters
+    result = apply_plan(client, snap.config, plan, entries, tasks, max_annotations=5, on_patched=patched,
+                        **({"before_open": stars_off} if per_task else {"reserve": unstar}))
     return started, result, (round(min(opened_at) - started, 2) if opened_at else None)
 
 

@@ -303,7 +303,10 @@ def clear_ground_truth(client: LabelStudio, annotation_ids: Sequence[int], *, th
                 raise
 
     ids = list(annotation_ids)
-    if ids:
+    if threads == 1 or len(ids) == 1:  # one in flight (the push's call per task): no pool to start
+        for annotation_id in ids:
+            clear(annotation_id)
+    elif ids:
         with ThreadPoolExecutor(max_workers=min(threads, len(ids))) as pool:
             list(pool.map(clear, ids))
     return len(ids)
