@@ -106,6 +106,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now. With SO_REUSEADDR, as the servers themselves bind
+    (Django, gunicorn): a port whose last connections are in TIME-WAIT (a demo stopped a minute ago) is free."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _missing(venv: Path) -> list[str]:
     """The requirements not installed in ``venv`` at their versions (read from its metadata: `label-studio
     --version` starts a server); all of them when the venv has no Python."""

@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from backend import profile
-from backend.commands import exit_on_user_errors
-from backend.settings import load_settings
+from backend.commands import exit_on_user_errors, http_url
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -17,14 +15,16 @@ if TYPE_CHECKING:
 
 
 def connect(
-    project: Annotated[int, typer.Option("--project", help="Label Studio project id")],
-    backend_url: Annotated[Optional[str], typer.Option(help="this backend's URL as Label Studio reaches it: registers "
+    project: Annotated[int, typer.Option("--project", min=1, help="Label Studio project id")],
+    backend_url: Annotated[Optional[str], typer.Option(callback=http_url, help="this backend's URL as Label Studio reaches it: registers "
                                                              "the ML backend and the webhook (default: the running "
                                                              "`alc demo` / `alc serve`, from its profile)")] = None,
     window: Annotated[Optional[int], typer.Option(min=1, help="open tasks at a time for this project (else ALC_WINDOW applies)")] = None,
     budget: Annotated[Optional[int], typer.Option(min=0, help="re-annotations to spend on this project (default: ALC_BUDGET)")] = None,
 ) -> None:
     """Sampling, overlap-first, webhook, ML backend, the 'Cleaning queue' tab, the baseline and the budget."""
+    from backend import profile
+    from backend.settings import load_settings
     from connectors.client import connect as connect_client
     from connectors.setup import configure_project
 
