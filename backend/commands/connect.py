@@ -27,6 +27,7 @@ def connect(
     from backend.settings import load_settings
     from connectors.client import connect as connect_client
     from connectors.setup import configure_project
+    from scoring.progress import heartbeat
 
     with exit_on_user_errors("connect"):
         settings = load_settings()
@@ -35,13 +36,14 @@ def connect(
         client = connect_client(url, key, timeout=settings.label_studio_timeout, retries=3)
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         built: list[str] = []
-        report = configure_project(
-            client, project, backend_url=backend_url, webhook_secret=secret,
-            budget=budget if budget is not None else settings.budget,
-            window=window,
-            basic_auth=settings.basic_auth, initial_label_source=settings.initial_label_source,
-            on_read=lambda snapshot, started: built.append(_working_state(settings, client, snapshot, started)),
-        )
+        with heartbeat(f"connecting project {project} (reads every task once: minutes for a big project)"):
+            report = configure_project(
+                client, project, backend_url=backend_url, webhook_secret=secret,
+                budget=budget if budget is not None else settings.budget,
+                window=window,
+                basic_auth=settings.basic_auth, initial_label_source=settings.initial_label_source,
+                on_read=lambda snapshot, started: built.append(_working_state(settings, client, snapshot, started)),
+            )
         report["working_state"] = built[0] if built else "not built (the first retrain reads the project)"
     if isinstance(report.get("baseline"), str):  # annotation ids are server-wide: "ids <= 900" for 400 tasks puzzled people
         text = re.sub(r"\(ids <= (\d+)\)", r"(annotation ids up to \1; Label Studio numbers them across all projects)",

@@ -111,8 +111,7 @@ def demo(
                 ls = LabelStudioAccount(label_studio_url.rstrip("/"), "(your account)", "(yours)", label_studio_api_key)
             else:
                 exe = ensure_installed()  # installs on first use (or waits on another install), with progress
-                with console.status("starting Label Studio (the first start migrates its database: about a minute)"):
-                    ls = services.start_label_studio(exe, port_or_free(ls_port or 8080))
+                ls = services.start_label_studio(exe, port_or_free(8080 if ls_port is None else ls_port))  # says what it does meanwhile
             env = {
                 "LABEL_STUDIO_URL": ls.url,
                 "LABEL_STUDIO_API_KEY": ls.token,
@@ -124,7 +123,7 @@ def demo(
                 "ALC_PROFILE": "none",  # the demo writes the profile itself; its children must not
                 **config.backend_env(),
             }
-            backend_url = services.start_backend(port_or_free(port or 9090), env)
+            backend_url = services.start_backend(port_or_free(9090 if port is None else port), env)
             for k in range(workers):
                 services.start_worker(env, name=f"worker{k + 1}" if workers > 1 else "worker")
             deployment = {

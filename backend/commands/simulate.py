@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from backend.commands import output_folder, positive
@@ -89,6 +88,7 @@ def simulate(
     from scoring.rules import get_rule
     from scoring.report import write_all
     from scoring.selectors import check_options, make_selector, selector_class
+    from scoring.progress import progress
     from scoring.simulation import simulate as run
 
     specs = [parse_strategy(s) for s in selectors.split(",") if s.strip()]
@@ -143,15 +143,9 @@ def simulate(
         f"budget {n_budget} re-annotations"
     )
     started = time.perf_counter()
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        job = bar.add_task("simulating", total=len(strategies) * len(seed_list))
-
-        def tick(name: str, seed: int) -> None:
-            bar.update(job, advance=1, description=f"{name} seed {seed}")
-
-        results = run(data, strategies, n_budget, seed_list, batch_size, refit_every, max_per_task, tick)
+    with progress("simulating", len(strategies) * len(seed_list), transient=False, every_fraction=0) as advance:
+        results = run(data, strategies, n_budget, seed_list, batch_size, refit_every, max_per_task,
+                      lambda name, seed: advance(1, f"{name} seed {seed} done"))
     wall = time.perf_counter() - started
     meta = {
         "dataset": dataset,

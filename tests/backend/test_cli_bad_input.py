@@ -131,3 +131,20 @@ def test_debug_shows_the_traceback(how: str, tmp_path: Path) -> None:
                      **({"ALC_DEBUG": "1"} if how == "ALC_DEBUG" else {}))
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
+
+
+@pytest.mark.parametrize("field", ["label_config", "description"])
+def test_a_webhook_with_a_lone_surrogate_is_a_400_and_queues_nothing(settings, conn, field: str) -> None:
+    """JSON may escape a lone surrogate (\\ud800), which no UTF-8 text holds: a 400 naming the field, never
+    a 500 from hashing or storing it, and nothing is queued (Label Studio's project is left as it is)."""
+    from rq import Queue
+
+    from backend import queue as q
+    from backend.app import create_app
+
+    client = create_app(settings).test_client()
+    body = ('{"action": "PROJECT_UPDATED", "project": {"id": 1, "%s": "<View>\\ud800</View>"}}' % field).encode()
+    response = client.post("/webhook", data=body, content_type="application/json")
+    assert response.status_code == 400, response.data
+    assert field in response.json["error"] and "surrogate" in response.json["error"]
+    assert all(Queue(n, connection=conn).count == 0 for n in q.QUEUES)
