@@ -29,12 +29,9 @@ def status(
     With no settings it reads the deployment that `alc demo` / `alc serve` runs (their profile)."""
     if not 0 < target < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {target}", param_hint="--target")
-    from backend.model_store import ModelStore
     from backend.queue import PROJECTS_KEY
     from backend.settings import load_settings
-    from backend.status import build_status, jobs_status, read_truth
-    from connectors.client import connect
-    from connectors.ledger import reconcile
+    from backend.status import jobs_status
 
     console = Console()
     with exit_on_user_errors("status"):
@@ -50,6 +47,11 @@ def status(
                 console.print(f"Projects that sent webhooks here: {', '.join(map(str, known)) or 'none yet'}; "
                               "add --project ID for one project's budget and queue.")
             return
+        from backend.model_store import ModelStore
+        from backend.status import build_status, read_truth
+        from connectors.client import connect
+        from connectors.ledger import reconcile
+
         url, key = settings.require_label_studio()
         client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
         ledger = reconcile(client, project, settings.initial_label_source, settings.budget)

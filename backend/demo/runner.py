@@ -82,7 +82,8 @@ class DemoRun:
             self.dataset = make_dataset(cfg)
         title = cfg.title or f"Label cleaning demo ({self.dataset.name}, {cfg.order} order)"
         with heartbeat(f"creating the project: {self.dataset.n_tasks} images with noisy labels"):
-            self.project = create_project(self.client, self.ls_url, self.ls_token, self.dataset, title)
+            self.project = create_project(self.client, self.ls_url, self.ls_token, self.dataset, title,
+                                          description=self.description())
         self.console.print(f"project {self.project.id}: {self.dataset.n_tasks} tasks, initial label noise "
                            f"{self.dataset.initial_noise_rate:.1%} ({self.dataset.name})")
         if "ALC_DATA_HOME" in self.backend_env:  # the dashboard counts corrections (not only changes) where it knows the truth
@@ -92,6 +93,14 @@ class DemoRun:
         self.connect()
         self.wait_for_first_model()
         return self.project
+
+    def description(self) -> str:
+        """What the project card in Label Studio says about this run, for a person."""
+        cfg, data = self.config, self.dataset
+        order = f"{cfg.selector} priority" if cfg.order == "priority" else "random (the baseline)"
+        return (f"Active label cleaning demo: {data.n_tasks} {data.name} images, {data.initial_noise_rate:.0%} of their "
+                f"initial labels wrong. Budget {cfg.budget} re-annotations, {order} order, {cfg.window} tasks open at "
+                f"a time; `alc status --project <id>` shows what is spent and left.")
 
     def connect(self) -> None:
         """`alc connect --project ID`: the connectors set the project up for this backend."""
