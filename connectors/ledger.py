@@ -210,9 +210,9 @@ def ledger_of(snapshot: ProjectSnapshot, budget: int | None = None, max_annotati
 
 
 def reconcile(client: LabelStudio, project_id: int, initial_label_source: str = "annotations",
-              budget: int | None = None) -> Ledger:
+              budget: int | None = None, max_annotations: int | None = None) -> Ledger:
     """The ledger rebuilt from Label Studio: one paged read of every task, nothing cached."""
-    return ledger_of(read_project(client, project_id, initial_label_source), budget)
+    return ledger_of(read_project(client, project_id, initial_label_source), budget, max_annotations)
 
 
 def project_status(client: LabelStudio, project_id: int, initial_label_source: str = "annotations",
