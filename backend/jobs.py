@@ -264,7 +264,7 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     """plan_window on the working state as it is now (annotations arrive while a model trains), with the
     audit's share of the openings, slots reserved atomically, then apply_plan: predictions, the version
     switch, the task PATCHes (each first opening numbered by the state's touched_seq counter)."""
-    from connectors.plan import apply_plan, candidates, plan_window, rank_entries
+    from connectors.plan import apply_plan, candidates, opening_cost, plan_window, rank_entries
 
     config, tasks = state.config(), state.tasks()
     entries = rank_entries(ranking)
@@ -300,7 +300,8 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     _remember_predictions(state, config, plan, entries, version)
     served = set(result.window)
     spares = [tid for tid in plan.predict if tid not in served and tid in entries]
-    state.set_spares({tid: entries[tid].score for tid in spares})
+    state.set_spares({tid: entries[tid].score for tid in spares},
+                     {tid: opening_cost(tasks[tid], entries[tid], cap) for tid in spares})
     # a settled task's place is refilled from the spares: their stars off now (the ranking is live, the window
     # open), so that a refill costs no request more than the PATCH that opens it
     result.requests += take_stars_off(ls, state, [a for tid in spares for a in tasks[tid].ground_truth_ids])
@@ -418,7 +419,7 @@ def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
         task = state.task(tid)
         if task is None or task.open_slots or not task.has_initial or is_done(task, cap) or in_cleaning(task):
             continue
-        cost = opening_cost(task, None, cap)
+        cost = max(state.spare_cost(tid) or 0, opening_cost(task, None, cap))  # the push knew its ambiguity
         if budget.remaining is not None and cost > budget.remaining:
             continue
         if not state.reserve([tid], budget.total, most_open=window, costs=[cost]):  # two refills racing

@@ -242,6 +242,11 @@ class WorkingState:
         """The current ranking's next candidates, best first."""
         return [int(t) for t in self.conn.zrange(self._k("spares"), 0, -1)]
 
+    def spare_cost(self, task_id: int) -> int | None:
+        """What opening this spare reserves, as the push that named it computed (None: not known)."""
+        raw = self.conn.hget(self._k("spare_costs"), int(task_id))
+        return int(raw) if raw is not None else None
+
     # --- writing ---------------------------------------------------------------------------------
 
     def put_task(self, task: TaskRecord) -> None:
@@ -261,7 +266,7 @@ class WorkingState:
     def delete_task(self, task_id: int) -> None:
         keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched"), self._k("changes")]
         _script(self.conn, "put", _PUT_TASK)(keys=keys, args=[int(task_id), "", 0, 0, 0, time.time()])
-        self.conn.zrem(self._k("spares"), int(task_id))
+        self.drop_spare(task_id)
 
     def apply_patch(self, task_id: int, body: dict) -> TaskRecord | None:
         """What a task PATCH of ours changed (overlap, data), as Label Studio now holds it."""
@@ -311,15 +316,21 @@ class WorkingState:
         if config.state != project_state:
             self.conn.set(self._k("config"), replace(config, state=project_state).to_json())
 
-    def set_spares(self, scores: dict[int, float]) -> None:
+    def set_spares(self, scores: dict[int, float], costs: dict[int, int] | None = None) -> None:
+        """The spares (task id -> score) and what opening each reserves (task id -> cost)."""
         pipe = self.conn.pipeline()
-        pipe.delete(self._k("spares"))
+        pipe.delete(self._k("spares"), self._k("spare_costs"))
         if scores:
             pipe.zadd(self._k("spares"), {int(t): float(s) for t, s in scores.items()})
+        if costs:
+            pipe.hset(self._k("spare_costs"), mapping={int(t): int(c) for t, c in costs.items()})
         pipe.execute()
 
     def drop_spare(self, task_id: int) -> None:
-        self.conn.zrem(self._k("spares"), int(task_id))
+        pipe = self.conn.pipeline()
+        pipe.zrem(self._k("spares"), int(task_id))
+        pipe.hdel(self._k("spare_costs"), int(task_id))
+        pipe.execute()
 
     def set_skipped(self, skipped: dict[Any, str]) -> None:
         pipe = self.conn.pipeline()

@@ -302,8 +302,8 @@ def plan_window(tasks: Sequence[TaskRecord], entries: Mapping[int, RankEntry], *
 def _audit_due(audit: AuditPolicy, audit_spent: int, budget: Budget, holding: int) -> bool:
     from scoring.audit import audit_due
 
-    return audit.share > 0 and audit_due(audit_spent=audit_spent, spent=budget.spent + holding, budget=budget.total,
-                                         share=audit.share)
+    spent = max(budget.spent + holding, audit_spent)  # (the budget and the tasks may be read a moment apart)
+    return audit.share > 0 and audit_due(audit_spent=audit_spent, spent=spent, budget=budget.total, share=audit.share)
 
 
 def _draw(audit: AuditPolicy, pool: list[int], entries: Mapping[int, RankEntry], seq: int) -> Any:

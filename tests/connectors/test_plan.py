@@ -183,3 +183,25 @@ def test_one_patch_body_closes_a_task_and_records_the_result_in_its_data():
     body = task_patch(tie, tie.n_annotators + 1, CLASSES, max_annotations=5)
     assert body["is_labeled"] is False and body["data"]["alc_status"] == "open"
     assert body["data"]["alc_final_label"] == "cat" and body["data"]["alc_changed"] is False
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(total=st.integers(0, 30), window=st.integers(1, 8), n_fresh=st.integers(0, 12), n_ties=st.integers(0, 5),
+       n_open=st.integers(0, 3))
+def test_ties_are_finished_before_new_tasks_and_new_ones_fit_beside_what_is_held(total, window, n_fresh, n_ties,
+                                                                                  n_open):
+    ties = [task(100 + i, ["cat", "dog"]) for i in range(n_ties)]  # in cleaning, extra opinion not asked yet
+    waiting = [task(200 + i, ["cat"], overlap=2) for i in range(n_open)]  # open, holding two each
+    fresh = [task(i, ["cat"]) for i in range(1, n_fresh + 1)]
+    tasks = fresh + ties + waiting
+    spent = n_ties
+    total = max(total, spent)
+    before = held_total(tasks, 5)
+    p = plan(tasks, Budget(total, spent, n_open, before), window=window, max_annotations=5)
+    opened_ties = [t for t in p.open if t >= 100 and t < 200]
+    new = [t for t in p.open if t < 100]
+    if new:
+        assert len(opened_ties) == n_ties, "a new task opened while a tie waited"
+    assert p.open[:len(opened_ties)] == opened_ties, "ties first"
+    assert sum(p.openings[t].cost for t in new) <= max(0, total - spent - before)
+    assert len(p.open) + n_open <= max(window, n_open) and spent + n_open + len(p.open) <= max(total, spent + n_open)
