@@ -35,7 +35,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -47,6 +47,7 @@ import urllib3
 from PIL import Image
 
 from backend.settings import Settings
+from scoring.progress import progress as report_progress
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ LABEL_STUDIO_PATHS = ("/data/upload/", "/data/local-files/", "/storage-data/")
 CHUNK = 64 * 1024
 CACHE_SIDE = 256  # decoded images are cached with their longer side at most this (or the size asked, if larger)
 MAX_URL_CHARS = 4096
+SHOW_PROGRESS_FROM = 100  # images: a fetch this big tells its progress (a bar, or lines in a log); one task's does not
 _DNS_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"  # kept as they are; everything else (spaces, non-ASCII) is percent-encoded
 _QUERY_SAFE = _PATH_SAFE + "?"
@@ -250,13 +252,16 @@ class ImageLoader:
         def fetch(i: int) -> None:  # written in place: 100,000 futures holding their images would double the memory
             out[i] = self.load(refs[i], size)
 
-        with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="alc-image") as pool:
+        shown = report_progress(f"fetching {len(refs)} images", len(refs)) if len(refs) >= SHOW_PROGRESS_FROM \
+            else nullcontext(lambda n=1: None)
+        with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="alc-image") as pool, shown as advance:
             futures = {pool.submit(fetch, i): i for i in range(len(refs))}
             for done, future in enumerate(as_completed(futures), 1):
                 try:
                     future.result()
                 except ImageError as exc:
                     errors[futures[future]] = str(exc)
+                advance(1)
                 if progress is not None:
                     progress(done)
         return out, errors
