@@ -261,6 +261,19 @@ class ImageLoader:
                     progress(done)
         return out, errors
 
+    def load_vector(self, ref: object) -> np.ndarray:
+        """A float vector from a ``.npy`` file at ``ref`` (the team's own embeddings or probabilities), fetched under
+        the same URL policy and size limit as an image; never unpickled. ImageError for any failure."""
+        with _as_image_error():
+            raw = self.fetch(self.target(ref))
+            try:
+                vector = np.load(io.BytesIO(raw), allow_pickle=False)
+            except Exception as exc:  # not an .npy, or an object array (which would need pickle)
+                raise ImageError(f"not a numeric .npy file: {type(exc).__name__}: {str(exc)[:80]}") from None
+            if not np.issubdtype(vector.dtype, np.number):
+                raise ImageError(f"the .npy holds {vector.dtype}, not numbers")
+            return np.asarray(vector, dtype=np.float64).reshape(-1)
+
     def thumbnail(self, ref: object, size: int) -> bytes:
         """PNG bytes of the image fitted into size x size (aspect kept), for the dashboard."""
         if not isinstance(size, int) or not 1 <= size <= 1024:
