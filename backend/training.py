@@ -243,6 +243,7 @@ def train_and_score(
                 and previous.meta.get("selector") == name and previous.meta.get("input", "image") == kind)
     context = {"cache_dir": store.project_dir(project_id) / "cache", "n_classes": counts.shape[1]}
     selector = _stored_selector(previous) if reusable else None
+    last = previous.ranking if selector is not None else None  # the ranking the stored selector was fitted for
     size = None
 
     if kind == "image":
@@ -271,12 +272,11 @@ def train_and_score(
     initial = snapshot.initial_counts[rows] if snapshot.initial_counts is not None else None
     task_ids = [snapshot.task_ids[i] for i in rows]
 
-    if kind == "posteriors":
-        selector = make_selector("posteriors", posteriors=data)
-    elif selector is None or previous is None or previous.ranking.task_ids != task_ids:
-        selector = make_selector(name, options, **context)  # other tasks than last time: a fresh fit
-    last = previous.ranking if reusable and previous is not None else None
-    mode = "update" if last is not None and last.task_ids == task_ids else "fit"
+    if last is None or last.task_ids != task_ids:
+        last = None  # other tasks than last time (or no usable stored selector): a fresh fit
+        selector = make_selector("posteriors", posteriors=data) if kind == "posteriors" else make_selector(
+            name, options, **context)
+    mode = "fit" if last is None else "update"
     selector, ranking = rank(data if kind != "posteriors" else None, counts, selector=selector, rule=settings.rule,
                              task_ids=task_ids, class_names=list(snapshot.class_names), previous=last)
     probs = selector.oof_proba(data if kind != "posteriors" else None)
