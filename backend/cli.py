@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from backend.commands import connect, demo, export, serve, simulate, status, worker
+from backend.commands import connect, demo, export, rank, serve, simulate, status, worker
 
 app = typer.Typer(
     help="Active label cleaning for Label Studio: decide which labelled tasks to re-annotate first.",
@@ -31,6 +31,7 @@ app.command("connect")(connect.connect)
 app.command("status")(status.status)
 app.command("export")(export.export)
 app.command("simulate")(simulate.simulate)
+app.command("rank")(rank.rank)
 
 if __name__ == "__main__":
     app()
