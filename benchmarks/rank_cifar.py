@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,8 @@ def main() -> None:
         started = time.perf_counter()
         subprocess.run(["taskset", "-c", ",".join(str(c) for c in range(args.threads)), *command], env=env, check=True)
         seconds = time.perf_counter() - started
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = usage.ru_utime + usage.ru_stime  # what the command itself used, whatever else ran on the machine
         with (tmp / "ranked.csv").open() as f:
             rows = list(csv.DictReader(f))
         top = [int(r["file"][:4]) for r in rows[:100]]
@@ -61,7 +64,9 @@ def main() -> None:
         print(f"flipped among the first 100 rows: {int(flipped[top].sum())}")
         print(f"flipped among the first {k} rows (k = number flipped): {int(flipped[top_k].sum())} "
               f"({100 * flipped[top_k].mean():.1f}%)")
-        print(f"wall time, cold cache, {args.threads} CPU threads: {seconds:.1f} s; report {(tmp / 'report.html').stat().st_size // 1024} KiB")
+        print(f"wall time, cold cache, {args.threads} CPU threads: {seconds:.1f} s; CPU time of the command {cpu:.1f} s "
+              f"(on {args.threads} cores of its own the wall time would be about {cpu / args.threads:.0f} s or more); "
+              f"load average at the end {os.getloadavg()[0]:.1f}; report {(tmp / 'report.html').stat().st_size // 1024} KiB")
 
 
 if __name__ == "__main__":

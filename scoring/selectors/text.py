@@ -154,7 +154,9 @@ class TextSelector(PretrainedLinearSelector):
             self.columns_ = np.flatnonzero(df >= 2) if (df >= 2).sum() > self.components else np.flatnonzero(df)
         x = x[:, self.columns_]
         if fitting:
-            k = max(1, min(self.components, x.shape[0] - 1, x.shape[1] - 1))
+            # at most one dimension per 5 texts: a small project's head cannot weigh more (90 texts, 89
+            # standardised dimensions gave near-uniform posteriors)
+            k = max(2, min(self.components, x.shape[0] // 5, x.shape[1] - 1))
             svd = TruncatedSVD(k, algorithm="randomized", n_iter=3, random_state=self.seed).fit(x)
             self.svd_components_ = svd.components_.astype(np.float32)
         return np.asarray(x @ self.svd_components_.T, dtype=np.float32)
