@@ -159,3 +159,18 @@ def test_a_full_read_records_the_object_type(settings, fake_ls, conn):
     rebuild_from_label_studio(state, jobs.client(jobs.context()), settings.initial_label_source)
     snapshot = jobs.training_snapshot(state)
     assert snapshot.object_type == "text" and snapshot.image_refs[0] == "text 0"
+
+
+def test_a_text_task_is_shown_as_a_card_of_its_first_words():
+    import io
+
+    from PIL import Image
+
+    from backend.images import ImageLoader
+
+    png = ImageLoader.text_card("The striker scored a late goal " * 20, 96)
+    with Image.open(io.BytesIO(png)) as card:
+        pixels = np.asarray(card.convert("L"))
+    assert pixels.shape == (96, 96) and (pixels < 100).mean() > 0.02  # dark text drawn on a light card
+    with pytest.raises(ValueError, match="thumbnail size"):
+        ImageLoader.text_card("x", 0)
