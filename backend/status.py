@@ -24,12 +24,14 @@ import logging
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backend.model_store import ModelStore, Ranking
-from connectors.ledger import Ledger, project_status, reconcile
+
+if TYPE_CHECKING:
+    from connectors.ledger import Ledger  # the Label Studio SDK behind it loads only where a project is read
 
 log = logging.getLogger(__name__)
 MIN_COST_PER_CORRECTION = 2  # re-annotations: two agreeing opinions outvote one initial label
@@ -253,6 +255,8 @@ def build_status(client: Any, ledger: Ledger, store: ModelStore | None = None, r
                  target: float = 0.95, budget: int | None = None, truth: dict[int, str] | None = None) -> dict[str, Any]:
     """Everything the dashboard shows, as plain JSON data, from a ledger already read from Label Studio."""
     project_id = ledger.snapshot.project_id
+    from connectors.ledger import project_status
+
     status = project_status(client, project_id, ledger.snapshot.initial_label_source, budget, ledger=ledger)
     status["annotators"] = annotator_figures(ledger)
     status["truth"] = truth_figures(ledger, truth) if truth else None
@@ -289,6 +293,8 @@ def collect_status(client: Any, project_id: int, settings: Any, store: ModelStor
     ledger = working_ledger(redis_conn, project_id, settings.budget)
     source = "the working state (Redis; the periodic reconcile proves it equals Label Studio)"
     if ledger is None:
+        from connectors.ledger import reconcile
+
         ledger = reconcile(client, project_id, settings.initial_label_source, settings.budget)
         source = "Label Studio (a full read)"
     status = build_status(client, ledger, store=store, redis_conn=redis_conn, target=target, budget=settings.budget,
