@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("backend.commands.status", "status"),
     "export": ("backend.commands.export", "export"),
     "simulate": ("backend.commands.simulate", "simulate"),
+    "rank": ("backend.commands.rank", "rank"),
 }
 
 

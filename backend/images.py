@@ -266,6 +266,43 @@ class ImageLoader:
                     progress(done)
         return out, errors
 
+    def load_vector(self, ref: object) -> np.ndarray:
+        """A float vector from a ``.npy`` file at ``ref`` (the team's own embeddings or probabilities), fetched under
+        the same URL policy and size limit as an image; never unpickled. ImageError for any failure."""
+        with _as_image_error():
+            raw = self.fetch(self.target(ref))
+            try:
+                vector = np.load(io.BytesIO(raw), allow_pickle=False)
+            except Exception as exc:  # not an .npy, or an object array (which would need pickle)
+                raise ImageError(f"not a numeric .npy file: {type(exc).__name__}: {str(exc)[:80]}") from None
+            if not np.issubdtype(vector.dtype, np.number):
+                raise ImageError(f"the .npy holds {vector.dtype}, not numbers")
+            return np.asarray(vector, dtype=np.float64).reshape(-1)
+
+    @staticmethod
+    def text_card(text: object, size: int) -> bytes:
+        """PNG bytes of a size x size card showing the start of a text: where the dashboard shows an image's
+        thumbnail, a text project shows its snippet (nothing is fetched)."""
+        from PIL import ImageDraw
+
+        if not isinstance(size, int) or not 1 <= size <= 1024:
+            raise ImageError(f"thumbnail size must be an integer in [1, 1024], got {size!r}")
+        words = " ".join(str(text or "").split())[:400]
+        card = Image.new("RGB", (size, size), (250, 250, 246))
+        draw = ImageDraw.Draw(card)
+        per_line, lines, line = max(4, size // 6), [], ""
+        for word in words.split(" "):
+            if len(line) + len(word) + 1 > per_line and line:
+                lines.append(line)
+                line = ""
+            line = f"{line} {word}".strip()[:per_line]
+        lines.append(line)
+        for row, content in enumerate(lines[: max(1, (size - 4) // 11)]):
+            draw.text((3, 2 + 11 * row), content, fill=(30, 30, 30))
+        out = io.BytesIO()
+        card.save(out, format="PNG")
+        return out.getvalue()
+
     def thumbnail(self, ref: object, size: int) -> bytes:
         """PNG bytes of the image fitted into size x size (aspect kept), for the dashboard."""
         if not isinstance(size, int) or not 1 <= size <= 1024:

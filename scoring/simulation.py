@@ -124,8 +124,7 @@ def simulate_seed(
     features = data.images
 
     started = time.perf_counter()
-    strategy.selector.fit(features, counts)
-    model_output = strategy.model_output(features)
+    model_output = strategy.fit_output(features, counts)
     fit_seconds = time.perf_counter() - started
 
     correct = label_is_correct(counts, truth)
@@ -153,8 +152,7 @@ def simulate_seed(
             taken_since_rank = 0
             if refit_every and spent - last_fit >= refit_every:
                 t0 = time.perf_counter()
-                strategy.selector.update(features, counts)
-                model_output = strategy.model_output(features)
+                model_output = strategy.fit_output(features, counts, update=True)
                 fit_seconds += time.perf_counter() - t0
                 last_fit, refits = spent, refits + 1
                 heap = rank()

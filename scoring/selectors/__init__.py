@@ -26,6 +26,7 @@ BUILTIN_SELECTORS: dict[str, str] = {
     "bald": "scoring.selectors.bald:BaldSelector",
     "pretrained-linear": "scoring.selectors.pretrained_linear:PretrainedLinearSelector",
     "ensemble": "scoring.selectors.ensemble:EnsembleSelector",
+    "text": "scoring.selectors.text:TextSelector",
 }
 
 
