@@ -69,7 +69,8 @@ def _working_state(settings: Settings, client: Any, snapshot: ProjectSnapshot, s
     if not settings.redis_url:
         return "not built: no REDIS_URL here (the first retrain reads the project)"
     try:
-        adopt(WorkingState(q.connect(settings.redis_url), snapshot.project_id), client, snapshot, started)
+        adopt(WorkingState(q.connect(settings.redis_url), snapshot.project_id, settings.max_annotations_per_task),
+              client, snapshot, started)
     except redis.RedisError as exc:
         return f"not built: Redis unreachable ({type(exc).__name__}; the first retrain reads the project)"
     return f"built in Redis from this read ({len(snapshot.tasks)} tasks)"

@@ -54,9 +54,11 @@ def status(
 
         url, key = settings.require_label_studio()
         client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
-        ledger = reconcile(client, project, settings.initial_label_source, settings.budget)
+        ledger = reconcile(client, project, settings.initial_label_source, settings.budget,
+                           settings.max_annotations_per_task)
         data = build_status(client, ledger, store=ModelStore(settings.models_path), redis_conn=redis_conn,
-                            target=target, budget=settings.budget, truth=read_truth(settings.data_home, project))
+                            target=target, budget=settings.budget, truth=read_truth(settings.data_home, project),
+                            audit_share=settings.audit_share)
         if redis_conn is None:
             data["jobs"] = {"error": redis_note}
     if as_json:
@@ -105,7 +107,7 @@ def _print_status(console: Console, s: dict) -> None:
     summary = _table("Budget and progress", "", "")
     summary.add_row("budget (re-annotations)", str(b["total"]) if b["total"] is not None else "no limit")
     summary.add_row("spent", str(b["spent"]))
-    summary.add_row("committed (open slots)", str(b["committed"]))
+    summary.add_row("held to finish the open tasks", f"{b['held']} ({b['committed']} open slots)")
     summary.add_row("remaining", str(b["remaining"]) if b["remaining"] is not None else "-")
     summary.add_row("tasks settled", f"{t['settled']} of {t['total']}")
     summary.add_row("labels changed", str(t["labels_changed"]))
@@ -113,19 +115,8 @@ def _print_status(console: Console, s: dict) -> None:
         truth = s["truth"]
         summary.add_row("labels corrected (truth known)", f"{truth['labels_corrected']} ({truth['labels_broken']} broken); "
                                                          f"accuracy {100 * truth['accuracy']:.1f}%, was {100 * truth['initial_accuracy']:.1f}%")
-    if e["available"]:
-        low, high = e["accuracy_interval"]
-        interval = f", 90%: {100 * low:.1f}-{100 * high:.1f}%" if low != high else ""
-        summary.add_row("estimated label accuracy", f"{100 * e['accuracy']:.1f}%{interval} (was {100 * e['accuracy_before']:.1f}%)")
-        summary.add_row("labels still wrong (model)", str(e["labels_wrong"]))
-        forecast = e["forecast_spend"] if e["forecast_spend"] is not None else "- (after the first change)"
-        summary.add_row(f"re-annotations to {100 * e['target']:.0f}%", str(forecast))
-        low, high = e["suggested_budget_range"]
-        summary.add_row("suggested budget", f"{e['suggested_budget']}{f' (90%: {low}-{high})' if low != high else ''}; "
-                                            f"accept: alc connect --project {s['project']['id']} --budget {e['suggested_budget']}")
-        summary.add_row("estimate basis", f"{e['basis']}; cost: {e['cost_basis']}")
-    else:
-        summary.add_row("estimated label accuracy", f"- ({e['reason']})")
+    for label, value in estimate_rows(e, b, s["project"]["id"]):
+        summary.add_row(label, value)
     console.print(summary)
 
     queue = _table(f"Cleaning queue ({len(s['queue'])} open)", "#", "task", "priority", "labels so far", "link")
@@ -146,6 +137,29 @@ def _print_status(console: Console, s: dict) -> None:
                        f"{100 * agreement:.0f}% of {a['on_settled_tasks']}" if agreement is not None else "-")
     console.print(people)
     _print_jobs(console, s.get("jobs") or {"error": "not connected to the job queue"})
+
+
+def estimate_rows(e: dict, b: dict, project_id: int) -> list[tuple[str, str]]:
+    """The estimate's lines, as the dashboard words them (no number before an audit draw settled)."""
+    if not e["available"]:
+        return [("estimated label accuracy", f"- ({e['reason']})")]
+    conf = f"{100 * e['confidence']:.0f}%"
+    low, high = e["accuracy_interval"]
+    rows = [("estimated label accuracy", f"{100 * e['accuracy']:.1f}% ({conf}: {100 * low:.1f}-{100 * high:.1f}%)"),
+            ("labels still wrong", f"{e['labels_wrong']} ({conf}: {e['labels_wrong_interval'][0]}-"
+                                   f"{e['labels_wrong_interval'][1]})")]
+    target = f"{100 * e['target']:.0f}%"
+    if e["forecast_spend"]:
+        f_low, f_high = e["forecast_interval"]
+        rows.append((f"re-annotations to {target}", f"{e['forecast_spend']} ({f_low}-{f_high if f_high is not None else '?'})"))
+        s_low, s_high = e["suggested_budget_range"]
+        rows.append(("suggested budget", f"{e['suggested_budget']} ({s_low}-{s_high if s_high is not None else '?'}) = "
+                                         f"{b['spent']} spent + {e['forecast_spend']}; accept: alc connect --project "
+                                         f"{project_id} --budget {e['suggested_budget']}"))
+    else:
+        rows.append((f"re-annotations to {target}", "0: the estimate says it is reached"))
+    rows.append(("estimate basis", f"{e['basis']}; forecast: {e['forecast_basis']}; cost: {e['cost_basis']}"))
+    return rows
 
 
 def _print_jobs(console: Console, jobs: dict) -> None:

@@ -35,11 +35,12 @@ from backend.demo.annotators import AnnotatorPool
 from backend.demo.config import DemoConfig, Order  # noqa: F401 (re-exported)
 from backend.demo.dataset import DemoDataset, make_cifar10h, make_digits
 from backend.demo.project import DemoProject, create_project
-from backend.demo.report import ProjectLabels, read_labels, summarise
+from backend.demo.report import ProjectLabels, read_labels, summarise, trace_point, trace_summary
 from backend.status import write_truth
 from scoring.progress import ProgressLines, heartbeat
 
 CONNECT_TIMEOUT = 900.0  # seconds: connect reads the whole project once (minutes for a big one on a busy machine)
+TRACE_SECONDS = 10.0  # the estimate is polled this often (GET /api/status; the backend caches it as long)
 
 
 def make_dataset(config: DemoConfig) -> DemoDataset:
@@ -72,6 +73,8 @@ class DemoRun:
         self.budget_spent_at: float | None = None
         self.finished_because: str | None = None
         self.connect_seconds: float | None = None
+        self.trace: list[dict] = []  # the dashboard's estimate at each poll, next to the truth the demo knows
+        self.traced_at: float | None = None
         self.started = time.monotonic()
 
     # --- setup -----------------------------------------------------------------------------------
@@ -211,6 +214,8 @@ class DemoRun:
                 progress.update(bar, completed=min(spent, cfg.budget), description=f"model {version}")
                 if lines is not None:
                     lines.update(min(spent, cfg.budget), self.progress_note(version))
+                if version and (self.traced_at is None or time.monotonic() - self.traced_at >= TRACE_SECONDS):
+                    self.trace_estimate()
                 if spent >= cfg.budget:
                     self.budget_spent_at = time.monotonic()
                     self.finished_because = f"budget spent ({spent} of {cfg.budget} re-annotations)"
@@ -288,9 +293,27 @@ class DemoRun:
 
     # --- report ------------------------------------------------------------------------------------
 
+    def trace_estimate(self) -> dict | None:
+        """One poll of the backend's status (what the dashboard shows): the estimate and its interval next to
+        the true accuracy, appended to the trace; None when the backend did not answer."""
+        self.traced_at = time.monotonic()
+        try:
+            answer = requests.get(f"{self.backend_url}/api/status", params={"project": self.project.id},
+                                  auth=self.backend_auth, timeout=30)
+            answer.raise_for_status()
+            status = answer.json()
+        except (requests.RequestException, ValueError) as exc:
+            self.console.log(f"status poll failed: {exc}")
+            return None
+        self.trace.append(trace_point(status, round(self.traced_at - self.started, 1)))
+        return status
+
     def report(self) -> dict:
         labels = read_labels(self.client, self.project.id, self.dataset.class_names, self.dataset.n_tasks)
         self.poll_model_version()
+        if self.traced_at is not None:  # the last poll after the queue closed (the backend's cache expired)
+            time.sleep(max(0.0, TRACE_SECONDS + 0.5 - (time.monotonic() - self.traced_at)))
+        final = self.trace_estimate()
         return summarise(
             labels,
             self.dataset.true_labels,
@@ -306,6 +329,9 @@ class DemoRun:
             simulated_annotators=self.config.annotators,
             wall_seconds=round(time.monotonic() - self.started, 1),
             config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},
+            estimate=(final or {}).get("estimate"),
+            estimate_trace=self.trace,
+            estimate_trace_summary=trace_summary(self.trace),
         )
 
 

@@ -36,7 +36,8 @@ def test_reconcile_status_and_export(fake, client_of):
     fake.tasks[corrected]["overlap"] = 3  # as on_annotation would have set it
 
     ledger = reconcile(client, pid)
-    assert ledger.budget.as_dict() == {"total": 10, "spent": 3, "committed": 0, "remaining": 7, "exhausted": False}
+    assert ledger.budget.as_dict() == {"total": 10, "spent": 3, "committed": 0, "held": 0, "remaining": 7,
+                                       "exhausted": False}
     assert ledger.settled.tolist() == [True, True, False]
     assert ledger.final_labels == ["dog", "bird", "dog"]
     assert ledger.changed.tolist() == [True, False, False]
