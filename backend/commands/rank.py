@@ -57,10 +57,12 @@ def rank(
         sources = [s for s in (images, text_column, features, posteriors) if s is not None]
         if len(sources) != 1:
             raise InputError("give exactly one of --images, --text-column, --features, --posteriors")
+        if images is not None and not images.is_dir():
+            raise InputError(f"--images {images}: no such folder")
         dataset = read_labels(labels, id_column, label_column, text_column, classes)
+        data, kept, skipped = read_inputs(dataset, images, features, posteriors)
         say(f"{len(dataset.ids)} items, {int(dataset.counts.sum())} labels, {len(dataset.class_names)} classes "
             f"({', '.join(dataset.class_names[:10])}{', ...' if len(dataset.class_names) > 10 else ''})")
-        data, kept, skipped = read_inputs(dataset, images, features, posteriors)
         if skipped:
             say(f"{len(skipped)} item(s) skipped: {next(iter(skipped.values()))}" + (" (and others)" if len(skipped) > 1 else ""))
         if len(kept) < 10:
@@ -68,7 +70,7 @@ def rank(
         result = run_pipeline(dataset, data, kept, images is not None, text_column is not None, posteriors is not None,
                               selector, rule, cache_dir, seed)
     except InputError as exc:
-        typer.echo(f"alc rank: {exc}", err=True)
+        typer.echo(f"error: alc rank: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(2) from None
     selector_name, ranking, probs = result
     write_ranked(out, dataset, kept, ranking, probs)
@@ -173,8 +175,6 @@ def read_images(folder: Path, files: list[str]) -> tuple[Any, list[int], dict[in
 
     from scoring.training import progress_bar
 
-    if not folder.is_dir():
-        raise InputError(f"--images {folder}: no such folder")
     root = folder.resolve()
     pictures: dict[int, np.ndarray] = {}
     skipped: dict[int, str] = {}

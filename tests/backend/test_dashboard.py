@@ -278,7 +278,7 @@ def test_confident_learning_estimate_covers_the_truth_on_the_demo_digits():
     from scoring.selectors import make_selector
 
     ds = make_digits(400, 0, 0.15)
-    probs = make_selector("linear", folds=2, image_size=8).fit(ds.images, np.eye(10)[ds.initial_labels]).predict_proba(ds.images)
+    probs = make_selector("linear", folds=2, image_size=8).fit_predict_oof(ds.images, np.eye(10)[ds.initial_labels])
     estimate = label_noise_estimate(ds.initial_labels, probs)
     truly_wrong = int((ds.initial_labels != ds.true_labels).sum())
     assert estimate["wrong_low"] <= truly_wrong <= estimate["wrong_high"], (estimate, truly_wrong)
