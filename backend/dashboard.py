@@ -170,7 +170,7 @@ def thumbnail(project_id: int, task_id: int):
         if project_id not in configs:
             configs[project_id] = ChoicesConfig.parse(client.projects.get(project_id).label_config)
         config = configs[project_id]
-        ref = config.image_ref({"data": task.data})
+        ref = config.object_value({"data": task.data})
         png = (app_state.loader.text_card(ref, int(size)) if config.object_type in ("text", "hypertext")  # a snippet
                else app_state.loader.thumbnail(ref, int(size)))
     except ApiError as exc:

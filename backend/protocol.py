@@ -98,12 +98,19 @@ class ChoicesConfig:
             raise ProtocolError(f"<Choices name={tag.name!r}> is not attached to an object with a $data value", 422)
         return cls(tag.name, target.name, str(target.value)[1:], tuple(tag.labels), interface, object_type(target))
 
-    def image_ref(self, task: dict) -> str:
+    def object_value(self, task: dict) -> str:
+        """The labelled object's data value (an image URL, a text); TaskError when there is none."""
         data = task.get("data")
         value = data.get(self.data_key) if isinstance(data, dict) else None
         if not isinstance(value, str) or not value.strip():
-            raise TaskError(f"task has no image in data[{self.data_key!r}]")
+            raise TaskError(f"task has no {self.object_type} in data[{self.data_key!r}]")
         return value
+
+    def image_ref(self, task: dict) -> str:
+        """The task's image URL; a task of another object type is scored by the retrain only (TaskError)."""
+        if self.object_type != "image":
+            raise TaskError(f"a <{self.object_type}> task outside the last ranking is scored by the next retrain")
+        return self.object_value(task)
 
     def counts_from_annotations(self, task: dict) -> np.ndarray:
         """(C,) label counts from the task's annotations as Label Studio sends them (cancelled ones skipped).

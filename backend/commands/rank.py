@@ -18,8 +18,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from backend.commands import output_file
-
 TOP_IN_REPORT = 48
 SNIPPET_CHARS = 280
 
@@ -39,12 +37,12 @@ class Dataset:
 
 def rank(
     labels: Annotated[Path, typer.Argument(help="CSV with an item column (file or id) and a label column; one row per label")],
-    out: Annotated[Path, typer.Option("--out", callback=output_file, help="ranked CSV to write, highest priority first")],
+    out: Annotated[Path, typer.Option("--out", help="ranked CSV to write, highest priority first")],
     images: Annotated[Optional[Path], typer.Option("--images", help="folder holding the files named in the file column")] = None,
     text_column: Annotated[Optional[str], typer.Option("--text-column", help="rank texts: the CSV column holding them")] = None,
     features: Annotated[Optional[Path], typer.Option("--features", help="your model's embeddings, .npy (N, D), rows in the CSV's item order")] = None,
     posteriors: Annotated[Optional[Path], typer.Option("--posteriors", help="your model's probabilities, .npy (N, C), rows in the CSV's item order, classes sorted")] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", callback=output_file, help="also write an HTML report of the top items")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="also write an HTML report of the top items")] = None,
     id_column: Annotated[Optional[str], typer.Option("--id-column", help="the item column (default: file, else id)")] = None,
     label_column: Annotated[str, typer.Option("--label-column", help="the label column")] = "label",
     classes: Annotated[Optional[str], typer.Option("--classes", help="comma-separated class names (default: the labels seen, sorted)")] = None,
@@ -59,10 +57,12 @@ def rank(
         sources = [s for s in (images, text_column, features, posteriors) if s is not None]
         if len(sources) != 1:
             raise InputError("give exactly one of --images, --text-column, --features, --posteriors")
+        if images is not None and not images.is_dir():
+            raise InputError(f"--images {images}: no such folder")
         dataset = read_labels(labels, id_column, label_column, text_column, classes)
+        data, kept, skipped = read_inputs(dataset, images, features, posteriors)
         say(f"{len(dataset.ids)} items, {int(dataset.counts.sum())} labels, {len(dataset.class_names)} classes "
             f"({', '.join(dataset.class_names[:10])}{', ...' if len(dataset.class_names) > 10 else ''})")
-        data, kept, skipped = read_inputs(dataset, images, features, posteriors)
         if skipped:
             say(f"{len(skipped)} item(s) skipped: {next(iter(skipped.values()))}" + (" (and others)" if len(skipped) > 1 else ""))
         if len(kept) < 10:
@@ -70,7 +70,7 @@ def rank(
         result = run_pipeline(dataset, data, kept, images is not None, text_column is not None, posteriors is not None,
                               selector, rule, cache_dir, seed)
     except InputError as exc:
-        typer.echo(f"error: alc rank: {exc}", err=True)
+        typer.echo(f"error: alc rank: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(2) from None
     selector_name, ranking, probs = result
     write_ranked(out, dataset, kept, ranking, probs)
@@ -175,8 +175,6 @@ def read_images(folder: Path, files: list[str]) -> tuple[Any, list[int], dict[in
 
     from scoring.training import progress_bar
 
-    if not folder.is_dir():
-        raise InputError(f"--images {folder}: no such folder")
     root = folder.resolve()
     pictures: dict[int, np.ndarray] = {}
     skipped: dict[int, str] = {}

@@ -174,3 +174,12 @@ def test_a_text_task_is_shown_as_a_card_of_its_first_words():
     assert pixels.shape == (96, 96) and (pixels < 100).mean() > 0.02  # dark text drawn on a light card
     with pytest.raises(ValueError, match="thumbnail size"):
         ImageLoader.text_card("x", 0)
+
+
+def test_a_text_task_outside_the_ranking_is_a_task_error_not_an_image_fetch():
+    from backend.protocol import ChoicesConfig, TaskError
+
+    config = ChoicesConfig.parse(TEXT_CONFIG)
+    assert config.object_value({"data": {"text": "a goal"}}) == "a goal"
+    with pytest.raises(TaskError, match="next retrain"):
+        config.image_ref({"data": {"text": "a goal"}})
