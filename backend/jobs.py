@@ -448,7 +448,9 @@ def _open(settings: Settings, ls: Any, state: WorkingState, task: Any, cost: int
         return None
     config = state.config()
     record = None
-    if audit is not None and config.model_version:  # before the reservation: a record write must not undo it
+    if audit is not None and config.model_version and task.prediction(config.model_version) is None:
+        # served first; imported before the reservation (a record write must not undo it). A spare drawn
+        # keeps the prediction it has: Label Studio serves it soon anyway.
         served_first = prediction_for(config, task, RankEntry(0.0), config.model_version)
         ls.projects.import_predictions(config.project_id, request=[served_first])
         region = served_first["result"][0]
