@@ -175,6 +175,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _selector_takes_its_options(self) -> "Settings":
+        if not self.selector_options:  # nothing to check, and no reason to import the selector (torch, for some)
+            return self
         from scoring.selectors import check_options
 
         try:

@@ -23,13 +23,14 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backend.model_store import ModelStore, Ranking
-from connectors.counts import user_emails
-from connectors.ledger import Ledger, project_status, reconcile
+
+if TYPE_CHECKING:
+    from connectors.ledger import Ledger  # the Label Studio SDK behind it loads only where a project is read
 
 log = logging.getLogger(__name__)
 LEAST_COST_PER_FIX = 2  # re-annotations: two agreeing opinions outvote one initial label
@@ -285,6 +286,8 @@ def annotator_names(client: Any, ledger: Ledger) -> dict[int, str]:
     unnamed = any(a.annotator_id is not None and a.annotator_id not in names and a.annotator == f"user {a.annotator_id}"
                   for t in ledger.snapshot.tasks for a in t.annotations)
     if client is not None and unnamed:
+        from connectors.counts import user_emails
+
         names.update(user_emails(client))
     return names
 
@@ -295,6 +298,8 @@ def build_status(client: Any, ledger: Ledger, store: ModelStore | None = None, r
     """Everything the dashboard shows, as plain JSON data, from a ledger already read from Label Studio
     (or the working state). Annotators are named by their email as Label Studio lists its users now."""
     project_id = ledger.snapshot.project_id
+    from connectors.ledger import project_status
+
     names = annotator_names(client, ledger)
     status = project_status(client, project_id, ledger.snapshot.initial_label_source, budget, ledger=ledger,
                             names=names)
@@ -334,6 +339,8 @@ def collect_status(client: Any, project_id: int, settings: Any, store: ModelStor
     ledger = working_ledger(redis_conn, project_id, settings.budget, settings.max_annotations_per_task)
     source = "the working state (Redis; the periodic reconcile proves it equals Label Studio)"
     if ledger is None:
+        from connectors.ledger import reconcile
+
         ledger = reconcile(client, project_id, settings.initial_label_source, settings.budget,
                            settings.max_annotations_per_task)
         source = "Label Studio (a full read)"

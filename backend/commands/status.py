@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from backend.model_store import ModelStore
-from backend.queue import PROJECTS_KEY, EmbeddedRedis
-from backend.queue import connect as connect_redis
 from backend.commands import exit_on_user_errors
-from backend.settings import Settings, load_settings
-from backend.status import build_status, jobs_status, read_truth
-from connectors.client import connect
-from connectors.ledger import reconcile
+
+if TYPE_CHECKING:
+    from backend.settings import Settings
 
 QUEUE_ROWS = 20
 
@@ -33,6 +29,10 @@ def status(
     With no settings it reads the deployment that `alc demo` / `alc serve` runs (their profile)."""
     if not 0 < target < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {target}", param_hint="--target")
+    from backend.queue import PROJECTS_KEY
+    from backend.settings import load_settings
+    from backend.status import jobs_status
+
     console = Console()
     with exit_on_user_errors("status"):
         settings = load_settings()
@@ -47,6 +47,11 @@ def status(
                 console.print(f"Projects that sent webhooks here: {', '.join(map(str, known)) or 'none yet'}; "
                               "add --project ID for one project's budget and queue.")
             return
+        from backend.model_store import ModelStore
+        from backend.status import build_status, read_truth
+        from connectors.client import connect
+        from connectors.ledger import reconcile
+
         url, key = settings.require_label_studio()
         client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
         ledger = reconcile(client, project, settings.initial_label_source, settings.budget,
@@ -64,6 +69,9 @@ def status(
 
 def _redis(settings: Settings) -> tuple[Any, str]:
     """The job queue's Redis, without starting one: REDIS_URL, or the embedded one if `alc serve` runs it."""
+    from backend.queue import EmbeddedRedis
+    from backend.queue import connect as connect_redis
+
     if settings.redis_url is not None:
         return connect_redis(settings.redis_url, fast_fail=True), ""
     embedded = EmbeddedRedis(settings.data_home)

@@ -17,7 +17,6 @@ from label_studio_sdk import LabelStudio
 from rq import Queue, SimpleWorker
 from typer.testing import CliRunner
 
-import backend.commands.status as status_command
 import backend.dashboard as dashboard
 from backend import queue as q
 from backend.app import create_app
@@ -267,9 +266,9 @@ def test_alc_status_prints_the_tables_and_the_failed_jobs(settings, store, sdk, 
     publish_ranking(store)
     Queue(q.TRAIN_QUEUE, connection=conn).enqueue(failing_job, description="retrain project 7")
     SimpleWorker([Queue(q.TRAIN_QUEUE, connection=conn)], connection=conn).work(burst=True)
-    monkeypatch.setattr(status_command, "load_settings", lambda: settings)
-    monkeypatch.setattr(status_command, "connect", lambda *a, **k: sdk)
-    monkeypatch.setattr(status_command, "reconcile", lambda *a, **k: ledger_of(snapshot()))
+    monkeypatch.setattr("backend.settings.load_settings", lambda: settings)
+    monkeypatch.setattr("connectors.client.connect", lambda *a, **k: sdk)
+    monkeypatch.setattr("connectors.ledger.reconcile", lambda *a, **k: ledger_of(snapshot()))
     runner = CliRunner()
     result = runner.invoke(cli, ["status", "--project", str(PROJECT)], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
@@ -288,14 +287,14 @@ def test_alc_status_prints_the_tables_and_the_failed_jobs(settings, store, sdk, 
 
 
 def test_alc_status_without_label_studio_fails_clearly(settings, monkeypatch):
-    monkeypatch.setattr(status_command, "load_settings", lambda: settings.model_copy(update={"label_studio_url": None}))
+    monkeypatch.setattr("backend.settings.load_settings", lambda: settings.model_copy(update={"label_studio_url": None}))
     result = CliRunner().invoke(cli, ["status", "--project", str(PROJECT)])
     assert result.exit_code == 2 and "LABEL_STUDIO_URL" in result.output
 
 
 def test_alc_status_without_a_project_shows_the_jobs_and_never_starts_redis(settings, tmp_path, monkeypatch):
     alone = settings.model_copy(update={"redis_url": None, "data_home": tmp_path / "nothing-runs-here"})
-    monkeypatch.setattr(status_command, "load_settings", lambda: alone)
+    monkeypatch.setattr("backend.settings.load_settings", lambda: alone)
     result = CliRunner().invoke(cli, ["status"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "no Redis: REDIS_URL is not set" in result.output
     assert not (tmp_path / "nothing-runs-here" / "redis").exists()
@@ -303,7 +302,7 @@ def test_alc_status_without_a_project_shows_the_jobs_and_never_starts_redis(sett
 
 def test_alc_status_without_a_project_lists_queues_and_projects(settings, conn, monkeypatch):
     conn.sadd(q.PROJECTS_KEY, 3, 7)
-    monkeypatch.setattr(status_command, "load_settings", lambda: settings)
+    monkeypatch.setattr("backend.settings.load_settings", lambda: settings)
     result = CliRunner().invoke(cli, ["status"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "alc-train" in result.output and "Projects that sent webhooks here: 3, 7" in result.output
@@ -404,7 +403,7 @@ def test_the_page_reads_the_working_state_without_label_studio(settings, store, 
                                 ProjectState(budget=BUDGET), "alc-linear-v1")
     WorkingState(conn, PROJECT).rebuild(snap)
     publish_ranking(store)
-    monkeypatch.setattr("backend.status.reconcile", lambda *a, **k: pytest.fail("read Label Studio"))
+    monkeypatch.setattr("connectors.ledger.reconcile", lambda *a, **k: pytest.fail("read Label Studio"))
     status = collect_status(sdk, PROJECT, settings, store=store, redis_conn=conn)
     assert "working state" in status["source"]
     assert status["budget"]["spent"] == 3 and status["tasks"]["settled"] == 2

@@ -22,7 +22,7 @@ from backend.model_store import VERSIONS_KEPT, ModelStateError, Ranking
 from backend.webhooks import parse_webhook
 from backend.working_state import WorkingState, compare, ensure_state, rebuild_from_label_studio, reconcile_records
 from connectors.counts import read_project, read_task
-from connectors.state import ProjectState, with_state
+from connectors.state import ProjectState, read_state, with_state
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_no_retrain_once_the_budget_cannot_pay_a_new_opening(parts, conn):
     settings, store, loader, fake = parts
     settings = settings.model_copy(update={"window": 5})
     baseline = max(a["id"] for t in fake.ls.tasks.values() for a in t["annotations"])
-    fake.ls.projects[1]["description"] = with_state("", ProjectState(budget=5, baseline_annotation_id=baseline))
+    fake.ls.projects[1]["expert_instruction"] = with_state("", ProjectState(budget=5, baseline_annotation_id=baseline))
     retrain_now(conn, settings)
     assert len(fake.projects[1].open_ids()) == 2  # B = 5 finishes two tasks (two opinions each), not five
     q.record_annotations(conn, 1, 1)
@@ -188,7 +188,7 @@ def test_a_budget_of_two_corrects_one_clear_error_end_to_end(parts, conn, classe
     settings, store, loader, fake = parts
     settings = settings.model_copy(update={"window": 5})
     baseline = max(a["id"] for t in fake.ls.tasks.values() for a in t["annotations"])
-    fake.ls.projects[1]["description"] = with_state("", ProjectState(budget=2, baseline_annotation_id=baseline))
+    fake.ls.projects[1]["expert_instruction"] = with_state("", ProjectState(budget=2, baseline_annotation_id=baseline))
     retrain_now(conn, settings)
     project = fake.projects[1]
     [tid] = project.open_ids()  # two opinions held: one task, not two half-finished ones
@@ -313,9 +313,8 @@ def test_two_workers_racing_for_the_last_slot_open_one(parts, conn):
     ties = project.task_ids[:8]
     for tid in ties:  # eight ties on closed tasks, one slot of budget left
         project.add_annotation(tid, (initial_class(fake, 1, tid) + 1) % 10)
-    description = fake.ls.projects[1]["description"]
-    baseline = int(description.split('"baseline_annotation_id": ')[1].split("}")[0])
-    fake.ls.projects[1]["description"] = with_state("", ProjectState(budget=9, baseline_annotation_id=baseline))
+    baseline = read_state(ls, 1).baseline_annotation_id
+    fake.ls.projects[1]["expert_instruction"] = with_state("", ProjectState(budget=9, baseline_annotation_id=baseline))
     rebuild_from_label_studio(state, ls, "annotations")  # spent 8, committed 0: one slot left
     barrier = threading.Barrier(len(ties))
 
@@ -610,14 +609,16 @@ def test_a_deleted_annotation_rereads_its_task(parts, conn, settings):
     assert state.budget().spent == 0 and compare(state, read_project(ls, 1)) == []
 
 
-def test_a_new_budget_in_the_project_description_is_taken_at_once(parts, conn, settings):
+@pytest.mark.parametrize("field", ["expert_instruction", "description"])  # where it is kept; where it was kept before
+def test_a_new_budget_in_the_project_state_is_taken_at_once(parts, conn, settings, field):
     fake = parts[3]
     ctx = jobs.configure(settings)
     state = ensure_state(conn, jobs.client(ctx), 1)
     assert state.budget().total is None
-    description = with_state("notes", ProjectState(budget=42, window=7, baseline_annotation_id=5))
+    new = ProjectState(budget=42, window=7, baseline_annotation_id=5)
+    text = with_state("notes", new) if field == "expert_instruction" else f"notes\n\nalc-state: {new.to_json()}"
     app_state = type("S", (), {"redis": conn, "cadence": q.Cadence.from_settings(settings), "settings": settings})
-    body = {"action": "PROJECT_UPDATED", "project": {"id": 1, "description": description}}
+    body = {"action": "PROJECT_UPDATED", "project": {"id": 1, field: text}}
     assert handle_event(app_state, parse_webhook(body)) == "unchanged"
     assert state.budget().total == 42 and jobs.window_of(settings, state) == 7
 

@@ -21,7 +21,7 @@ def build(fake):
     confirmed = fake.add_task(pid, {"image": "b"}, ["bird"])
     untouched = fake.add_task(pid, {"image": "c"}, ["dog"])
     baseline = max(a["id"] for t in fake.tasks.values() for a in t["annotations"])
-    fake.projects[pid]["description"] = with_state("", ProjectState(budget=10, baseline_annotation_id=baseline))
+    fake.projects[pid]["expert_instruction"] = with_state("", ProjectState(budget=10, baseline_annotation_id=baseline))
     return pid, corrected, confirmed, untouched
 
 

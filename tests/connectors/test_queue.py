@@ -16,7 +16,7 @@ def make_project(fake, n: int = 10, budget: int | None = 6) -> tuple[int, list[i
     pid = fake.add_project()
     ids = [fake.add_task(pid, {"image": f"{i}.png"}, [LABELS[i % 3]]) for i in range(n)]
     baseline = max(a["id"] for t in fake.tasks.values() for a in t["annotations"])
-    fake.projects[pid]["description"] = with_state("", ProjectState(budget=budget, baseline_annotation_id=baseline))
+    fake.projects[pid]["expert_instruction"] = with_state("", ProjectState(budget=budget, baseline_annotation_id=baseline))
     return pid, ids
 
 
@@ -189,7 +189,7 @@ def test_overlap_counts_distinct_annotators_like_label_studio(fake, client_of):
     pid = fake.add_project()
     tid = fake.add_task(pid, {"image": "a"}, ["cat", "dog"])
     baseline = max(fake.tasks[tid]["annotations"][-1]["id"], 0)
-    fake.projects[pid]["description"] = with_state("", ProjectState(budget=3, baseline_annotation_id=baseline))
+    fake.projects[pid]["expert_instruction"] = with_state("", ProjectState(budget=3, baseline_annotation_id=baseline))
     client = client_of(fake)
     assert push_window(client, pid, task_ids=[tid], scores=[0.1], model_version="m", window=1).opened == [tid]
     assert (fake.tasks[tid]["overlap"], fake.tasks[tid]["is_labeled"]) == (2, False)
