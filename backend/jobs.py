@@ -137,6 +137,7 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     _remember_predictions(state, config, plan, entries, version)
     served = set(result.window)
     spares = [tid for tid in plan.predict if tid not in served and tid in entries]
+    state.set_wrong_prob({tid: e.wrong_prob for tid, e in entries.items() if e.wrong_prob is not None})
     state.set_spares({tid: entries[tid].score for tid in spares},
                      {tid: opening_cost(tasks[tid], entries[tid], cap) for tid in spares})
     # a settled task's place is refilled from the spares: their stars off now (the ranking is live, the window
@@ -148,16 +149,17 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     return result
 
 
-def audit_policy(settings: Settings, tasks: dict[int, Any], version: str) -> Any:
+def audit_policy(settings: Settings, tasks: dict[int, Any], seed: str) -> Any:
     """The audit's share (ALC_AUDIT_SHARE; None when 0) with what the audit draws have spent or hold so far;
-    the draws' generator is seeded by the model version, so a retried push draws the same tasks."""
+    the draws' generator is seeded by ``seed`` (a push's: its model version, so a retried push draws the same
+    tasks)."""
     from connectors.plan import AuditPolicy, held
 
     if settings.audit_share <= 0:
         return None
     cap = settings.max_annotations_per_task
     spent = sum(t.reannotations + held(t, cap) for t in tasks.values() if t.audit is not None)
-    return AuditPolicy(settings.audit_share, np.random.default_rng(zlib.crc32(version.encode())), spent)
+    return AuditPolicy(settings.audit_share, np.random.default_rng(zlib.crc32(seed.encode())), spent)
 
 
 def take_stars_off(ls: Any, state: WorkingState, annotation_ids: list[int], threads: int | None = None) -> int:
@@ -238,12 +240,12 @@ def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> di
 
 
 def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
-    """A free place in the window goes to the best spare of the current ranking (it has its prediction) whose
-    opening the budget can pay, what it reserves included (:func:`connectors.plan.opening_cost`): the queue never
-    waits for a retrain to stay full, and never opens what it could not finish. (Audit draws are made by the
-    pushes: a spare is the ranking's pick.)"""
-    from connectors.client import update_task
-    from connectors.plan import LEAST_OPENING, Opening, in_cleaning, is_done, opening_cost, task_patch
+    """A free place in the window goes to an audit draw when one is due (ALC_AUDIT_SHARE; drawn from the
+    untouched pool like a push's, its prediction imported first so Label Studio serves it first), else to the
+    best spare of the current ranking (it has its prediction), whose opening the budget can pay, what it
+    reserves included (:func:`connectors.plan.opening_cost`): the queue never waits for a retrain to stay full,
+    and never opens what it could not finish."""
+    from connectors.plan import LEAST_OPENING, in_cleaning, is_done, opening_cost, refill_draw
 
     budget = state.budget(settings.budget)
     window = window_of(settings, state)
@@ -251,6 +253,13 @@ def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
     if budget.exhausted or budget.committed >= window or (budget.remaining is not None and budget.remaining < LEAST_OPENING):
         return None
     config = state.config()
+    if settings.audit_share > 0:
+        tasks = state.tasks()
+        policy = audit_policy(settings, tasks, f"{config.model_version}:{budget.spent}:{budget.committed}")
+        draw = refill_draw(tasks.values(), state.wrong_prob(), audit=policy, budget=budget, max_annotations=cap)
+        if draw is not None:
+            return _open(settings, ls, state, tasks[draw.task], opening_cost(tasks[draw.task], None, cap), budget,
+                         window, audit=draw)
     for tid in state.spares():
         state.drop_spare(tid)
         task = state.task(tid)
@@ -259,19 +268,47 @@ def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
         cost = max(state.spare_cost(tid) or 0, opening_cost(task, None, cap))  # the push knew its ambiguity
         if budget.remaining is not None and cost > budget.remaining:
             continue
-        if not state.reserve([tid], budget.total, most_open=window, costs=[cost]):  # two refills racing
-            return None
-        opening = Opening(cost, seq=state.next_seq() if task.seq is None else None)
-        body = task_patch(task, task.n_annotators + 1, config.class_names, cap, opening=opening)
-        try:
-            take_stars_off(ls, state, task.ground_truth_ids)  # none left when the background job came by first
-            update_task(ls, tid, body)
-        except Exception:
-            state.release(tid)
-            raise
-        state.apply_patch(tid, body)
-        return tid
+        return _open(settings, ls, state, task, cost, budget, window)
     return None
+
+
+def _open(settings: Settings, ls: Any, state: WorkingState, task: Any, cost: int, budget: Any, window: int,
+          audit: Any = None) -> int | None:
+    """One task opened between retrains: ``cost`` reserved atomically (None when another refill took the place
+    or the budget first), numbered (touched_seq), an audit draw's prediction imported (score 0: served first),
+    its stars off, one PATCH."""
+    from connectors.client import update_task
+    from connectors.counts import PredictionRecord
+    from connectors.plan import Opening, RankEntry, prediction_for, task_patch
+
+    if budget.remaining is not None and cost > budget.remaining:
+        return None
+    config = state.config()
+    record = None
+    if audit is not None and config.model_version and task.prediction(config.model_version) is None:
+        # served first; imported before the reservation (a record write must not undo it). A spare drawn
+        # keeps the prediction it has: Label Studio serves it soon anyway.
+        served_first = prediction_for(config, task, RankEntry(0.0), config.model_version)
+        ls.projects.import_predictions(config.project_id, request=[served_first])
+        region = served_first["result"][0]
+        record = PredictionRecord(None, config.model_version, 0.0, region["value"]["choices"][0],
+                                  region["meta"]["alc"], None)
+    if not state.reserve([task.id], budget.total, most_open=window, costs=[cost]):  # two refills racing
+        return None
+    seq = state.next_seq() if task.seq is None else None
+    opening = Opening(cost, replace(audit, seq=seq) if audit is not None and seq is not None else None, seq)
+    body = task_patch(task, task.n_annotators + 1, config.class_names, settings.max_annotations_per_task,
+                      opening=opening)
+    try:
+        take_stars_off(ls, state, task.ground_truth_ids)  # none left when the background job came by first
+        update_task(ls, task.id, body)
+    except Exception:
+        state.release(task.id)
+        raise
+    patched = state.apply_patch(task.id, body)
+    if record is not None and patched is not None:
+        state.put_task(replace(patched, predictions=[*patched.predictions, record]))
+    return task.id
 
 
 def close_tasks(settings: Settings, ls: Any, state: WorkingState, task_ids: list[int]) -> list[int]:

@@ -13,6 +13,7 @@ webhook plus a read of that one task, rebuilt by a full read when it is missing 
   budget is reserved atomically across any number of workers: open slots never pass B, and a new task opens
   only when what it reserves (:func:`connectors.plan.opening_cost`) fits beside what the tasks in cleaning
   hold (:func:`connectors.plan.held`); ``seq``: the touched_seq counter (tasks opened so far);
+- ``wrong_prob``: the current ranking's 1 - p[label] per task (an audit draw made by a refill uses it);
 - ``spares``: the current ranking's next candidates (task id -> score) that already carry a prediction
   of the current model version: a settled task's free place is refilled from them without a retrain;
 - ``skipped``: tasks the last retrain could not rank (task id -> reason);
@@ -125,6 +126,13 @@ for i = 3, #ARGV - 1, 2 do
   end
 end
 return granted
+"""
+
+# KEYS: a counter. ARGV: a value. The counter raised to the value (never lowered).
+_RAISE_TO = """
+local now = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > now then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
 """
 
 _scripts: dict[str, Any] = {}
@@ -242,6 +250,17 @@ class WorkingState:
         """The current ranking's next candidates, best first."""
         return [int(t) for t in self.conn.zrange(self._k("spares"), 0, -1)]
 
+    def wrong_prob(self) -> dict[int, float]:
+        """The latest ranking's 1 - p[label] per task it scored (what an audit draw between retrains uses)."""
+        return {int(k): float(v) for k, v in self.conn.hgetall(self._k("wrong_prob")).items()}
+
+    def set_wrong_prob(self, values: dict[int, float]) -> None:
+        pipe = self.conn.pipeline()
+        pipe.delete(self._k("wrong_prob"))
+        if values:
+            pipe.hset(self._k("wrong_prob"), mapping={int(t): float(v) for t, v in values.items()})
+        pipe.execute()
+
     def spare_cost(self, task_id: int) -> int | None:
         """What opening this spare reserves, as the push that named it computed (None: not known)."""
         raw = self.conn.hget(self._k("spare_costs"), int(task_id))
@@ -347,7 +366,7 @@ class WorkingState:
         assert snapshot.config is not None, "rebuild needs a snapshot from connectors.counts.read_project"
         config = snapshot.config
         pipe = self.conn.pipeline(transaction=True)
-        for what in ("tasks", "slots", "ledger", "touched", "changes", "annotations", "starred"):
+        for what in ("tasks", "slots", "ledger", "touched", "changes", "annotations", "starred"):  # (not "seq")
             pipe.delete(self._k(what))
         if snapshot.tasks:
             pipe.hset(self._k("tasks"), mapping={t.id: t.to_json() for t in snapshot.tasks})
@@ -359,7 +378,8 @@ class WorkingState:
             starred = {a: UNRANKED for t in snapshot.tasks for a in t.ground_truth_ids}
             if starred:
                 pipe.zadd(self._k("starred"), starred)
-        pipe.set(self._k("seq"), 1 + max((t.seq for t in snapshot.tasks if t.seq is not None), default=-1))
+        # the touched_seq counter never goes back: openings made while the read ran are beyond what it saw
+        pipe.eval(_RAISE_TO, 1, self._k("seq"), 1 + max((t.seq for t in snapshot.tasks if t.seq is not None), default=-1))
         pipe.hset(self._k("ledger"), mapping={"spent": sum(t.reannotations for t in snapshot.tasks),
                                               "committed": sum(t.open_slots for t in snapshot.tasks),
                                               "held": held_total(snapshot.tasks, self.max_annotations),

@@ -53,10 +53,6 @@ class Budget:
     def exhausted(self) -> bool:
         return self.total is not None and self.spent >= self.total
 
-    def affordable(self) -> float:
-        """How many more slots may be opened now."""
-        return float("inf") if self.total is None else max(0, self.remaining)
-
     def as_dict(self) -> dict:
         return {"total": self.total, "spent": self.spent, "committed": self.committed, "held": self.reserved,
                 "remaining": self.remaining, "exhausted": self.exhausted}

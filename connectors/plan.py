@@ -274,7 +274,7 @@ def plan_window(tasks: Sequence[TaskRecord], entries: Mapping[int, RankEntry], *
             if audit is not None and _audit_due(audit, audit_spent, budget, holding):
                 pool = [tid for tid in fresh if tid not in drawn and not touched(by_id[tid])]
                 if pool:
-                    draw = _draw(audit, pool, entries, seq=0)
+                    draw = _draw(audit, pool, {t: entries[t].wrong_prob for t in pool})
                     pick = draw.task
             if pick is None:
                 pick = next((tid for tid in ranked if tid not in openings), None)
@@ -306,14 +306,25 @@ def _audit_due(audit: AuditPolicy, audit_spent: int, budget: Budget, holding: in
     return audit.share > 0 and audit_due(audit_spent=audit_spent, spent=spent, budget=budget.total, share=audit.share)
 
 
-def _draw(audit: AuditPolicy, pool: list[int], entries: Mapping[int, RankEntry], seq: int) -> Any:
+def _draw(audit: AuditPolicy, pool: list[int], wrong_prob: Mapping[int, float | None]) -> Any:
     """One uniform draw from the untouched pool (scoring.audit.draw_audit), with each task's wrong_prob
-    (0 where the ranking has none: no model yet)."""
+    (0 where the ranking has none: no model yet). Its ``seq`` is set when the opening is numbered."""
     from scoring.audit import draw_audit
 
-    wrong = np.array([(entries[t].wrong_prob if t in entries and entries[t].wrong_prob is not None else 0.0)
-                      for t in pool], dtype=float)
-    return draw_audit(np.asarray(pool, dtype=np.int64), wrong, seq=seq, rng=audit.rng)
+    wrong = np.array([wrong_prob.get(t) or 0.0 for t in pool], dtype=float)
+    return draw_audit(np.asarray(pool, dtype=np.int64), np.clip(wrong, 0.0, 1.0), seq=0, rng=audit.rng)
+
+
+def refill_draw(tasks: Iterable[TaskRecord], wrong_prob: Mapping[int, float], *, audit: AuditPolicy,
+                budget: Budget, max_annotations: int) -> Any:
+    """An audit draw for a free place in the window when one is due (else None): uniform over the untouched
+    tasks the latest ranking scored (``wrong_prob``: task id -> 1 - p[label]), as a push draws."""
+    tasks = list(tasks)
+    if not _audit_due(audit, audit.audit_spent, budget, held_total(tasks, max_annotations)):
+        return None
+    pool = sorted(t.id for t in tasks if t.id in wrong_prob and t.has_initial and not touched(t)
+                  and not is_done(t, max_annotations))
+    return _draw(audit, pool, wrong_prob) if pool else None
 
 
 @dataclass(frozen=True)

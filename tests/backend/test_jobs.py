@@ -230,6 +230,29 @@ def test_a_push_draws_its_audit_from_the_untouched_pool_and_label_studio_keeps_i
     assert state.next_seq() == 5, "the counter goes on after the recorded openings"
 
 
+def test_a_free_place_goes_to_an_audit_draw_when_one_is_due(parts, conn):
+    from scoring.audit import AuditDraw
+
+    settings, store, loader, fake = parts
+    settings = settings.model_copy(update={"window": 3, "audit_share": 0.0})
+    retrain_now(conn, settings)  # the push draws nothing: three ranked picks
+    project = fake.projects[1]
+    done = project.open_ids()[0]
+    settings = settings.model_copy(update={"audit_share": 0.5})  # now an audit is due (none made yet)
+    outcome, calls = annotate_and_settle(conn, settings, fake, 1, done, initial_class(fake, 1, done))
+    refilled = outcome["refilled"]
+    data = fake.ls.tasks[refilled]["data"]
+    draw = AuditDraw.from_json(data["alc_audit"])
+    assert draw.task == refilled and draw.seq == data["alc_seq"] == 3, "numbered after the push's three"
+    assert draw.pool_size == 60 - 3 and 0 < draw.pool_wrong_prob < draw.pool_size, "the untouched pool, the ranking's"
+    version = fake.ls.projects[1]["model_version"]
+    scores = [p["score"] for p in fake.ls.tasks[refilled]["predictions"] if p["model_version"] == version]
+    imported = ("POST", "/api/projects/1/import/predictions") in calls
+    assert scores == ([0.0] if imported else scores[:1]) and len(scores) == 1, "one prediction: served first if new"
+    assert len(calls) == 3 + imported, calls
+    assert compare(WorkingState(conn, 1), read_project(jobs.client(jobs.configure(settings)), 1)) == []
+
+
 def test_no_audit_draw_when_the_share_is_zero(parts, conn):
     settings, store, loader, fake = parts
     settings = settings.model_copy(update={"window": 5, "audit_share": 0.0})

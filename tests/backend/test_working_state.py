@@ -73,3 +73,21 @@ def test_changes_by_another_process_are_seen_and_a_state_from_before_the_log_is_
     conn.hdel(working_state.key(1, "ledger"), "epoch")  # as written before this version
     parsed.clear()
     assert state.tasks() == full_read(state) and len(parsed) == 120
+
+
+def test_a_rebuild_never_lowers_the_opening_counter(state, settings):
+    """Openings made while a full read ran are beyond what it saw: their numbers are never handed out again."""
+    assert state.next_seq(3) == 0 and state.next_seq() == 3  # four tasks opened, none recorded in the read
+    rebuild_from_label_studio(state, jobs.client(jobs.configure(settings)), settings.initial_label_source)
+    assert state.next_seq() == 4
+
+
+def test_what_a_task_holds_is_kept_per_task_and_summed_in_the_ledger(state):
+    [tid, other] = sorted(state.tasks())[:2]
+    assert state.budget().held == 0
+    assert state.reserve([tid], total=5, costs=[3]) == [tid], "three held for an ambiguous image"
+    assert state.budget().held == 3 and state.budget().committed == 1
+    assert state.reserve([other], total=5, costs=[3]) == [], "3 + 3 would pass B = 5 (one slot would fit)"
+    assert state.reserve([other], total=5, costs=[2]) == [other]
+    state.release(other)
+    assert state.budget().held == 3 and state.budget().committed == 1

@@ -112,3 +112,21 @@ def test_a_task_imported_after_connect_brings_its_initial_label(fake, client_of)
     snap = read_project(client_of(fake), pid)
     assert snap.initial_counts.tolist() == [[1, 0, 0], [0, 1, 0]]
     assert [snap.task(old).reannotations, snap.task(new).reannotations] == [1, 1]
+
+
+def test_the_opening_order_and_audit_draws_are_read_from_task_data(fake, client_of):
+    """alc_seq / alc_audit as the opening PATCH wrote them; a task re-annotated before openings were numbered
+    gets its number after the recorded ones, in the order of its first re-annotation."""
+    pid = fake.add_project()
+    draw = {"task": 0, "seq": 0, "pool_size": 4, "pool_wrong_prob": 1.0, "wrong_prob": 0.2}
+    audited = fake.add_task(pid, {"image": "a", "alc_seq": 0, "alc_audit": draw}, ["cat"])
+    ranked = fake.add_task(pid, {"image": "b", "alc_seq": 1}, ["dog"])
+    late, early = fake.add_task(pid, {"image": "c"}, ["cat"]), fake.add_task(pid, {"image": "d"}, ["dog"])
+    never = fake.add_task(pid, {"image": "e"}, ["bird"])
+    baseline = max(x["id"] for t in fake.tasks.values() for x in t["annotations"])
+    fake.projects[pid]["description"] = with_state("", ProjectState(budget=5, baseline_annotation_id=baseline))
+    for tid in (audited, ranked, early, late):
+        fake.annotate(tid, "bird", by=2)
+    snap = read_project(client_of(fake), pid)
+    assert [snap.task(t).seq for t in (audited, ranked, early, late, never)] == [0, 1, 2, 3, None]
+    assert snap.task(audited).audit == draw and snap.task(ranked).audit is None
