@@ -1,7 +1,8 @@
 """Combine `alc simulate --audit-share` runs into docs/benchmarks/estimate.{json,md}.
 
 Usage: python docs/benchmarks/estimate_table.py <out stem> <run folder>=<label> ...
-Each run folder holds the summary.json of one setting; every selector in it gets a row.
+Each run folder holds the summary.json of one setting, or one sub-folder per seed with its summary.json
+(merged here: all checkpoints of all seeds); every selector gets a row.
 """
 
 from __future__ import annotations
@@ -13,8 +14,45 @@ from datetime import date
 from pathlib import Path
 
 
+def load(folder: Path) -> dict:
+    """One summary, or the per-seed summaries merged (per-seed lists concatenated, pooled coverage)."""
+    if (folder / "summary.json").is_file():
+        return json.loads((folder / "summary.json").read_text())
+    parts = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*/summary.json"))]
+    if not parts:
+        raise SystemExit(f"no summary.json in {folder} or its seed folders")
+    merged = dict(parts[0]) | {"wall_seconds": sum(p["wall_seconds"] for p in parts)}
+    merged["selectors"] = {}
+    for name in parts[0]["selectors"]:
+        sel = [p["selectors"][name] for p in parts]
+        est = [s["estimate"] for s in sel]
+        checkpoints = [c for e in est for c in e["checkpoints"]]
+        held = [c["low"] is not None and c["low"] <= c["truth"] <= c["high"] for seed in checkpoints for c in seed]
+
+        def per_seed(key: str, source: list) -> dict:
+            values = [v for x in source for v in x[key]["per_seed"]]
+            known = [v for v in values if v is not None]
+            mean = sum(known) / len(known) if known and len(known) == len(values) else None
+            return {"mean": mean, "per_seed": values}
+
+        merged["selectors"][name] = {
+            "seeds": [x for s in sel for x in s["seeds"]],
+            "final_accuracy": per_seed("final_accuracy", sel),
+            "estimate": {
+                "coverage": sum(held) / len(held),
+                "coverage_per_seed": [c for e in est for c in e["coverage_per_seed"]],
+                "abs_error_end": per_seed("abs_error_end", est),
+                "width_end": per_seed("width_end", est),
+                "audit_spent": per_seed("audit_spent", est),
+                "corrections_lost": per_seed("corrections_lost", est),
+                "checkpoints": checkpoints,
+            },
+        }
+    return merged
+
+
 def rows(folder: Path, label: str) -> list[dict]:
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = load(folder)
     out = []
     for name, s in summary["selectors"].items():
         est = s["estimate"]
@@ -48,13 +86,13 @@ def fmt(values: list, pattern: str) -> str:
 
 def markdown(table: list[dict]) -> str:
     lines = [
-        "| setting | noise | budget | coverage of the 90% interval | per seed | MAE at end (pt) | per seed (pt) | "
+        "| setting | selector | noise | budget | coverage of the 90% interval | per seed | MAE at end (pt) | per seed (pt) | "
         "width at end (pt) | audit spent | corrections lost to the audit (per seed) | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         lines.append(
-            f"| {r['setting']} | {100 * r['initial_noise']:.1f}% | {r['budget']} | {100 * r['coverage']:.0f}% | "
+            f"| {r['setting']} | {r['selector']} | {100 * r['initial_noise']:.1f}% | {r['budget']} | {100 * r['coverage']:.0f}% | "
             f"{fmt([100 * c for c in r['coverage_per_seed']], '{:.0f}%')} | "
             f"{'-' if r['mae_end_pt'] is None else format(r['mae_end_pt'], '.2f')} | {fmt(r['abs_error_end_pt'], '{:.2f}')} | "
             f"{fmt(r['width_end_pt'], '{:.1f}')} | {fmt(r['audit_spent'], '{}')} | {fmt(r['corrections_lost'], '{}')} | "
