@@ -139,7 +139,7 @@ class TouchedOutcomes:
     annotated: np.ndarray  # touched and re-annotated at least once
     rows: np.ndarray  # np.flatnonzero(annotated)
     wrong_now: np.ndarray  # P(current label wrong): 1 - P(true = majority) if settled, 1 for a tie
-    initial_wrong: np.ndarray  # was the initial label wrong: majority != initial if settled, else P(wrong)
+    initial_wrong: np.ndarray  # P(initial label wrong); 0 if a settled majority confirmed it
     settled: np.ndarray
 
     @classmethod
@@ -148,9 +148,11 @@ class TouchedOutcomes:
         """``audited`` (N,) marks audit draws: their initial labels are a uniform sample of the pool, so
         they get their own initial-label reliability (ranked picks are suspicious tasks).
 
-        A settled task's initial label counts as wrong when the majority overturned it: the pool estimate
-        multiplies the audit draws' outcomes by the pool size, so they must not carry the posterior
-        model's doubts (wrong_now does: it is summed once)."""
+        A settled task's initial label counts as right when the majority confirmed it, and as wrong with
+        the model's probability when the majority overturned it (on an ambiguous task the majority can
+        overturn a right label). The pool estimate multiplies the audit draws' outcomes by the pool size,
+        so the model's small doubts about confirmed labels are left out there (wrong_now keeps them: it is
+        summed once)."""
         n = counts.shape[0]
         reannotations = counts - np.eye(counts.shape[1], dtype=counts.dtype)[initial]
         annotated = touched & (reannotations.sum(axis=1) > 0)
@@ -159,18 +161,18 @@ class TouchedOutcomes:
         top = counts[rows].argmax(axis=1)
         wrong_now, initial_wrong = np.zeros(n), np.zeros(n)
         wrong_now[rows] = np.where(settled[rows], 1.0 - post[np.arange(rows.size), top], 1.0)
-        initial_wrong[rows] = np.where(settled[rows], (top != initial[rows]).astype(float),
-                                       1.0 - post[np.arange(rows.size), initial[rows]])
+        p_initial_wrong = 1.0 - post[np.arange(rows.size), initial[rows]]
+        initial_wrong[rows] = np.where(settled[rows], np.where(top != initial[rows], p_initial_wrong, 0.0),
+                                       p_initial_wrong)
         return cls(annotated, rows, wrong_now, initial_wrong, settled)
 
     def variance(self, coefficient: np.ndarray) -> float:
         """Posterior variance of sum_i (wrong_now_i - coefficient_i * initial_wrong_i) over the annotated
-        tasks (each task's initial label entered the pool estimate with ``coefficient``): a settled task's
-        initial_wrong is observed, a tie's wrong_now is certain; tasks independent."""
+        tasks (each task's initial label entered the pool estimate with ``coefficient``), the two parts
+        taken as independent (conservative where they move together); tasks independent."""
         r = self.rows
-        settled = self.settled[r]
         c, w = self.wrong_now[r], self.initial_wrong[r]
-        return float(np.sum(np.where(settled, c * (1 - c), coefficient**2 * w * (1 - w))))
+        return float(np.sum(c * (1 - c) + coefficient**2 * w * (1 - w)))
 
 
 @dataclass(frozen=True)

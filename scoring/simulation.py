@@ -296,8 +296,9 @@ class AuditedRun:
         probs = _posteriors(model_output)
         current = np.where(has_strict_majority(counts), counts.argmax(axis=1), self.initial)
         wrong_prob = np.clip(1.0 - probs[np.arange(len(current)), current], 0.0, 1.0)
+        initial_wrong = np.clip(1.0 - probs[np.arange(len(current)), self.initial], 0.0, 1.0)
         est = estimate_accuracy(counts=counts, initial_labels=self.initial, touched_seq=self.touched_seq,
-                                audits=self.draws, wrong_prob=wrong_prob)
+                                audits=self.draws, wrong_prob=wrong_prob, initial_wrong_prob=initial_wrong)
         self.records.append({
             "spent": spent, "truth": float(truth), "confidence": 0.9 if est is None else est.confidence,
             "accuracy": None if est is None else est.accuracy,
