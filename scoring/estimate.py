@@ -7,22 +7,21 @@ touched task whose counts are tied counts as wrong.
 Wrong labels left W = (settled tasks whose majority is wrong) + (tied touched tasks) + (wrong initial
 labels in the untouched pool). The three parts:
 
-* settled tasks: P(true class != majority | the re-annotations and the initial label), from a
-  Dirichlet-multinomial model of the annotators fitted to the re-annotations themselves (empirical
-  Bayes) and a symmetric-noise likelihood for the initial label (:func:`truth_posterior`);
+* settled tasks: P(true class != majority | the labels), from the latent-class model of
+  :mod:`scoring.truth` fitted to the re-annotations themselves;
 * tied touched tasks: wrong by definition;
 * the untouched pool: the difference estimator of the audit draws with the model as control variate.
-  Draw k (pool P_k of size M_k, the model's wrong_prob q frozen at the draw) gives
-  ``T_k = sum_{P_k} q + M_k (e_k - q_k)``, unbiased for the wrong initial labels in P_k whatever the
-  model's calibration; subtracting the (observed) wrong initial labels of the tasks touched since the draw
-  leaves ``D_k``, an estimate of the wrong labels in today's untouched pool whose error
-  ``M_k (r_k - mean_{P_k} r)`` (r = e - q) is a martingale difference. The D_k are averaged with weights
-  fixed by what was known at each draw (inverse of its predicted variance, so draws from the late, cleaner
-  pool count more) and their spread gives the variance.
+  Draw k (pool P_k of size M_k) gives ``T_k = sum_{P_k} g + M_k (e_k - g_k)``, unbiased for the wrong
+  initial labels in P_k whatever the control variate g; subtracting the known e - g of the tasks touched
+  since the draw leaves ``D_k``, an estimate of today's untouched pool whose error
+  ``M_k (r_k - mean_{P_k} r)`` (r = e - g) is a martingale difference. g is the model's figure for the
+  initial label recalibrated on the tasks whose outcome is known (:func:`recalibrate`); the pool is cut
+  into bands of g (:class:`UntouchedPool`), and the D_k are averaged per band with weights fixed by what
+  was known at each draw; their spread gives the variance.
 
-The interval is normal with that variance, floored for rare errors: with K draws the residual variance is
-taken to be at least p0 (1 - p0), p0 = (z^2/2) / (K + z^2) (the Agresti-Coull/Wilson pseudo-count), so
-0 errors in 9 draws still gives a wide interval. The posterior variance of the settled part is added.
+The pool's interval is Wilson's score interval at the effective number of draws, with a pseudo-count
+floor (an error rate of (z^2/2) / (K + z^2) can go unseen in K draws), so 0 errors in 9 draws still
+gives a wide interval; the settled part's posterior variance is added in quadrature.
 """
 
 from __future__ import annotations
@@ -224,7 +223,7 @@ class UntouchedPool:
         m = np.array([a.pool_size for a in draws], dtype=float)
         k_draws = m.size
         q_var = q0 * (1 - q0)
-        total, variance, xi = 0.0, 0.0, np.zeros(k_draws)
+        total, xi = 0.0, np.zeros(k_draws)
         floor_var, n_landed = 0.0, 0
         for b in np.unique(band[untouched]):
             in_band = band == b
@@ -257,7 +256,7 @@ def recalibrate(q0: np.ndarray, wrong: np.ndarray, known: np.ndarray, *, prior_w
 
     Why: the difference estimator's variance is that of e - q0; an over- or under-confident model (the
     common case) makes it larger than that of e alone. The fit is shrunk towards (0, 1) (a calibrated
-    model) with ``prior_weight``, so a handful of known tasks moves it little. Any control variate keeps
+    model) with ``prior_weight`` (keeps the fit finite when the known tasks separate). Any control variate keeps
     the estimator unbiased; a better one only narrows it.
     """
     x = np.log(np.clip(q0, 1e-4, 1 - 1e-4)) - np.log1p(-np.clip(q0, 1e-4, 1 - 1e-4))
