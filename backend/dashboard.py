@@ -227,7 +227,7 @@ def _empty(ax: Any, message: str) -> None:
 
 
 def burndown_chart(status: dict) -> str:
-    """Budget left after each re-annotation, over time, up to now; the open slots are drawn as committed."""
+    """Budget left after each re-annotation, over time, up to now; what the open tasks hold is drawn apart."""
     fig, ax = _figure()
     budget = status["budget"]
     timed = [(when, e) for e in status.get("timeline", []) if (when := _parse_time(e.get("time"))) is not None]
@@ -239,9 +239,9 @@ def burndown_chart(status: dict) -> str:
         spent = [0] + [e["spent"] for e in timeline] + [timeline[-1]["spent"]]
         if budget["total"] is not None:
             ax.step(xs, [budget["total"] - s for s in spent], where="post", color=BLUE, lw=2, label="not yet spent")
-            if budget["committed"]:
+            if budget["held"]:
                 ax.step(xs[-2:], [budget["remaining"]] * 2, where="post", color=ORANGE, lw=1.5, ls="--",
-                        label=f"after the {budget['committed']} committed")
+                        label=f"after the {budget['held']} held for the open tasks")
             ax.set_ylim(bottom=0, top=budget["total"] * 1.05 + 0.5)
             ax.set_ylabel("re-annotations")
             ax.legend(frameon=False, fontsize=8, loc="lower left")
@@ -279,30 +279,28 @@ def corrected_chart(status: dict) -> str:
 
 
 def accuracy_chart(status: dict) -> str:
-    """The model's accuracy estimate before cleaning and now, and the forecast spend to the target."""
+    """The accuracy estimate now with its interval, the target, and the forecast spend to reach it."""
     fig, ax = _figure()
     estimate = status.get("estimate", {})
     if estimate.get("available"):
         spent = status["budget"]["spent"]
-        ax.plot([0, spent], [estimate["accuracy_before"], estimate["accuracy"]], "o-", color=BLUE, lw=2,
-                label="estimated")
-        intervals = [estimate.get("accuracy_before_interval"), estimate.get("accuracy_interval")]
-        if all(intervals) and any(lo != hi for lo, hi in intervals):
-            ax.vlines([0, spent], [lo for lo, _ in intervals], [hi for _, hi in intervals], color=BLUE, lw=5,
-                      alpha=0.25, label="90% interval")
+        low, high = estimate["accuracy_interval"]
+        ax.vlines([spent], [low], [high], color=BLUE, lw=5, alpha=0.25,
+                  label=f"{100 * estimate['confidence']:.0f}% interval")
+        ax.plot([spent], [estimate["accuracy"]], "o", color=BLUE, label="estimated now")
         ax.axhline(estimate["target"], color=GREY, ls=":", lw=1.2, label=f"target {estimate['target']:.0%}")
-        if estimate.get("forecast_spend") is not None and estimate["forecast_spend"] > 0:
-            ax.plot([spent, spent + estimate["forecast_spend"]], [estimate["accuracy"], estimate["target"]], "--",
-                    color=ORANGE, lw=1.5, label="forecast")
-        low = min(estimate["accuracy_before"], estimate["target"], *(i[0] for i in intervals if i))
-        ax.set_ylim(max(0.0, low - 0.05), 1.0)
+        forecast = estimate.get("forecast_spend") or 0
+        if forecast > 0:
+            ax.plot([spent, spent + forecast], [estimate["accuracy"], estimate["target"]], "--", color=ORANGE,
+                    lw=1.5, label="forecast")
+        ax.set_ylim(max(0.0, min(low, estimate["target"]) - 0.05), 1.0)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(-0.5, max(spent + (estimate.get("forecast_spend") or 0), 1) * 1.05 + 0.5)  # not +-0.05 at spent 0
+        ax.set_xlim(-0.5, max(spent + forecast, 1) * 1.05 + 0.5)
         ax.set_xlabel("re-annotations spent")
         ax.legend(frameon=False, fontsize=8, loc="lower right")
     else:
-        _empty(ax, estimate.get("reason", "no estimate"))
+        _empty(ax, "no estimate before an audit draw settles")
     ax.set_title("Estimated label accuracy", loc="left", fontsize=11)
     return _svg(fig)
 

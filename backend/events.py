@@ -63,7 +63,7 @@ def handle_event(st: Any, event: WebhookEvent) -> str:
     # PROJECT_UPDATED fires for every change, our own model_version switches included: retrain only
     # when the label config differs from the one the serving model was trained on (and rebuild the
     # working state, whose classes it holds); a new budget or window (`alc connect` again) is taken at once.
-    refresh_project_state(conn, project_id, event.description)
+    refresh_project_state(conn, project_id, event.instructions, event.description)
     known = conn.get(q.project_key(project_id, "config"))
     if event.label_config_hash and known is not None and known.decode() != event.label_config_hash:
         q.enqueue_reconcile(conn, project_id, "label config changed")
@@ -71,18 +71,18 @@ def handle_event(st: Any, event: WebhookEvent) -> str:
     return "unchanged"
 
 
-def refresh_project_state(conn: redis.Redis, project_id: int, description: str | None) -> None:
-    """The alc-state line (budget, window, baseline) of the payload's description into the working state."""
+def refresh_project_state(conn: redis.Redis, project_id: int, instructions: str | None, description: str | None) -> None:
+    """The project's state (budget, window, baseline; connectors.state) from the payload into the working state."""
     from connectors.errors import ProjectConfigError
     from connectors.state import parse_state
 
     state = WorkingState(conn, project_id)
-    if description is None or not state.exists():
+    if (instructions is None and description is None) or not state.exists():
         return
     try:
-        new = parse_state(description)
+        new = parse_state(instructions, description)
     except ProjectConfigError:
-        return  # a broken line: reconcile reports it; the working state keeps the last good one
+        return  # a broken state: reconcile reports it; the working state keeps the last good one
     state.set_project_state(new)
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -98,7 +99,8 @@ def client(ctx: JobContext) -> Any:
 
 
 def working_state(ctx: JobContext, conn: Any, ls: Any, project_id: int) -> WorkingState:
-    return ensure_state(conn, ls, project_id, ctx.settings.initial_label_source)
+    return ensure_state(conn, ls, project_id, ctx.settings.initial_label_source,
+                        max_annotations=ctx.settings.max_annotations_per_task)
 
 
 def training_snapshot(state: WorkingState) -> Snapshot:
@@ -211,7 +213,6 @@ def train_and_score(
         why = "; ".join(f"{n} x {reason}" for reason, n in reasons)
         raise ValueError(f"project {project_id}: {len(rows)} task(s) with a label and an image; need at least 2 (skipped: {why})")
     data, counts = (images[ok] if errors else images), counts[rows]
-    initial = snapshot.initial_counts[rows] if snapshot.initial_counts is not None else None
     task_ids = [snapshot.task_ids[i] for i in rows]
 
     if reusable and previous.ranking.task_ids == task_ids:
@@ -234,7 +235,7 @@ def train_and_score(
         noisiness=priorities.noisiness,
         ambiguity=priorities.ambiguity,
         scores=scores_from_priorities(priorities.priority),
-        predicted=probs.argmax(axis=1),
+        predicted=probs.argmax(axis=1), p_label=probs[np.arange(len(counts)), counts.argmax(axis=1)],
     )
     meta = {
         "project": project_id,
@@ -247,29 +248,8 @@ def train_and_score(
         "annotations": int(counts.sum()),
         "image_size": int(size),
         "skipped": {str(k): v for k, v in skipped.items()},
-        **label_noise(counts, initial, probs),
     }
     return selector, ranking, meta
-
-
-NOISE_BOOTSTRAP_ROUNDS = 50  # about 1 s per estimate at 10,000 tasks; 200 took 6 s, twice per retrain
-
-
-def label_noise(counts: np.ndarray, initial: np.ndarray | None, probs: np.ndarray) -> dict[str, Any]:
-    """The dashboard's estimate of wrong labels now and at connect (confident learning on the out-of-fold
-    posteriors, with its interval), stored in the version's meta; empty when cleanlab cannot tell (a class
-    with no label yet, too few tasks)."""
-    from backend.status import label_noise_estimate
-
-    out: dict[str, Any] = {}
-    for key, rows in (("label_noise", counts), ("label_noise_initial", initial)):
-        if rows is None or not (rows.sum(axis=1) > 0).all():
-            continue
-        try:
-            out[key] = label_noise_estimate(rows.argmax(axis=1), probs, rounds=NOISE_BOOTSTRAP_ROUNDS)
-        except (ValueError, IndexError) as exc:
-            log.info("no label-noise estimate (%s)", exc)
-    return out
 
 
 # --- Label Studio's side: the push, one annotation, the sweep ----------------------------------
@@ -281,24 +261,26 @@ def window_of(settings: Settings, state: WorkingState) -> int:
 
 
 def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Ranking, version: str) -> Any:
-    """plan_window on the working state as it is now (annotations arrive while a model trains), slots
-    reserved atomically, then apply_plan: predictions, the version switch, the task PATCHes."""
-    from connectors.plan import apply_plan, candidates, plan_window, rank_entries
+    """plan_window on the working state as it is now (annotations arrive while a model trains), with the
+    audit's share of the openings, slots reserved atomically, then apply_plan: predictions, the version
+    switch, the task PATCHes (each first opening numbered by the state's touched_seq counter)."""
+    from connectors.plan import apply_plan, candidates, opening_cost, plan_window, rank_entries
 
     config, tasks = state.config(), state.tasks()
     entries = rank_entries(ranking)
     cap = settings.max_annotations_per_task
     budget = state.budget(settings.budget)
     window = window_of(settings, state)
-    plan = plan_window(list(tasks.values()), entries, budget=budget, window=window,
-                       max_annotations=cap, model_version=version, spares=SPARES)
+    plan = plan_window(list(tasks.values()), entries, budget=budget, window=window, max_annotations=cap,
+                       model_version=version, spares=SPARES, audit=audit_policy(settings, tasks, version))
     if state.n_starred():
         state.order_starred(candidates(tasks.values(), entries, cap), tasks)
     opened: set[int] = set()
     granted: list[int] = []
 
-    def reserve(task_ids: list[int]) -> list[int]:
-        granted.extend(state.reserve(task_ids, budget.total, most_open=window))
+    def reserve(asked: list[tuple[int, int]]) -> list[int]:
+        granted.extend(state.reserve([t for t, _ in asked], budget.total, most_open=window,
+                                     costs=[c for _, c in asked]))
         return granted
 
     def stars_off(task_id: int) -> int:  # in the opening PATCH's thread, just before it: best tasks open first
@@ -310,7 +292,7 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
 
     try:
         result = apply_plan(ls, config, plan, entries, tasks, max_annotations=cap, on_patched=patched, reserve=reserve,
-                            before_open=stars_off)
+                            before_open=stars_off, next_seq=state.next_seq)
     finally:
         for tid in set(granted) - opened:
             state.release(tid)
@@ -318,7 +300,8 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     _remember_predictions(state, config, plan, entries, version)
     served = set(result.window)
     spares = [tid for tid in plan.predict if tid not in served and tid in entries]
-    state.set_spares({tid: entries[tid].score for tid in spares})
+    state.set_spares({tid: entries[tid].score for tid in spares},
+                     {tid: opening_cost(tasks[tid], entries[tid], cap) for tid in spares})
     # a settled task's place is refilled from the spares: their stars off now (the ranking is live, the window
     # open), so that a refill costs no request more than the PATCH that opens it
     result.requests += take_stars_off(ls, state, [a for tid in spares for a in tasks[tid].ground_truth_ids])
@@ -326,6 +309,18 @@ def push_ranking(settings: Settings, ls: Any, state: WorkingState, ranking: Rank
     if state.n_starred():
         q.enqueue_unstar(state.conn, state.project_id)
     return result
+
+
+def audit_policy(settings: Settings, tasks: dict[int, Any], version: str) -> Any:
+    """The audit's share (ALC_AUDIT_SHARE; None when 0) with what the audit draws have spent or hold so far;
+    the draws' generator is seeded by the model version, so a retried push draws the same tasks."""
+    from connectors.plan import AuditPolicy, held
+
+    if settings.audit_share <= 0:
+        return None
+    cap = settings.max_annotations_per_task
+    spent = sum(t.reannotations + held(t, cap) for t in tasks.values() if t.audit is not None)
+    return AuditPolicy(settings.audit_share, np.random.default_rng(zlib.crc32(version.encode())), spent)
 
 
 def take_stars_off(ls: Any, state: WorkingState, annotation_ids: list[int], threads: int | None = None) -> int:
@@ -372,8 +367,9 @@ def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> di
     except TaskNotFound:
         state.delete_task(task_id)
         return {"task_id": int(task_id), "action": "task not in Label Studio (deleted): dropped"}
-    if known is not None:
-        task = replace(task, data=known.data)  # the data as stored, not as the task API resolves its URLs
+    if known is not None:  # the data as stored, not as the task API resolves its URLs; an order a full read gave
+        seq = task.seq if task.seq is not None else (known.seq if task.reannotations > 0 else None)
+        task = replace(task, data=known.data, seq=seq)
     state.put_task(task)
     state.sync_starred(task)
     budget = state.budget(settings.budget)
@@ -389,7 +385,7 @@ def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> di
     elif decision.action == "close-all":
         outcome["closed"] = close_tasks(settings, ls, state, state.open_tasks())
     elif decision.action == "open":
-        if not state.reserve([task.id], budget.total):
+        if not state.reserve([task.id], budget.total):  # its opinions are held: only B itself can refuse
             outcome["action"] = "no majority, but the budget is committed: not reopened"
         else:
             try:
@@ -405,24 +401,31 @@ def settle(settings: Settings, ls: Any, state: WorkingState, task_id: int) -> di
 
 
 def refill(settings: Settings, ls: Any, state: WorkingState) -> int | None:
-    """A free place in the window goes to the best spare of the current ranking (it has its prediction),
-    if the budget can pay: the queue never waits for a retrain to stay full."""
+    """A free place in the window goes to the best spare of the current ranking (it has its prediction) whose
+    opening the budget can pay, what it reserves included (:func:`connectors.plan.opening_cost`): the queue never
+    waits for a retrain to stay full, and never opens what it could not finish. (Audit draws are made by the
+    pushes: a spare is the ranking's pick.)"""
     from connectors.client import update_task
-    from connectors.plan import is_done, task_patch
+    from connectors.plan import LEAST_OPENING, Opening, in_cleaning, is_done, opening_cost, task_patch
 
     budget = state.budget(settings.budget)
     window = window_of(settings, state)
-    if budget.exhausted or budget.affordable() < 1 or budget.committed >= window:
+    cap = settings.max_annotations_per_task
+    if budget.exhausted or budget.committed >= window or (budget.remaining is not None and budget.remaining < LEAST_OPENING):
         return None
     config = state.config()
     for tid in state.spares():
         state.drop_spare(tid)
         task = state.task(tid)
-        if task is None or task.open_slots or not task.has_initial or is_done(task, settings.max_annotations_per_task):
+        if task is None or task.open_slots or not task.has_initial or is_done(task, cap) or in_cleaning(task):
             continue
-        if not state.reserve([tid], budget.total, most_open=window):  # two refills racing: the window holds
+        cost = max(state.spare_cost(tid) or 0, opening_cost(task, None, cap))  # the push knew its ambiguity
+        if budget.remaining is not None and cost > budget.remaining:
+            continue
+        if not state.reserve([tid], budget.total, most_open=window, costs=[cost]):  # two refills racing
             return None
-        body = task_patch(task, task.n_annotators + 1, config.class_names, settings.max_annotations_per_task)
+        opening = Opening(cost, seq=state.next_seq() if task.seq is None else None)
+        body = task_patch(task, task.n_annotators + 1, config.class_names, cap, opening=opening)
         try:
             take_stars_off(ls, state, task.ground_truth_ids)  # none left when the background job came by first
             update_task(ls, tid, body)
@@ -468,11 +471,14 @@ def sweep(settings: Settings, ls: Any, state: WorkingState) -> dict:
 
 
 def project_done(settings: Settings, state: WorkingState) -> bool:
-    """Every slot of the budget is spent or committed: no task can be opened any more, so a retrain would
-    change nothing but the order of the last open tasks (and the last annotation's job may not have run
-    yet: the working state can be one annotation behind when the retrain starts)."""
+    """The budget neither spent nor held for the tasks in cleaning cannot pay a new opening: no task can be
+    opened any more (the open ones are finished by the annotation steps), so a retrain would change nothing
+    but the order of the last open tasks (and the last annotation's job may not have run yet: the working
+    state can be one annotation behind when the retrain starts)."""
+    from connectors.plan import LEAST_OPENING
+
     budget = state.budget(settings.budget)
-    return budget.total is not None and (budget.remaining or 0) <= 0
+    return budget.remaining is not None and budget.remaining < LEAST_OPENING
 
 
 # --- the rq jobs -------------------------------------------------------------------------------
@@ -550,7 +556,8 @@ def retrain(project_id: int) -> dict:
             ls = client(ctx)
             state = working_state(ctx, conn, ls, project_id)
             if project_done(ctx.settings, state):
-                record = {"skipped": "budget spent or committed: no task can be opened, nothing to retrain for",
+                record = {"skipped": "budget spent or held for the open tasks: no task can be opened, nothing to "
+                                     "retrain for",
                           "seconds": 0.0}
                 q.finish(conn, project_id, job.id, covered, cadence, record, follow_up=False)
                 run.outcome = "done"
@@ -558,7 +565,7 @@ def retrain(project_id: int) -> dict:
             snapshot = training_snapshot(state)
             selector, ranking, meta = train_and_score(ctx.settings, project_id, snapshot, ctx.store, ctx.loader)
             if project_done(ctx.settings, state):  # the budget ran out while it trained: publish nothing
-                record = {"skipped": "the budget was spent or committed during the training: not published",
+                record = {"skipped": "the budget was spent or held during the training: not published",
                           "seconds": round(run.seconds(), 3)}
                 q.finish(conn, project_id, job.id, covered, cadence, record, follow_up=False)
                 run.outcome = "done"
@@ -601,7 +608,7 @@ def reconcile(project_id: int, trigger: str = "periodic") -> dict:
         conn = run.conn
         q.release_reconcile(conn, project_id)  # from now on a new request queues another: a run killed mid-way blocks nothing
         ls = client(ctx)
-        state = WorkingState(conn, project_id)
+        state = WorkingState(conn, project_id, ctx.settings.max_annotations_per_task)
         differences: list[str] = []
         fresh = rebuild_from_label_studio(state, ls, ctx.settings.initial_label_source,
                                           before=lambda snap, touched: differences.extend(compare(state, snap, touched)))

@@ -14,6 +14,7 @@ one way the demo starts and stops every process of its own too (backend.demo.ser
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -23,9 +24,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import requests
-from rich.console import Console
 
 LABEL_STUDIO_VERSION = "1.23.2"
 GUNICORN_VERSION = "27.0.1"  # installed beside it: serves Label Studio with several processes (``workers``)
@@ -106,6 +107,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now. With SO_REUSEADDR, as the servers themselves bind
+    (Django, gunicorn): a port whose last connections are in TIME-WAIT (a demo stopped a minute ago) is free."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _missing(venv: Path) -> list[str]:
     """The requirements not installed in ``venv`` at their versions (read from its metadata: `label-studio
     --version` starts a server); all of them when the venv has no Python."""
@@ -123,29 +136,38 @@ def _missing(venv: Path) -> list[str]:
     return [req for req, (name, version) in zip(wanted, REQUIREMENTS.items()) if found.get(name) != version]
 
 
-def _wait_for_other_install(venv: Path, timeout: float, console: Console | None = None) -> None:
+def _wait_for_other_install(venv: Path, timeout: float, progress: bool = True) -> None:
     """Another process holds the install lock: wait for it to finish rather than installing twice, showing
     who holds it, for how long, and the last line of its pip log (a silent wait looks like a hang)."""
     lock = venv.with_name(venv.name + ".lock")
     log = venv.with_name(venv.name + ".install.log")
     if not lock.exists():
         return
-    console = console or Console(stderr=True)
     started = time.monotonic()
     deadline = started + timeout
-    with console.status("") as status:
+    with _activity(progress, f"waiting for another process installing Label Studio into {venv} (lock {lock})") as update:
         while lock.exists() and time.monotonic() < deadline:
             holder = _read(lock) or "?"
             if holder.isdigit() and not _alive(int(holder)):
-                console.print(f"removing a stale install lock {lock} (pid {holder} is gone)")
+                _tell(progress, f"removing a stale install lock {lock} (pid {holder} is gone)")
                 lock.unlink(missing_ok=True)
                 break
-            last = (_read(log).splitlines() or [""])[-1][:90]
-            status.update(f"waiting {time.monotonic() - started:.0f} s for another process (pid {holder}) installing "
-                          f"Label Studio into {venv} (lock {lock}): {last}")
+            update(f"pid {holder}: {(_read(log).splitlines() or [''])[-1][:90]}")
             time.sleep(1)
-    if time.monotonic() - started > 1:
-        console.print(f"the other install finished after {time.monotonic() - started:.0f} s of waiting")
+
+
+def _activity(progress: bool, description: str) -> contextlib.AbstractContextManager[Callable[[str], None]]:
+    """scoring.progress.heartbeat (a spinner on a terminal, a line every 10 s in a log), or silence."""
+    from scoring.progress import heartbeat
+
+    return heartbeat(description) if progress else contextlib.nullcontext(lambda text: None)
+
+
+def _tell(progress: bool, message: str) -> None:
+    if progress:
+        from scoring.progress import say
+
+        say(message)
 
 
 def _alive(pid: int) -> bool:
@@ -173,8 +195,7 @@ def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeou
     """
     venv = Path(venv_dir) if venv_dir else default_venv()
     exe = venv / "bin" / "label-studio"
-    console = Console(stderr=True, quiet=not progress)
-    _wait_for_other_install(venv, timeout, console)
+    _wait_for_other_install(venv, timeout, progress)
     if not _missing(venv):
         return exe
     venv.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +203,7 @@ def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeou
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        _wait_for_other_install(venv, timeout, console)
+        _wait_for_other_install(venv, timeout, progress)
         if not _missing(venv):
             return exe
         raise LabelStudioRuntimeError(f"another process is installing Label Studio into {venv} (lock {lock})")
@@ -194,17 +215,17 @@ def ensure_installed(venv_dir: Path | None = None, progress: bool = True, timeou
         whole = any(req.startswith("label-studio==") for req in missing)
         if whole:
             shutil.rmtree(venv, ignore_errors=True)
-            console.print(f"installing Label Studio {LABEL_STUDIO_VERSION} into {venv} (first use only, a few minutes)")
+            _tell(progress, f"installing Label Studio {LABEL_STUDIO_VERSION} into {venv} (first use only, a few minutes)")
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             missing = _missing(venv)
         argv = [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", *missing]
-        with open(log, "w") as out, console.status(f"pip install {' '.join(missing)}") as status:
+        with open(log, "w") as out, _activity(progress, f"pip install {' '.join(missing)} (log {log})") as update:
             process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             assert process.stdout is not None
             for line in process.stdout:
                 out.write(line)
                 if line.startswith(("Collecting", "Downloading", "Installing", "Successfully")):
-                    status.update(f"pip: {line.strip()[:100]}")
+                    update(f"pip: {line.strip()[:100]}")
             code = process.wait(timeout)
         if code != 0 or _missing(venv):
             if whole:
@@ -225,7 +246,7 @@ class LabelStudioServer:
 
     def __init__(self, data_dir: Path, port: int | None = None, username: str = "admin@example.com",
                  password: str | None = None, token: str | None = None, executable: Path | None = None,
-                 start_timeout: float = 400.0, workers: int = 1) -> None:
+                 start_timeout: float = 400.0, workers: int = 1, progress: bool = True) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
         self.workers = int(workers)
@@ -246,6 +267,7 @@ class LabelStudioServer:
         self.executable = executable
         self.start_timeout = start_timeout
         self.log_path = self.data_dir / "label-studio.log"
+        self.progress = progress  # say on standard error what the start is doing (it can take minutes)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -302,10 +324,12 @@ class LabelStudioServer:
                 "label_studio.core.wsgi:application"]
 
     def _run(self, argv: list[str]) -> None:
+        migrating = " (the first start on a new data dir migrates its database: about a minute)" if not self.database.is_file() else ""
         self.process = spawn(argv, self.env(), self.log_path)
         try:
-            wait_until_up(self.process, self._healthy, "Label Studio", self.log_path, self.start_timeout,
-                          LabelStudioRuntimeError, self.url)
+            with _activity(self.progress, f"starting Label Studio at {self.url}{migrating}"):
+                wait_until_up(self.process, self._healthy, "Label Studio", self.log_path, self.start_timeout,
+                              LabelStudioRuntimeError, self.url)
         except BaseException:
             self.stop()
             raise

@@ -15,6 +15,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as SourceError
 
+from scoring.audit import DEFAULT_AUDIT_SHARE  # pure Python: the audit's share is the science's default
+
 INITIAL_LABEL_SOURCES = "'annotations', 'data:<field>' or 'predictions:<model_version>'"
 
 
@@ -61,6 +63,10 @@ class Settings(BaseSettings):
     )
     budget: int | None = Field(None, ge=0, validation_alias=AliasChoices("ALC_BUDGET", "budget"))
     window: int = Field(50, ge=1, validation_alias=AliasChoices("ALC_WINDOW", "window"))
+    # share of the budget spent on tasks drawn at random from the untouched pool (0 = off): the accuracy
+    # estimate's unbiased basis (docs/plan.md)
+    audit_share: float = Field(
+        DEFAULT_AUDIT_SHARE, ge=0, lt=1, validation_alias=AliasChoices("ALC_AUDIT_SHARE", "audit_share"))
     max_annotations_per_task: int = Field(
         5, ge=2, validation_alias=AliasChoices("ALC_MAX_ANNOTATIONS_PER_TASK", "max_annotations_per_task")
     )
@@ -169,6 +175,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _selector_takes_its_options(self) -> "Settings":
+        if not self.selector_options:  # nothing to check, and no reason to import the selector (torch, for some)
+            return self
         from scoring.selectors import check_options
 
         try:

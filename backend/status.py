@@ -1,20 +1,18 @@
-"""One project's status for the project manager: the connectors' ledger plus the model's view and the job queue.
+"""One project's status for the project manager: the connectors' ledger plus the estimate and the job queue.
 
 ``connectors.ledger.project_status`` rebuilds spend, settled tasks, the queue and the label changes
-from Label Studio. Here we add what only the backend knows: the current model's estimate of how many
-labels are still wrong (and so the label accuracy now, a forecast of the spend to reach a target and
-a suggested budget, each with its interval or its stated basis), the cleaning view (why each open
-and next task is there), per-annotator agreement with the final majority, labels *corrected* where
-the truth is known (the demo writes it), and the rq queue (depth, workers, the failed-job registry).
-Shared by GET /api/status, GET /dashboard and `alc status`.
+from Label Studio (or the working state, which the periodic reconcile proves equal to it). Here we add
+what only the backend knows: the label accuracy now with its interval (:func:`accuracy_estimate`, the
+one estimator, ``scoring.estimate.estimate_accuracy``, from the audit draws the live loop makes and the
+tasks it cleaned), the re-annotations to reach a target and the suggested budget (both from
+``scoring.estimate.reannotations_to_reach``, so they agree), the cleaning view (why each open and next
+task is there), per-annotator agreement with the final majority (each annotator named by their email),
+labels *corrected* where the truth is known (the demo writes it), and the rq queue. Shared by
+GET /api/status, GET /dashboard, `alc status` and the demo's report.
 
-Why the old estimate read 68.6% when the truth was 80.5%: it summed the model's probability of each
-label, and a strongly regularised linear model is under-confident (on the demo's digits its mean
-p(label) is about 0.50 at a true accuracy of 0.805). Confident learning (cleanlab's
-``num_label_issues``: per-class thresholds, so the model's overall confidence cancels out) counts
-0.80 / 0.83 / 0.74 / 0.77 on four seeds whose truth is 0.805 / 0.805 / 0.755 / 0.76, and a bootstrap
-over the tasks gives an interval that covered the truth in all four. The retrain records it in the
-version's meta (:func:`label_noise_estimate`); a version without it is shown with the old basis, said so.
+No accuracy figure is shown before an audit draw has settled: the model's own view of its labels is
+biased (an under-confident model reads 68.6% where the truth was 80.5%), so it is used only as the
+control variate of the audit's difference estimator, never as the estimate alone.
 """
 
 from __future__ import annotations
@@ -24,107 +22,135 @@ import logging
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backend.model_store import ModelStore, Ranking
-from connectors.ledger import Ledger, project_status, reconcile
+
+if TYPE_CHECKING:
+    from connectors.ledger import Ledger  # the Label Studio SDK behind it loads only where a project is read
 
 log = logging.getLogger(__name__)
-MIN_COST_PER_CORRECTION = 2  # re-annotations: two agreeing opinions outvote one initial label
+LEAST_COST_PER_FIX = 2  # re-annotations: two agreeing opinions outvote one initial label
+CONFIDENCE = 0.9
 NEXT_TASKS = 12  # the cleaning view's "next up": the ranking's next unsettled tasks that are not open yet
 TRUTH_DIR = "truth"  # <ALC_DATA_HOME>/truth/project-<id>.json: {task id: true label}, where the truth is known
 
 
-def label_noise_estimate(labels: np.ndarray, probs: np.ndarray, *, rounds: int = 200, seed: int = 0) -> dict[str, Any]:
-    """How many of ``labels`` (N,) are wrong, by confident learning on out-of-fold ``probs`` (N, C), with a
-    90% bootstrap interval over the tasks. Plain JSON data: the retrain stores it in a version's meta."""
-    from cleanlab.count import num_label_issues
+def estimator_inputs(ledger: Ledger, ranking: Ranking | None) -> dict[str, Any] | None:
+    """``scoring.estimate.estimate_accuracy``'s arrays from a ledger: one row per task with an initial label;
+    touched_seq from each task's recorded ``alc_seq`` (a task in cleaning without one: after the recorded
+    ones, in task order); the audit draws with ``task`` as a row; wrong_prob = 1 - p[label] of the latest
+    ranking (its mean where a task is not in it), or None without a ranking that has it."""
+    from scoring.audit import AuditDraw
 
-    labels = np.asarray(labels, dtype=int)
-    probs = np.asarray(probs, dtype=float)
-    n = len(labels)
-    count = int(num_label_issues(labels, probs))
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(rounds):
-        rows = rng.integers(0, n, n)
-        if len(np.unique(labels[rows])) == probs.shape[1]:  # cleanlab needs every class present
-            draws.append(num_label_issues(labels[rows], probs[rows]))
-    low, high = (np.percentile(draws, [5, 95]) if draws else (count, count))
-    return {"tasks": n, "wrong": count, "wrong_low": int(np.floor(low)), "wrong_high": int(np.ceil(high)),
-            "method": "confident learning (cleanlab num_label_issues) on out-of-fold probabilities; "
-                      "90% interval from resampling the tasks"}
+    snap = ledger.snapshot
+    rows = [i for i, t in enumerate(snap.tasks) if t.has_initial and sum(t.initial_counts) > 0]
+    if not rows:
+        return None
+    tasks = [snap.tasks[i] for i in rows]
+    counts = np.asarray(snap.counts, dtype=np.int64)[rows]
+    initial = np.asarray(snap.initial_counts, dtype=np.int64)[rows].argmax(axis=1)
+    seq = np.array([t.seq if t.seq is not None else -1 for t in tasks], dtype=np.int64)
+    unnumbered = [k for k, t in enumerate(tasks) if t.seq is None and (t.reannotations > 0 or t.open_slots > 0)]
+    seq[unnumbered] = seq.max(initial=-1) + 1 + np.arange(len(unnumbered))
+    audits = []
+    for k, t in enumerate(tasks):
+        if t.audit is None:
+            continue
+        try:
+            draw = AuditDraw.from_json(t.audit)
+        except ValueError as exc:
+            log.warning("task %s: its audit record is unusable (%s); left out of the estimate", t.id, exc)
+            continue
+        if draw.seq == seq[k]:
+            audits.append(AuditDraw(k, draw.seq, draw.pool_size, draw.pool_wrong_prob, draw.wrong_prob))
+    wrong_prob = None
+    p_label = getattr(ranking, "p_label", None) if ranking is not None else None
+    if p_label is not None:
+        p = np.asarray(p_label, dtype=float)
+        known = np.isfinite(p)
+        if known.any():
+            fill = float(np.mean(1.0 - p[known]))
+            by_id = {tid: float(1.0 - v) for tid, v, ok in zip(ranking.task_ids, p, known) if ok}
+            wrong_prob = np.clip(np.array([by_id.get(t.id, fill) for t in tasks]), 0.0, 1.0)
+    return {"counts": counts, "initial_labels": initial, "touched_seq": seq, "audits": audits, "wrong_prob": wrong_prob}
 
 
-def label_accuracy_estimate(ranking: Ranking | None, settled_ids: set[int], spent: int, labels_changed: int,
-                            target: float = 0.95, meta: dict | None = None) -> dict[str, Any]:
-    """Expected number of wrong labels now, the label accuracy, the spend forecast to reach ``target`` and
-    a suggested budget, each with an interval or its basis.
+def accuracy_estimate(ledger: Ledger, ranking: Ranking | None, *, target: float = 0.95,
+                      audit_share: float | None = None) -> dict[str, Any]:
+    """The label accuracy now with its interval, the re-annotations to reach ``target`` and the suggested
+    budget, as plain JSON data (``available`` False with the ``reason`` while there is no estimate).
 
-    With the retrain's confident-learning estimate in ``meta["label_noise"]`` (see label_noise_estimate;
-    ``meta["label_noise_initial"]`` for the initial labels) that count and its interval are used. Without
-    it: a settled task counts as correct, any other as correct with exp(-noisiness) (the model's
-    probability of its label): no interval, and low for an under-confident model, which the basis says.
+    The cost of a fix is the re-annotations per label changed so far (90% Wilson interval on the changes
+    per re-annotation), or before any change the least a fix can cost (two agreeing opinions), whose
+    upper range is then unknown. The suggested budget is what is spent plus the forecast."""
+    from scoring.estimate import estimate_accuracy, reannotations_to_reach
 
-    The forecast divides the corrections still needed by the re-annotations per label changed so far
-    (so it exists only after a change). The suggested budget (to accept with `alc connect --budget`) is
-    the wrong initial labels times that cost, or before any change the least a correction can cost (two
-    agreeing re-annotations outvote one initial label); its range carries the count's interval.
-    """
-    if ranking is None:
-        return {"available": False, "reason": "no trained model yet"}
-    meta = meta or {}
-    per_correction = spent / labels_changed if labels_changed else None
-    cost = per_correction or MIN_COST_PER_CORRECTION
-    now, initial = meta.get("label_noise"), meta.get("label_noise_initial") or meta.get("label_noise")
-    if isinstance(now, dict) and now.get("tasks"):
-        n = int(now["tasks"])
-        wrong, low, high = float(now["wrong"]), float(now["wrong_low"]), float(now["wrong_high"])
-        wrong_all, all_low, all_high = float(initial["wrong"]), float(initial["wrong_low"]), float(initial["wrong_high"])
-        basis = now.get("method", "confident learning")
+    inputs = estimator_inputs(ledger, ranking)
+    if inputs is None:
+        return {"available": False, "reason": "no task has a label yet"}
+    estimate = estimate_accuracy(**inputs, confidence=CONFIDENCE)
+    if estimate is None:
+        opened = len(inputs["audits"])
+        if audit_share is not None and audit_share <= 0:
+            why = "the audit is off (ALC_AUDIT_SHARE=0): without audit draws there is no unbiased basis"
+        elif opened:
+            why = (f"no audit draw has settled yet ({opened} open): the estimate rests on tasks drawn at random "
+                   "and settled, and the model's own view is biased")
+        else:
+            why = ("no audit draw yet: the estimate rests on tasks drawn at random and settled (the first "
+                   "push opens them), and the model's own view is biased")
+        return {"available": False, "reason": why}
+    budget, changed = ledger.budget, int(ledger.changed.sum())
+    spent = int(budget.spent)
+    if changed and spent:
+        per_fix = spent / changed
+        low_rate, high_rate = _wilson(changed, spent)
+        cost_basis = f"{per_fix:.2f} re-annotations per label changed so far ({changed} changed)"
     else:
-        p_correct = np.exp(-np.clip(np.asarray(ranking.noisiness, dtype=float), 0, None))
-        finite = np.isfinite(p_correct)
-        n = int(finite.sum())
-        if n == 0:
-            return {"available": False, "reason": "the model scored no task"}
-        unsettled = np.array([t not in settled_ids for t in ranking.task_ids], dtype=bool)
-        wrong_all = float((1.0 - p_correct[finite]).sum())
-        wrong = float((1.0 - p_correct[finite & unsettled]).sum())
-        low = high = wrong
-        all_low = all_high = wrong_all
-        basis = ("the model's probability of each label (this version recorded no confident-learning estimate): "
-                 "no interval, and too low for an under-confident model")
-    needed = max(0.0, wrong - (1.0 - target) * n)
-    accuracy = lambda w: round(1.0 - w / n, 4)  # noqa: E731
+        per_fix, low_rate, high_rate = float(LEAST_COST_PER_FIX), 0.0, 1.0 / LEAST_COST_PER_FIX
+        cost_basis = "2 re-annotations per fix, the least one can cost (no label changed yet)"
+    forecast = reannotations_to_reach(estimate, target, reannotations_per_fix=per_fix, fix_rate_low=low_rate,
+                                      fix_rate_high=high_rate, remaining_budget=budget.remaining)
+    plus = lambda n: None if n is None else spent + int(n)  # noqa: E731
     return {
         "available": True,
-        "basis": basis,
-        "scored_tasks": n,
-        "noise_rate": round(wrong_all / n, 4),
-        "labels_wrong": round(wrong, 1),
-        "labels_wrong_interval": [round(low, 1), round(high, 1)],
-        "accuracy_before": accuracy(wrong_all),
-        "accuracy_before_interval": [accuracy(all_high), accuracy(all_low)],
-        "accuracy": accuracy(wrong),
-        "accuracy_interval": [accuracy(high), accuracy(low)],
+        "basis": estimate.basis,
+        "confidence": estimate.confidence,
+        "tasks": estimate.n_tasks,
+        "accuracy": round(estimate.accuracy, 4),
+        "accuracy_interval": [round(estimate.low, 4), round(estimate.high, 4)],
+        "labels_wrong": int(estimate.wrong_left),
+        "labels_wrong_interval": [int(estimate.wrong_low), int(estimate.wrong_high)],
+        "audited": estimate.n_audited,
+        "cleaned": estimate.n_cleaned,
         "target": target,
-        "corrections_needed": round(needed, 1),
-        "reannotations_per_correction": round(per_correction, 2) if per_correction else None,
-        "forecast_spend": math.ceil(needed * per_correction) if per_correction is not None else None,
-        "suggested_budget": math.ceil(wrong_all * cost),
-        "suggested_budget_range": ([math.floor(all_low * cost), math.ceil(all_high * cost)] if all_low != all_high
-                                   else [math.ceil(wrong_all * cost)] * 2),
-        "cost_basis": (f"{per_correction:.2f} re-annotations per label changed so far ({labels_changed} changed)"
-                       if per_correction else "2 re-annotations per correction, the least one can cost (none changed yet)"),
+        "forecast_spend": forecast.reannotations,
+        "forecast_interval": [forecast.low, forecast.high],
+        "forecast_basis": forecast.basis,
+        "cost_basis": cost_basis,
+        "suggested_budget": plus(forecast.reannotations),
+        "suggested_budget_range": [plus(forecast.low), plus(forecast.high)],
     }
 
 
-def annotator_figures(ledger: Ledger) -> list[dict]:
-    """The ledger's per-annotator figures (by email) plus agreement with the final majority: the share of
-    their re-annotations of *settled* tasks that carry the task's final label."""
+def _wilson(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The Wilson score interval of a binomial share (here: labels changed per re-annotation)."""
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    share = successes / trials
+    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def annotator_figures(ledger: Ledger, names: dict[int, str] | None = None) -> list[dict]:
+    """The ledger's per-annotator figures (each annotator by their email, ``names``) plus agreement with the
+    final majority: the share of their re-annotations of *settled* tasks that carry the task's final label."""
+    from connectors.ledger import name_of
+
     snap = ledger.snapshot
     agree: dict[str, list[int]] = {}
     for row, task in enumerate(snap.tasks):
@@ -133,11 +159,11 @@ def annotator_figures(ledger: Ledger) -> list[dict]:
         for a in task.annotations:
             if a.cancelled or a.initial or not a.valid:
                 continue
-            tally = agree.setdefault(a.annotator, [0, 0])
+            tally = agree.setdefault(name_of(a, names), [0, 0])
             tally[0] += int(a.label == ledger.final_labels[row])
             tally[1] += 1
     out = []
-    for entry in ledger.annotators():
+    for entry in ledger.annotators(names):
         hits, total = agree.get(entry["annotator"], (0, 0))
         out.append({**entry, "agreement_with_final": round(hits / total, 3) if total else None, "on_settled_tasks": total})
     return out
@@ -237,7 +263,7 @@ def _why(card: dict, max_entropy: float) -> str:
 def jobs_status(redis_conn: Any, project_id: int) -> dict[str, Any]:
     """The rq queues, workers and failed-job registry, this project's retrain state and the ground-truth stars
     the background job has still to take off; Redis down is reported."""
-    from backend.queue import queue_status
+    from backend.queue import queue_status, retrain_records
     from backend.working_state import WorkingState
 
     try:
@@ -245,19 +271,41 @@ def jobs_status(redis_conn: Any, project_id: int) -> dict[str, Any]:
         stars = WorkingState(redis_conn, project_id).n_starred()
     except Exception as exc:  # Redis down must not take the dashboard with it
         return {"error": f"Redis unavailable: {exc}"}
+    project = jobs["projects"].get(project_id)
+    if project is not None:  # a retrain that published nothing (the budget was spent) made no model version
+        published = sum(1 for r in retrain_records(redis_conn, project_id) if r.get("model_version"))
+        project = {**project, "retrains": published}
     return {"queues": jobs["queues"], "failed_jobs": jobs["failed_jobs"], "workers": jobs["workers"],
-            "project": jobs["projects"].get(project_id), "stars_left": stars}
+            "project": project, "stars_left": stars}
+
+
+def annotator_names(client: Any, ledger: Ledger) -> dict[int, str]:
+    """User id -> email for every annotator of the ledger: the users known when it was read, and Label
+    Studio's list (one request) only when an annotator joined since."""
+    names = dict(ledger.snapshot.users)
+    unnamed = any(a.annotator_id is not None and a.annotator_id not in names and a.annotator == f"user {a.annotator_id}"
+                  for t in ledger.snapshot.tasks for a in t.annotations)
+    if client is not None and unnamed:
+        from connectors.counts import user_emails
+
+        names.update(user_emails(client))
+    return names
 
 
 def build_status(client: Any, ledger: Ledger, store: ModelStore | None = None, redis_conn: Any = None,
-                 target: float = 0.95, budget: int | None = None, truth: dict[int, str] | None = None) -> dict[str, Any]:
-    """Everything the dashboard shows, as plain JSON data, from a ledger already read from Label Studio."""
+                 target: float = 0.95, budget: int | None = None, truth: dict[int, str] | None = None,
+                 audit_share: float | None = None) -> dict[str, Any]:
+    """Everything the dashboard shows, as plain JSON data, from a ledger already read from Label Studio
+    (or the working state). Annotators are named by their email as Label Studio lists its users now."""
     project_id = ledger.snapshot.project_id
-    status = project_status(client, project_id, ledger.snapshot.initial_label_source, budget, ledger=ledger)
-    status["annotators"] = annotator_figures(ledger)
+    from connectors.ledger import project_status
+
+    names = annotator_names(client, ledger)
+    status = project_status(client, project_id, ledger.snapshot.initial_label_source, budget, ledger=ledger,
+                            names=names)
+    status["annotators"] = annotator_figures(ledger, names)
     status["truth"] = truth_figures(ledger, truth) if truth else None
     status["generated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    settled_ids = {int(t.id) for t, done in zip(ledger.snapshot.tasks, ledger.settled) if done}
     try:
         version = store.load(project_id) if store is not None else None
     except (OSError, ValueError, KeyError) as exc:  # a damaged model store: say so, show the rest
@@ -272,10 +320,12 @@ def build_status(client: Any, ledger: Ledger, store: ModelStore | None = None, r
     status["skipped"] = [{"task_id": int(t), "reason": str(r)} for t, r in sorted(skipped.items(), key=lambda i: int(i[0]))
                          if str(t).isascii() and str(t).isdigit()]
     if "estimate" not in status:
-        status["estimate"] = label_accuracy_estimate(
-            version.ranking if version is not None else None, settled_ids,
-            status["budget"]["spent"], status["tasks"]["labels_changed"], target,
-            meta=version.meta if version is not None else None)
+        try:
+            status["estimate"] = accuracy_estimate(ledger, version.ranking if version is not None else None,
+                                                   target=target, audit_share=audit_share)
+        except ValueError as exc:  # records that contradict each other: say so, show the rest
+            log.warning("project %s: no estimate (%s)", project_id, exc)
+            status["estimate"] = {"available": False, "reason": f"the audit records are inconsistent: {exc}"}
     status["cleaning"] = cleaning_view(status, ledger, version.ranking if version is not None else None)
     if redis_conn is not None:
         status["jobs"] = jobs_status(redis_conn, project_id)
@@ -286,25 +336,28 @@ def collect_status(client: Any, project_id: int, settings: Any, store: ModelStor
                    redis_conn: Any = None, target: float = 0.95) -> dict[str, Any]:
     """The project's status from the pipeline's working state in Redis (no Label Studio read: contract 5),
     or, where there is none yet (or Redis is down), from one paged read of Label Studio."""
-    ledger = working_ledger(redis_conn, project_id, settings.budget)
+    ledger = working_ledger(redis_conn, project_id, settings.budget, settings.max_annotations_per_task)
     source = "the working state (Redis; the periodic reconcile proves it equals Label Studio)"
     if ledger is None:
-        ledger = reconcile(client, project_id, settings.initial_label_source, settings.budget)
+        from connectors.ledger import reconcile
+
+        ledger = reconcile(client, project_id, settings.initial_label_source, settings.budget,
+                           settings.max_annotations_per_task)
         source = "Label Studio (a full read)"
     status = build_status(client, ledger, store=store, redis_conn=redis_conn, target=target, budget=settings.budget,
-                          truth=read_truth(settings.data_home, project_id))
+                          truth=read_truth(settings.data_home, project_id), audit_share=settings.audit_share)
     status["source"] = source
     return status
 
 
-def working_ledger(redis_conn: Any, project_id: int, budget: int | None) -> Ledger | None:
+def working_ledger(redis_conn: Any, project_id: int, budget: int | None, max_annotations: int | None = None) -> Ledger | None:
     """The ledger from backend.working_state when the project has one, else None (Redis errors included)."""
     if redis_conn is None:
         return None
     from backend.working_state import WorkingState
 
     try:
-        state = WorkingState(redis_conn, project_id)
+        state = WorkingState(redis_conn, project_id, max_annotations)
         return state.ledger(budget) if state.exists() else None
     except Exception as exc:  # a broken or unreachable state must not take the page with it: read Label Studio
         log.warning("project %s: working state unusable (%s); reading Label Studio", project_id, exc)

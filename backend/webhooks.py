@@ -25,6 +25,7 @@ class WebhookEvent:
     label_config_hash: str | None = None
     annotation: dict | None = field(default=None, repr=False)  # the annotation as the payload carries it
     description: str | None = field(default=None, repr=False)  # PROJECT_UPDATED: the project's description
+    instructions: str | None = field(default=None, repr=False)  # and its instructions (where connectors.state keeps it)
 
     @property
     def handled(self) -> bool:
@@ -63,10 +64,11 @@ def parse_webhook(body: Any) -> WebhookEvent:
         ids = [a["id"] for a in items if isinstance(a, dict) and _is_id(a.get("id"))]
         return WebhookEvent(action, project_id, None, ids)
     project = body.get("project") if isinstance(body.get("project"), dict) else {}
-    config, description = project.get("label_config"), project.get("description")
+    config, description, instructions = (_text(project.get(k), k) for k in ("label_config", "description", "expert_instruction"))
     digest = config_hash(config) if isinstance(config, str) else None
     return WebhookEvent(action, project_id, None, [], digest,
-                        description=description if isinstance(description, str) else None)
+                        description=description if isinstance(description, str) else None,
+                        instructions=instructions if isinstance(instructions, str) else None)
 
 
 def _project_of(body: dict) -> int:
@@ -80,6 +82,17 @@ def _project_of(body: dict) -> int:
             continue
         return parse_project(value)
     raise ProtocolError(f"{body.get('action')} names no project")
+
+
+def _text(value: Any, what: str) -> Any:
+    """``value`` unchanged, or ProtocolError (400) for a string that is not valid Unicode (a lone surrogate,
+    which JSON's \\ud800 escape can carry): it cannot be hashed or stored, and no Label Studio sends one."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
+    return value
 
 
 def _is_id(value: Any) -> bool:

@@ -8,9 +8,11 @@ webhook plus a read of that one task, rebuilt by a full read when it is missing 
   the model version Label Studio serves by); ``users``: annotator id -> email;
 - ``tasks``: task id -> its :class:`connectors.counts.TaskRecord` as JSON (annotations, counts, overlap,
   initial label, data as Label Studio holds it);
-- ``slots``: task id -> ``"<re-annotations>,<open slots>"`` and ``ledger``: ``spent`` / ``committed``,
-  their sums, kept exact by Lua scripts (registered once, redis-py's ``register_script``) so that budget
-  slots are reserved atomically across any number of workers: spend never passes B;
+- ``slots``: task id -> ``"<re-annotations>,<open slots>,<held>"`` and ``ledger``: ``spent`` / ``committed``
+  / ``held``, their sums, kept exact by Lua scripts (registered once, redis-py's ``register_script``) so that
+  budget is reserved atomically across any number of workers: open slots never pass B, and a new task opens
+  only when what it reserves (:func:`connectors.plan.opening_cost`) fits beside what the tasks in cleaning
+  hold (:func:`connectors.plan.held`); ``seq``: the touched_seq counter (tasks opened so far);
 - ``spares``: the current ranking's next candidates (task id -> score) that already carry a prediction
   of the current model version: a settled task's free place is refilled from them without a retrain;
 - ``skipped``: tasks the last retrain could not rank (task id -> reason);
@@ -40,8 +42,9 @@ from typing import Any, Callable, Iterable
 import redis
 
 from backend.queue import PROJECTS_KEY
-from connectors.counts import ProjectSnapshot, TaskRecord, snapshot_of
+from connectors.counts import ProjectSnapshot, TaskRecord, opening_of, snapshot_of
 from connectors.ledger import Budget, Ledger, ledger_of
+from connectors.plan import held, held_total
 from connectors.project import ProjectConfig
 
 log = logging.getLogger(__name__)
@@ -63,66 +66,65 @@ class _Records:
 _records: OrderedDict[int, _Records] = OrderedDict()  # project id -> its last read, most recent last
 _records_lock = threading.Lock()  # the web process reads from several threads
 
-# KEYS: tasks, slots, ledger, touched, changes. ARGV: task id, record JSON (empty: delete), re-annotations,
-# open slots, now. Every change bumps the ledger's ``generation`` and logs the task in ``changes`` under it.
-_PUT_TASK = """
-local old = redis.call('HGET', KEYS[2], ARGV[1])
-local old_spent, old_open = 0, 0
-if old then
-  local comma = string.find(old, ',')
-  old_spent = tonumber(string.sub(old, 1, comma - 1))
-  old_open = tonumber(string.sub(old, comma + 1))
+# a task's numbers "<spent>,<open>,<held>" (a state from before held: "<spent>,<open>", held = open)
+_NUMBERS = """
+local function numbers(raw)
+  if not raw then return 0, 0, 0 end
+  local a, b, c = string.match(raw, '^(-?%d+),(-?%d+),?(-?%d*)$')
+  if c == '' then c = b end
+  return tonumber(a), tonumber(b), tonumber(c)
 end
-local spent, open = tonumber(ARGV[3]), tonumber(ARGV[4])
+"""
+
+# KEYS: tasks, slots, ledger, touched, changes. ARGV: task id, record JSON (empty: delete), re-annotations,
+# open slots, held, now. Every change bumps the ledger's ``generation`` and logs the task in ``changes`` under it.
+_PUT_TASK = _NUMBERS + """
+local old_spent, old_open, old_held = numbers(redis.call('HGET', KEYS[2], ARGV[1]))
+local spent, open, held = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
-  spent, open = 0, 0
+  spent, open, held = 0, 0, 0
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('HSET', KEYS[2], ARGV[1], spent .. ',' .. open)
+  redis.call('HSET', KEYS[2], ARGV[1], spent .. ',' .. open .. ',' .. held)
 end
 redis.call('HINCRBY', KEYS[3], 'spent', spent - old_spent)
 redis.call('HINCRBY', KEYS[3], 'committed', open - old_open)
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'held', held - old_held)
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
 redis.call('ZADD', KEYS[5], redis.call('HINCRBY', KEYS[3], 'generation', 1), ARGV[1])
 return 1
 """
 
-# KEYS: slots, ledger. ARGV: total (-1 = no limit), most open slots (-1 = no limit), task ids in order of
-# preference. Returns the granted ids.
-_RESERVE = """
+# KEYS: slots, ledger. ARGV: total (-1 = no limit), most open slots (-1 = no limit), then pairs of task id and
+# cost in order of preference: what opening it reserves (0: a task in cleaning whose opinions are held already,
+# e.g. a tie). A task is granted when it has no open slot, one more open slot stays within B (and the window),
+# and B covers what is spent plus what every task holds with this one's hold raised to its cost. Returns the
+# granted ids.
+_RESERVE = _NUMBERS + """
 local total = tonumber(ARGV[1])
 local most = tonumber(ARGV[2])
 local granted = {}
-for i = 3, #ARGV do
-  local numbers = redis.call('HGET', KEYS[1], ARGV[i])
-  if numbers then
-    local comma = string.find(numbers, ',')
-    local spent_here = tonumber(string.sub(numbers, 1, comma - 1))
-    local open_here = tonumber(string.sub(numbers, comma + 1))
+for i = 3, #ARGV - 1, 2 do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw then
+    local spent_here, open_here, held_here = numbers(raw)
+    local hold = math.max(tonumber(ARGV[i + 1]), held_here, 1)
     local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
     local committed = tonumber(redis.call('HGET', KEYS[2], 'committed') or '0')
-    if open_here == 0 and (total < 0 or spent + committed + 1 <= total) and (most < 0 or committed + 1 <= most) then
-      redis.call('HSET', KEYS[1], ARGV[i], spent_here .. ',1')
+    local held = tonumber(redis.call('HGET', KEYS[2], 'held') or committed)
+    local slot_ok = total < 0 or spent + committed + 1 <= total
+    local hold_ok = total < 0 or tonumber(ARGV[i + 1]) == 0 or spent + held - held_here + hold <= total
+    if open_here == 0 and slot_ok and hold_ok and (most < 0 or committed + 1 <= most) then
+      redis.call('HSET', KEYS[1], ARGV[i], spent_here .. ',1,' .. hold)
       redis.call('HINCRBY', KEYS[2], 'committed', 1)
+      redis.call('HINCRBY', KEYS[2], 'held', hold - held_here)
       table.insert(granted, ARGV[i])
     end
   end
 end
 return granted
-"""
-
-# KEYS: slots, ledger. ARGV: task id. Gives back a reserved slot whose PATCH did not happen.
-_RELEASE = """
-local numbers = redis.call('HGET', KEYS[1], ARGV[1])
-if not numbers then return 0 end
-local comma = string.find(numbers, ',')
-local open_here = tonumber(string.sub(numbers, comma + 1))
-if open_here < 1 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], string.sub(numbers, 1, comma - 1) .. ',' .. (open_here - 1))
-redis.call('HINCRBY', KEYS[2], 'committed', -1)
-return 1
 """
 
 _scripts: dict[str, Any] = {}
@@ -137,6 +139,13 @@ def _script(conn: redis.Redis, name: str, source: str) -> Any:
     return lambda keys, args: script(keys=keys, args=args, client=conn)
 
 
+def default_cap() -> int:
+    """The cap on annotations per task when none is handed in: the setting's default."""
+    from backend.settings import Settings
+
+    return int(Settings.model_fields["max_annotations_per_task"].default)
+
+
 def key(project_id: int, what: str) -> str:
     return f"alc:ws:{int(project_id)}:{what}"
 
@@ -144,9 +153,11 @@ def key(project_id: int, what: str) -> str:
 class WorkingState:
     """One project's working state (see the module doc). Cheap to make: it holds only the connection."""
 
-    def __init__(self, conn: redis.Redis, project_id: int) -> None:
+    def __init__(self, conn: redis.Redis, project_id: int, max_annotations: int | None = None) -> None:
         self.conn = conn
         self.project_id = int(project_id)
+        # the cap on annotations per task bounds what a task holds (the jobs pass the setting)
+        self.max_annotations = int(max_annotations) if max_annotations is not None else default_cap()
 
     def _k(self, what: str) -> str:
         return key(self.project_id, what)
@@ -203,20 +214,22 @@ class WorkingState:
 
     def snapshot(self) -> ProjectSnapshot:
         """The project as the working state knows it: the same type a full read gives."""
-        return snapshot_of(self.config(), list(self.tasks().values()))
+        snapshot = snapshot_of(self.config(), list(self.tasks().values()))
+        snapshot.users = self.users()
+        return snapshot
 
     def budget(self, default_total: int | None = None) -> Budget:
         """O(1): the ledger's two numbers and the project's B (its own, else ``default_total``)."""
-        spent, committed = self.conn.hmget(self._k("ledger"), "spent", "committed")
+        spent, committed, held = self.conn.hmget(self._k("ledger"), "spent", "committed", "held")
         config = self.config()
         total = config.state.budget if config.state.budget is not None else default_total
-        return Budget(total, int(spent or 0), int(committed or 0))
+        return Budget(total, int(spent or 0), int(committed or 0), int(held if held is not None else committed or 0))
 
     def ledger(self, default_total: int | None = None) -> Ledger:
         """The same Ledger a full read gives (connectors.ledger.reconcile), from Redis alone."""
         snapshot = self.snapshot()
         snapshot.problems = []
-        return ledger_of(snapshot, default_total)
+        return ledger_of(snapshot, default_total, self.max_annotations)
 
     def open_tasks(self) -> list[int]:
         return sorted(int(tid) for tid, numbers in self.conn.hgetall(self._k("slots")).items()
@@ -229,12 +242,18 @@ class WorkingState:
         """The current ranking's next candidates, best first."""
         return [int(t) for t in self.conn.zrange(self._k("spares"), 0, -1)]
 
+    def spare_cost(self, task_id: int) -> int | None:
+        """What opening this spare reserves, as the push that named it computed (None: not known)."""
+        raw = self.conn.hget(self._k("spare_costs"), int(task_id))
+        return int(raw) if raw is not None else None
+
     # --- writing ---------------------------------------------------------------------------------
 
     def put_task(self, task: TaskRecord) -> None:
         keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched"), self._k("changes")]
         _script(self.conn, "put", _PUT_TASK)(keys=keys, args=[task.id, task.to_json(), task.reannotations,
-                                                              task.open_slots, time.time()])
+                                                              task.open_slots, held(task, self.max_annotations),
+                                                              time.time()])
         if task.annotations:
             self.conn.hset(self._k("annotations"), mapping={a.id: task.id for a in task.annotations})
 
@@ -246,33 +265,47 @@ class WorkingState:
 
     def delete_task(self, task_id: int) -> None:
         keys = [self._k("tasks"), self._k("slots"), self._k("ledger"), self._k("touched"), self._k("changes")]
-        _script(self.conn, "put", _PUT_TASK)(keys=keys, args=[int(task_id), "", 0, 0, time.time()])
-        self.conn.zrem(self._k("spares"), int(task_id))
+        _script(self.conn, "put", _PUT_TASK)(keys=keys, args=[int(task_id), "", 0, 0, 0, time.time()])
+        self.drop_spare(task_id)
 
     def apply_patch(self, task_id: int, body: dict) -> TaskRecord | None:
         """What a task PATCH of ours changed (overlap, data), as Label Studio now holds it."""
         task = self.task(task_id)
         if task is None:
             return None
-        task = replace(task, overlap=int(body.get("overlap", task.overlap)), data=body.get("data", task.data))
+        data = body.get("data", task.data)
+        seq, audit = opening_of(data)
+        task = replace(task, overlap=int(body.get("overlap", task.overlap)), data=data,
+                       seq=seq if seq is not None else task.seq, audit=audit if audit is not None else task.audit)
         self.put_task(task)
         return task
 
-    def reserve(self, task_ids: Iterable[int], total: int | None, most_open: int | None = None) -> list[int]:
-        """Atomically open one budget slot on each of ``task_ids`` (in order) while B allows (and, with
-        ``most_open``, while fewer slots than that are open: the window); the granted ids. The caller
-        PATCHes them in Label Studio and :meth:`release` any it could not."""
+    def reserve(self, task_ids: Iterable[int], total: int | None, most_open: int | None = None,
+                costs: Iterable[int] | None = None) -> list[int]:
+        """Atomically open one slot on each of ``task_ids`` (in order) while B allows it and what each reserves
+        (``costs``, aligned; 0 = nothing new: a task in cleaning whose opinions are held, e.g. a tie; without
+        ``costs`` every one is such a task) fits beside what the others hold (and, with ``most_open``, while
+        fewer slots than that are open: the window); the granted ids. The caller PATCHes them in Label Studio
+        and :meth:`release` any it could not."""
         ids = [int(t) for t in task_ids]
         if not ids:
             return []
+        costs = [0] * len(ids) if costs is None else [int(c) for c in costs]
         limits = [-1 if total is None else int(total), -1 if most_open is None else int(most_open)]
+        pairs = [x for pair in zip(ids, costs) for x in pair]
         granted = _script(self.conn, "reserve", _RESERVE)(keys=[self._k("slots"), self._k("ledger")],
-                                                           args=[*limits, *ids])
+                                                           args=[*limits, *pairs])
         return [int(t) for t in granted]
 
-    def release(self, task_id: int) -> bool:
-        return bool(_script(self.conn, "release", _RELEASE)(keys=[self._k("slots"), self._k("ledger")],
-                                                             args=[int(task_id)]))
+    def release(self, task_id: int) -> None:
+        """A reserved slot whose PATCH did not happen: the task's numbers as its record (unchanged) says."""
+        task = self.task(task_id)
+        if task is not None:
+            self.put_task(task)
+
+    def next_seq(self, n: int = 1) -> int:
+        """The first of ``n`` consecutive touched_seq numbers (atomic across workers)."""
+        return int(self.conn.incrby(self._k("seq"), int(n))) - int(n)
 
     def set_model_version(self, version: str) -> None:
         self.conn.set(self._k("config"), self.config().with_model_version(version).to_json())
@@ -283,15 +316,21 @@ class WorkingState:
         if config.state != project_state:
             self.conn.set(self._k("config"), replace(config, state=project_state).to_json())
 
-    def set_spares(self, scores: dict[int, float]) -> None:
+    def set_spares(self, scores: dict[int, float], costs: dict[int, int] | None = None) -> None:
+        """The spares (task id -> score) and what opening each reserves (task id -> cost)."""
         pipe = self.conn.pipeline()
-        pipe.delete(self._k("spares"))
+        pipe.delete(self._k("spares"), self._k("spare_costs"))
         if scores:
             pipe.zadd(self._k("spares"), {int(t): float(s) for t, s in scores.items()})
+        if costs:
+            pipe.hset(self._k("spare_costs"), mapping={int(t): int(c) for t, c in costs.items()})
         pipe.execute()
 
     def drop_spare(self, task_id: int) -> None:
-        self.conn.zrem(self._k("spares"), int(task_id))
+        pipe = self.conn.pipeline()
+        pipe.zrem(self._k("spares"), int(task_id))
+        pipe.hdel(self._k("spare_costs"), int(task_id))
+        pipe.execute()
 
     def set_skipped(self, skipped: dict[Any, str]) -> None:
         pipe = self.conn.pipeline()
@@ -315,12 +354,15 @@ class WorkingState:
             annotations = {a.id: t.id for t in snapshot.tasks for a in t.annotations}
             if annotations:
                 pipe.hset(self._k("annotations"), mapping=annotations)
-            pipe.hset(self._k("slots"), mapping={t.id: f"{t.reannotations},{t.open_slots}" for t in snapshot.tasks})
+            pipe.hset(self._k("slots"), mapping={t.id: f"{t.reannotations},{t.open_slots},{held(t, self.max_annotations)}"
+                                                 for t in snapshot.tasks})
             starred = {a: UNRANKED for t in snapshot.tasks for a in t.ground_truth_ids}
             if starred:
                 pipe.zadd(self._k("starred"), starred)
+        pipe.set(self._k("seq"), 1 + max((t.seq for t in snapshot.tasks if t.seq is not None), default=-1))
         pipe.hset(self._k("ledger"), mapping={"spent": sum(t.reannotations for t in snapshot.tasks),
                                               "committed": sum(t.open_slots for t in snapshot.tasks),
+                                              "held": held_total(snapshot.tasks, self.max_annotations),
                                               "epoch": uuid.uuid4().hex, "generation": 0})
         pipe.set(self._k("config"), config.to_json())
         if users is not None:
@@ -388,7 +430,7 @@ def reconcile_records(conn: redis.Redis, project_id: int) -> list[dict]:
 
 # the numbers of a task that the loop decides on; compare() checks exactly these
 COMPARED = ("counts", "initial_counts", "overlap", "n_annotators", "n_annotations", "reannotations", "has_initial",
-            "initial_label")
+            "initial_label", "seq", "audit")
 
 
 def _numbers(task: TaskRecord) -> dict[str, Any]:
@@ -418,9 +460,10 @@ def compare(state: WorkingState, fresh: ProjectSnapshot, skip: set[int] | None =
     budget = state.budget()
     spent = sum(t.reannotations for t in fresh.tasks)
     committed = sum(t.open_slots for t in fresh.tasks)
-    if not skip and (budget.spent, budget.committed) != (spent, committed):
-        out.append(f"ledger: spent/committed {budget.spent}/{budget.committed} in the working state, "
-                   f"{spent}/{committed} in Label Studio")
+    holding = held_total(fresh.tasks, state.max_annotations)
+    if not skip and (budget.spent, budget.committed, budget.held) != (spent, committed, holding):
+        out.append(f"ledger: spent/committed/held {budget.spent}/{budget.committed}/{budget.held} in the working "
+                   f"state, {spent}/{committed}/{holding} in Label Studio")
     compared = [t for t in fresh.tasks if t.id not in skip]
     theirs_starred = {a for t in compared for a in t.ground_truth_ids}
     mine_starred = set(state.starred(a.id for t in compared for a in t.annotations))
@@ -434,10 +477,10 @@ def compare(state: WorkingState, fresh: ProjectSnapshot, skip: set[int] | None =
 
 
 def ensure_state(conn: redis.Redis, client: Any, project_id: int, initial_label_source: str = "annotations",
-                 lock_timeout: float = 900.0) -> WorkingState:
+                 lock_timeout: float = 900.0, max_annotations: int | None = None) -> WorkingState:
     """The project's working state, built by one full read when it is missing (first job after `alc connect`,
     or a Redis that lost its data); one builder at a time, the others wait for it."""
-    state = WorkingState(conn, project_id)
+    state = WorkingState(conn, project_id, max_annotations)
     if state.exists():
         return state
     with conn.lock(key(project_id, "rebuilding"), timeout=lock_timeout, blocking_timeout=lock_timeout):

@@ -78,6 +78,8 @@ class TaskRecord:
     has_initial: bool = True  # False: no label yet (plain labelling work, not cleaning: never in the budget)
     counts: list[int] = field(default_factory=list)  # (C,) initial label(s) plus every valid re-annotation
     initial_counts: list[int] = field(default_factory=list)  # (C,) the initial label(s) only
+    seq: int | None = None  # touched_seq: tasks opened before this one (``data.alc_seq``); None = never opened
+    audit: dict | None = None  # the audit draw that opened it (``data.alc_audit``, scoring.audit.AuditDraw JSON)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -202,6 +204,7 @@ def snapshot_of_raw(config: ProjectConfig, raw_tasks: list[dict], users: dict[in
     """The snapshot of tasks as Label Studio returns them (``read_tasks``), under ``config``'s rules."""
     problems: list[str] = []
     tasks = [task_record(raw, config, users, problems) for raw in raw_tasks]
+    number_unrecorded(tasks)
     snapshot = snapshot_of(config, tasks, problems)
     snapshot.users = users
     return snapshot
@@ -248,8 +251,30 @@ def task_record(raw: dict, config: ProjectConfig, users: dict[int, str], problem
     initial_label = config.class_names[top] if top is not None else None
     has_initial = bool(sum(initial) > 0 or any(a.initial and not a.cancelled for a in annotations))
     overlap = raw.get("overlap")
-    return TaskRecord(task_id, raw.get("data") or {}, int(overlap if overlap is not None else 1), annotations,
-                      predictions, initial_label, has_initial, counts, initial)
+    data = raw.get("data") or {}
+    return TaskRecord(task_id, data, int(overlap if overlap is not None else 1), annotations,
+                      predictions, initial_label, has_initial, counts, initial, *opening_of(data))
+
+
+def opening_of(data: Any) -> tuple[int | None, dict | None]:
+    """``(seq, audit)`` as a task's first opening recorded them in its data (``alc_seq``, ``alc_audit``)."""
+    if not isinstance(data, dict):
+        return None, None
+    seq, audit = data.get("alc_seq"), data.get("alc_audit")
+    return (int(seq) if isinstance(seq, int) and not isinstance(seq, bool) else None,
+            audit if isinstance(audit, dict) else None)
+
+
+def number_unrecorded(tasks: list[TaskRecord]) -> None:
+    """Tasks re-annotated before openings recorded ``alc_seq`` get their touched_seq after the recorded ones,
+    in the order of their first re-annotation (in place)."""
+    late = [t for t in tasks if t.seq is None and t.reannotations > 0]
+    if not late:
+        return
+    first = lambda t: min((a.created_at or "", a.id) for a in t.annotations if not a.initial and not a.cancelled)  # noqa: E731
+    start = max((t.seq for t in tasks if t.seq is not None), default=-1) + 1
+    for i, task in enumerate(sorted(late, key=first)):
+        task.seq = start + i
 
 
 def snapshot_of(config: ProjectConfig, tasks: list[TaskRecord], problems: list[str] | None = None) -> ProjectSnapshot:

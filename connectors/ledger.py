@@ -6,7 +6,10 @@ The budget B counts re-annotations: annotations beyond each task's initial one(s
 - ``spent``: re-annotations that exist in Label Studio (skipped ones excluded, deleted ones gone);
 - ``committed``: open slots, i.e. annotations Label Studio will still serve (a task's overlap above its
   annotation count); the queue opens a slot only when the budget can pay for it;
-- ``remaining = B - spent - committed``; the project is ``exhausted`` once ``spent >= B``.
+- ``held``: what the tasks in cleaning still need to settle (:func:`connectors.plan.held`: 2 for a task
+  opened on one initial label, 1 for a tie, ...), at least their open slots: the queue opens a new task only
+  when the budget neither spent nor held can pay what it reserves, so it finishes what it starts;
+- ``remaining = B - spent - held``; the project is ``exhausted`` once ``spent >= B``.
 
 B itself is the project's (``alc connect --budget``, kept in Label Studio, :mod:`connectors.state`);
 a project without one uses the ``budget`` handed in (the ALC_BUDGET setting); neither means no limit.
@@ -15,6 +18,7 @@ a project without one uses the ``budget`` handed in (the ALC_BUDGET setting); ne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from label_studio_sdk import LabelStudio
@@ -24,16 +28,26 @@ from connectors.counts import ProjectSnapshot, read_project
 
 from scoring.majority import has_strict_majority  # pure numpy, shared with the simulation so both settle alike
 
+NO_CAP = 10**9  # a ledger read without the cap on annotations per task: only the counts bound what a task holds
+
 
 @dataclass(frozen=True)
 class Budget:
     total: int | None  # None: no limit
     spent: int
-    committed: int
+    committed: int  # open slots: what Label Studio will still serve
+    held: int = 0  # set aside to finish the tasks in cleaning (at least their open slots)
+
+    @property
+    def reserved(self) -> int:
+        """Open slots, or what the tasks in cleaning hold where that is more, up to what is left of B."""
+        held = self.held if self.total is None else min(self.held, max(0, self.total - self.spent))
+        return max(self.committed, held)
 
     @property
     def remaining(self) -> int | None:
-        return None if self.total is None else self.total - self.spent - self.committed
+        """Neither spent nor held: what new openings may reserve."""
+        return None if self.total is None else self.total - self.spent - self.reserved
 
     @property
     def exhausted(self) -> bool:
@@ -44,7 +58,7 @@ class Budget:
         return float("inf") if self.total is None else max(0, self.remaining)
 
     def as_dict(self) -> dict:
-        return {"total": self.total, "spent": self.spent, "committed": self.committed,
+        return {"total": self.total, "spent": self.spent, "committed": self.committed, "held": self.reserved,
                 "remaining": self.remaining, "exhausted": self.exhausted}
 
 
@@ -53,10 +67,14 @@ def budget_total(snapshot: ProjectSnapshot, budget: int | None = None) -> int | 
     return snapshot.state.budget if snapshot.state.budget is not None else budget
 
 
-def budget_of(snapshot: ProjectSnapshot, budget: int | None = None) -> Budget:
+def budget_of(snapshot: ProjectSnapshot, budget: int | None = None, max_annotations: int | None = None) -> Budget:
+    """The budget as the tasks stand; ``max_annotations`` (the cap) bounds what a task still holds."""
+    from connectors.plan import held_total
+
     spent = sum(t.reannotations for t in snapshot.tasks)
     committed = sum(t.open_slots for t in snapshot.tasks)
-    return Budget(budget_total(snapshot, budget), int(spent), int(committed))
+    cap = max_annotations if max_annotations is not None else NO_CAP
+    return Budget(budget_total(snapshot, budget), int(spent), int(committed), int(held_total(snapshot.tasks, cap)))
 
 
 def settled_mask(snapshot: ProjectSnapshot) -> np.ndarray:
@@ -89,15 +107,17 @@ class Ledger:
             for f, t in zip(self.final_labels, self.snapshot.tasks)
         ], dtype=bool)
 
-    def annotators(self) -> list[dict]:
-        """Re-annotations per annotator with Label Studio's lead_time (seconds)."""
+    def annotators(self, names: dict[int, str] | None = None) -> list[dict]:
+        """Re-annotations per annotator with Label Studio's lead_time (seconds); each annotator named by
+        ``names`` (user id -> email, read now: an annotator who joined after the record was made is named too),
+        else as the record names them."""
         per: dict[str, dict] = {}
         for task in self.snapshot.tasks:
             for a in task.annotations:
                 if a.cancelled or a.initial:
                     continue
-                entry = per.setdefault(a.annotator, {"annotator": a.annotator, "annotations": 0, "lead_time": 0.0,
-                                                     "timed": 0})
+                who = name_of(a, names)
+                entry = per.setdefault(who, {"annotator": who, "annotations": 0, "lead_time": 0.0, "timed": 0})
                 entry["annotations"] += 1
                 if a.lead_time is not None:
                     entry["lead_time"] += a.lead_time
@@ -176,21 +196,29 @@ class Ledger:
         return rows
 
 
-def ledger_of(snapshot: ProjectSnapshot, budget: int | None = None) -> Ledger:
+def name_of(annotation: Any, names: dict[int, str] | None) -> str:
+    """One name per annotator: their email from ``names`` (user id -> email), else the record's."""
+    if names and annotation.annotator_id is not None and annotation.annotator_id in names:
+        return names[annotation.annotator_id]
+    return annotation.annotator
+
+
+def ledger_of(snapshot: ProjectSnapshot, budget: int | None = None, max_annotations: int | None = None) -> Ledger:
     settled = settled_mask(snapshot)
     finals = [final_label(snapshot, row, bool(settled[row])) for row in range(len(snapshot.tasks))]
-    return Ledger(snapshot, budget_of(snapshot, budget), settled, finals)
+    return Ledger(snapshot, budget_of(snapshot, budget, max_annotations), settled, finals)
 
 
 def reconcile(client: LabelStudio, project_id: int, initial_label_source: str = "annotations",
-              budget: int | None = None) -> Ledger:
+              budget: int | None = None, max_annotations: int | None = None) -> Ledger:
     """The ledger rebuilt from Label Studio: one paged read of every task, nothing cached."""
-    return ledger_of(read_project(client, project_id, initial_label_source), budget)
+    return ledger_of(read_project(client, project_id, initial_label_source), budget, max_annotations)
 
 
 def project_status(client: LabelStudio, project_id: int, initial_label_source: str = "annotations",
-                   budget: int | None = None, ledger: Ledger | None = None) -> dict:
-    """Plain JSON data for the dashboard, /api/status and `alc status` (keys kept stable)."""
+                   budget: int | None = None, ledger: Ledger | None = None, names: dict[int, str] | None = None) -> dict:
+    """Plain JSON data for the dashboard, /api/status and `alc status` (keys kept stable); ``names``: user id
+    -> email for the annotators."""
     from connectors.client import base_url
 
     ledger = ledger or reconcile(client, project_id, initial_label_source, budget)
@@ -206,7 +234,7 @@ def project_status(client: LabelStudio, project_id: int, initial_label_source: s
             "open": open_tasks,
             "labels_changed": int(ledger.changed.sum()),
         },
-        "annotators": ledger.annotators(),
+        "annotators": ledger.annotators(names),
         "timeline": ledger.timeline(),
         "queue": ledger.queue(client),
         "recent_changes": ledger.recent_changes(client),

@@ -15,7 +15,7 @@ from label_studio_sdk.label_interface import LabelInterface
 from label_studio_sdk.label_interface.control_tags import ChoicesTag
 
 from connectors.errors import ProjectConfigError
-from connectors.state import ProjectState, parse_state
+from connectors.state import ProjectState, project_state
 
 INITIAL_SOURCES = ("annotations", "data:<field>", "predictions:<model_version>")
 
@@ -101,6 +101,6 @@ def project_config(project: Any, initial_label_source: str = "annotations") -> P
         data_key=value[1:] if value.startswith("$") else None,
         class_names=list(tag.labels),
         initial_label_source=initial_label_source,
-        state=parse_state(project.description),
+        state=project_state(project),
         model_version=project.model_version or None,
     )

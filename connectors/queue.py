@@ -39,7 +39,7 @@ from label_studio_sdk import LabelStudio
 from connectors.counts import read_project
 from connectors.ledger import Budget, budget_of
 from connectors.plan import (  # noqa: F401 (re-exported)
-    IMPORT_BATCH, PATCH_THREADS, PushResult, after_annotation, apply_plan, clear_ground_truth, entries_of,
+    IMPORT_BATCH, PATCH_THREADS, PushResult, after_annotation, apply_plan, clear_ground_truth, entries_of, held,
     patch_tasks, plan_window, task_patch,
 )
 
@@ -73,7 +73,7 @@ def push_window(
     snap = read_project(client, project_id, source)
     entries = entries_of(task_ids, scores, priorities, noisiness, ambiguity)
     window = snap.state.window if snap.state.window is not None else window
-    plan = plan_window(snap.tasks, entries, budget=budget_of(snap, budget), window=window,
+    plan = plan_window(snap.tasks, entries, budget=budget_of(snap, budget, max_annotations), window=window,
                        max_annotations=max_annotations, model_version=model_version, spares=spares)
     tasks = {t.id: t for t in snap.tasks}
     clear_ground_truth(client, [a for tid in plan.open for a in tasks[tid].ground_truth_ids])
@@ -95,29 +95,30 @@ def on_annotation(
     slot if the budget can pay; the budget spent -> every open task closed. Full-read form (see module doc)."""
     snap = read_project(client, project_id, initial_label_source)
     task = snap.task(task_id)
-    state = budget_of(snap, budget)
+    state = budget_of(snap, budget, max_annotations)
     decision = after_annotation(task, state, max_annotations)
     outcome = {"task_id": int(task_id), "annotations": task.n_annotations, "counts": list(task.counts)}
     tasks = {t.id: t for t in snap.tasks}
     if decision.action == "close":
         if task.overlap != task.n_annotators or task.data.get("alc_status") is None:
             patch_tasks(client, {task.id: task_patch(task, task.n_annotators, snap.class_names, max_annotations)})
-        committed = state.committed - task.open_slots
-        return {**outcome, "action": decision.reason, "budget": Budget(state.total, state.spent, committed).as_dict()}
+        after = Budget(state.total, state.spent, state.committed - task.open_slots,
+                       state.held - held(task, max_annotations))
+        return {**outcome, "action": decision.reason, "budget": after.as_dict()}
     if decision.action == "close-all":
         to_close = [t.id for t in snap.tasks if t.open_slots > 0]
         patch_tasks(client, {tid: task_patch(tasks[tid], tasks[tid].n_annotators, snap.class_names, max_annotations)
                              for tid in to_close})
         return {**outcome, "action": decision.reason, "closed": sorted(to_close),
-                "budget": Budget(state.total, state.spent, 0).as_dict()}
-    if decision.action == "open":
-        if state.affordable() < 1:
+                "budget": Budget(state.total, state.spent, 0, 0).as_dict()}
+    if decision.action == "open":  # a tie: its opinions were held when it opened; only B itself can refuse
+        if state.total is not None and state.total - state.spent - state.committed < 1:
             return {**outcome, "action": "no majority, but the budget is committed: not reopened",
                     "budget": state.as_dict()}
         clear_ground_truth(client, task.ground_truth_ids)
         patch_tasks(client, {task.id: task_patch(task, task.n_annotators + 1, snap.class_names, max_annotations)})
         return {**outcome, "action": decision.reason,
-                "budget": Budget(state.total, state.spent, state.committed + 1).as_dict()}
+                "budget": Budget(state.total, state.spent, state.committed + 1, state.held).as_dict()}
     return {**outcome, "action": decision.reason, "budget": state.as_dict()}
 
 

@@ -19,7 +19,7 @@ from connectors.client import get_project
 from connectors.counts import ProjectSnapshot, _plain, project_config, read_tasks, snapshot_of_raw, user_emails
 from connectors.project import choices_tag
 from connectors.queue import set_overlaps
-from connectors.state import parse_state, write_state
+from connectors.state import project_state, write_state
 
 TAB_TITLE = "Cleaning queue"
 SECRET_HEADER = "X-ALC-Webhook-Secret"  # the header backend.app checks on /webhook
@@ -53,7 +53,7 @@ def configure_project(
     report["show_overlap_first"] = True
     report["show_collab_predictions"] = "off (annotators re-label blind, no pre-filled label)"
 
-    state = parse_state(project.description)
+    state = project_state(project)
     config, users, started = project_config(project, initial_label_source), user_emails(client), time.time()
     raw_tasks = read_tasks(client, project_id)
     snapshot = snapshot_of_raw(config, raw_tasks, users)

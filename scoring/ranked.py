@@ -23,6 +23,7 @@ class Ranking:
     ambiguity: np.ndarray
     scores: np.ndarray  # (N,) what Label Studio gets: lower = relabel first
     predicted: np.ndarray  # (N,) the selector's most likely class, shown as the prediction's choice
+    p_label: np.ndarray | None = None  # (N,) out-of-fold posterior of each task's current majority label
 
     def row(self, task_id: int) -> int | None:
         if not hasattr(self, "_index"):
@@ -39,6 +40,7 @@ class Ranking:
             "ambiguity": _floats(self.ambiguity),
             "scores": _floats(self.scores),
             "predicted": [int(c) for c in self.predicted],
+            **({"p_label": _floats(self.p_label)} if self.p_label is not None else {}),
         }
 
     @classmethod
@@ -53,6 +55,7 @@ class Ranking:
             ambiguity=arr("ambiguity"),
             scores=arr("scores"),
             predicted=np.asarray(data["predicted"], dtype=int),
+            p_label=arr("p_label") if "p_label" in data else None,
         )
 
 

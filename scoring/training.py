@@ -13,12 +13,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from scoring.augment import to_tensor
 from scoring.device import autocast
+from scoring.progress import progress
 
 TARGETS = ("soft", "majority")
 
@@ -27,17 +26,11 @@ TARGETS = ("soft", "majority")
 def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A transient rich progress bar on stderr; yields ``advance(n)``. Nests under a caller's own live display.
 
-    Hidden when stderr is not a terminal (logs and CI), where a transient bar would only leave blank lines.
+    When stderr is not a terminal (logs and CI) it tells the same progress in plain timestamped lines
+    (scoring.progress), every tenth of the work or 10 seconds.
     """
-    console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
-        console=console, disable=not console.is_terminal,
-    )
-    with progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+    with progress(description, total) as advance:
+        yield advance
 
 
 def count_targets(label_counts: np.ndarray, kind: str = "soft") -> np.ndarray:

@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from backend import profile
-from backend.commands import exit_on_user_errors
-from backend.settings import load_settings
+from backend.commands import exit_on_user_errors, http_url
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -17,16 +15,19 @@ if TYPE_CHECKING:
 
 
 def connect(
-    project: Annotated[int, typer.Option("--project", help="Label Studio project id")],
-    backend_url: Annotated[Optional[str], typer.Option(help="this backend's URL as Label Studio reaches it: registers "
+    project: Annotated[int, typer.Option("--project", min=1, help="Label Studio project id")],
+    backend_url: Annotated[Optional[str], typer.Option(callback=http_url, help="this backend's URL as Label Studio reaches it: registers "
                                                              "the ML backend and the webhook (default: the running "
                                                              "`alc demo` / `alc serve`, from its profile)")] = None,
     window: Annotated[Optional[int], typer.Option(min=1, help="open tasks at a time for this project (else ALC_WINDOW applies)")] = None,
     budget: Annotated[Optional[int], typer.Option(min=0, help="re-annotations to spend on this project (default: ALC_BUDGET)")] = None,
 ) -> None:
     """Sampling, overlap-first, webhook, ML backend, the 'Cleaning queue' tab, the baseline and the budget."""
+    from backend import profile
+    from backend.settings import load_settings
     from connectors.client import connect as connect_client
     from connectors.setup import configure_project
+    from scoring.progress import heartbeat
 
     with exit_on_user_errors("connect"):
         settings = load_settings()
@@ -35,13 +36,14 @@ def connect(
         client = connect_client(url, key, timeout=settings.label_studio_timeout, retries=3)
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         built: list[str] = []
-        report = configure_project(
-            client, project, backend_url=backend_url, webhook_secret=secret,
-            budget=budget if budget is not None else settings.budget,
-            window=window,
-            basic_auth=settings.basic_auth, initial_label_source=settings.initial_label_source,
-            on_read=lambda snapshot, started: built.append(_working_state(settings, client, snapshot, started)),
-        )
+        with heartbeat(f"connecting project {project} (reads every task once: minutes for a big project)"):
+            report = configure_project(
+                client, project, backend_url=backend_url, webhook_secret=secret,
+                budget=budget if budget is not None else settings.budget,
+                window=window,
+                basic_auth=settings.basic_auth, initial_label_source=settings.initial_label_source,
+                on_read=lambda snapshot, started: built.append(_working_state(settings, client, snapshot, started)),
+            )
         report["working_state"] = built[0] if built else "not built (the first retrain reads the project)"
     if isinstance(report.get("baseline"), str):  # annotation ids are server-wide: "ids <= 900" for 400 tasks puzzled people
         text = re.sub(r"\(ids <= (\d+)\)", r"(annotation ids up to \1; Label Studio numbers them across all projects)",
@@ -67,7 +69,8 @@ def _working_state(settings: Settings, client: Any, snapshot: ProjectSnapshot, s
     if not settings.redis_url:
         return "not built: no REDIS_URL here (the first retrain reads the project)"
     try:
-        adopt(WorkingState(q.connect(settings.redis_url), snapshot.project_id), client, snapshot, started)
+        adopt(WorkingState(q.connect(settings.redis_url), snapshot.project_id, settings.max_annotations_per_task),
+              client, snapshot, started)
     except redis.RedisError as exc:
         return f"not built: Redis unreachable ({type(exc).__name__}; the first retrain reads the project)"
     return f"built in Redis from this read ({len(snapshot.tasks)} tasks)"

@@ -11,62 +11,86 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
+import shutil
+import sys
 import time
 import webbrowser
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from backend import profile
-from backend.demo.runner import DemoConfig, DemoRun, Order
-from backend.demo.services import LabelStudioAccount, ServiceError, Services, free_port
-from backend.labelstudio_runtime import ensure_installed
+from backend.commands import http_url, output_file, output_folder, positive
+from backend.commands import port_or_any
+from backend.demo.config import DemoConfig, Order
+
+if TYPE_CHECKING:
+    from backend.demo.runner import DemoRun
 
 DEFAULT_HOME = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "alc" / "demo"
 
 
 def port_or_free(preferred: int | None) -> int:
     """``preferred`` when it is free on 127.0.0.1 (another user's demo may hold it), else any free port."""
-    if preferred:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", preferred))
-                return preferred
-            except OSError:
-                pass
-    return free_port()
+    from backend.labelstudio_runtime import free_port, port_is_free
+
+    return preferred if preferred and port_is_free(preferred) else free_port()
+
+
+def alc_command() -> str:
+    """How to type the running `alc` from another terminal: `alc` when that is the one on PATH, else its
+    path (relative when under the current folder, e.g. `.venv/bin/alc`), else `python -m backend.cli`."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "alc" or not argv0.is_file():
+        return f"{sys.executable} -m backend.cli"
+    exe = argv0.resolve()
+    if shutil.which("alc") and Path(shutil.which("alc") or "").resolve() == exe:
+        return "alc"
+    try:
+        return str(argv0.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(argv0.absolute())
 
 
 def demo(
-    simulate_annotators: Annotated[int, typer.Option(help="simulated annotators working the label stream (0: you annotate)")] = 0,
-    pace: Annotated[float, typer.Option(help="seconds a simulated annotator looks at a task (+-50%)")] = 2.0,
+    simulate_annotators: Annotated[int, typer.Option(min=0, help="simulated annotators working the label stream (0: you annotate)")] = 0,
+    pace: Annotated[float, typer.Option(min=0, help="seconds a simulated annotator looks at a task (+-50%)")] = 2.0,
     budget: Annotated[int, typer.Option(min=1, help="re-annotations the queue may spend")] = 100,
     order: Annotated[Order, typer.Option(help="priority (active label cleaning) or random (the baseline)")] = "priority",
     images: Annotated[int, typer.Option(min=10, help="tasks in the demo project")] = 400,
-    noise_rate: Annotated[float, typer.Option(help="digits: the first-pass labeller's look-alike error rate")] = 0.15,
-    data_dir: Annotated[Optional[Path], typer.Option(help="use CIFAR-10H from this folder instead of digits")] = None,
-    temperature: Annotated[float, typer.Option(help="CIFAR-10H: initial labels drawn at this temperature")] = 2.0,
+    noise_rate: Annotated[float, typer.Option(min=0, max=1, help="digits: the first-pass labeller's look-alike error rate")] = 0.15,
+    data_dir: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="use CIFAR-10H from this folder instead of digits")] = None,
+    temperature: Annotated[float, typer.Option(callback=positive, help="CIFAR-10H: initial labels drawn at this temperature")] = 2.0,
     selector: Annotated[str, typer.Option(help="selector behind the priority order")] = "pretrained-linear",
     window: Annotated[int, typer.Option(min=1, help="tasks open in the queue at a time")] = 20,
     retrain_after: Annotated[int, typer.Option(min=1, help="retrain after this many new annotations")] = 10,
     seed: Annotated[int, typer.Option(help="seed of the dataset and the annotators")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="rq workers (2: one can retrain while the other keeps the "
                                                      "per-annotation work and the queue moving)")] = 2,
-    home: Annotated[Path, typer.Option(help="where Label Studio, Redis and models keep their data (per user)")] = DEFAULT_HOME,
-    ls_port: Annotated[Optional[int], typer.Option(help="Label Studio's port (default 8080 if free, else any free port)")] = None,
-    port: Annotated[Optional[int], typer.Option(help="the backend's port (default 9090 if free, else any free port)")] = None,
+    home: Annotated[Path, typer.Option(callback=output_folder, help="where Label Studio, Redis and models keep their data (per user)")] = DEFAULT_HOME,
+    ls_port: Annotated[Optional[int], typer.Option(callback=port_or_any, help="Label Studio's port (default 8080 if free, else any free port; 0: any free port)")] = None,
+    port: Annotated[Optional[int], typer.Option(callback=port_or_any, help="the backend's port (default 9090 if free, else any free port; 0: any free port)")] = None,
     headless: Annotated[bool, typer.Option("--headless", help="do not open a browser")] = False,
     exit_when_done: Annotated[bool, typer.Option("--exit-when-done", help="stop everything once the cleaning is done "
                                                  "(else the services stay up until Ctrl-C)")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="write the JSON report here (default: <home>/report-<project>.json)")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="give up after this many seconds of annotating")] = None,
-    label_studio_url: Annotated[Optional[str], typer.Option(help="use this running Label Studio instead of starting one")] = None,
+    report: Annotated[Optional[Path], typer.Option(callback=output_file, help="write the JSON report here (default: <out>/report-<project>.json)")] = None,
+    out: Annotated[Optional[Path], typer.Option(callback=output_folder, help="folder for the report and the files the printed commands write (default: --home)")] = None,
+    timeout: Annotated[Optional[float], typer.Option(callback=positive, help="give up after this many seconds of annotating")] = None,
+    label_studio_url: Annotated[Optional[str], typer.Option(callback=http_url, help="use this running Label Studio instead of starting one")] = None,
     label_studio_api_key: Annotated[Optional[str], typer.Option(help="its API token (legacy token) for --label-studio-url")] = None,
 ) -> None:
     """Bring up Label Studio, Redis, the backend and a worker; create and clean a demo project."""
+    if (label_studio_url is None) != (label_studio_api_key is None):
+        raise typer.BadParameter("--label-studio-url and --label-studio-api-key go together")
+    _check_selector(selector)
+    from backend import profile
+    from backend.demo.runner import DemoRun
+    from backend.demo.services import LabelStudioAccount, ServiceError, Services
+    from backend.labelstudio_runtime import ensure_installed
+
+    out = out or home
     console = Console(stderr=True)
     config = DemoConfig(
         n_images=images, seed=seed, noise_rate=noise_rate, data_dir=data_dir, temperature=temperature,
@@ -82,15 +106,12 @@ def demo(
     auth_user, auth_pass, webhook_secret = "alc", secrets.token_urlsafe(12), secrets.token_urlsafe(24)
     with Services(home) as services:
         try:
-            if (label_studio_url is None) != (label_studio_api_key is None):
-                raise typer.BadParameter("--label-studio-url and --label-studio-api-key go together")
             redis_url = services.start_redis()
             if label_studio_url is not None:
                 ls = LabelStudioAccount(label_studio_url.rstrip("/"), "(your account)", "(yours)", label_studio_api_key)
             else:
                 exe = ensure_installed()  # installs on first use (or waits on another install), with progress
-                with console.status("starting Label Studio (the first start migrates its database: about a minute)"):
-                    ls = services.start_label_studio(exe, port_or_free(ls_port or 8080))
+                ls = services.start_label_studio(exe, port_or_free(8080 if ls_port is None else ls_port))  # says what it does meanwhile
             env = {
                 "LABEL_STUDIO_URL": ls.url,
                 "LABEL_STUDIO_API_KEY": ls.token,
@@ -102,7 +123,7 @@ def demo(
                 "ALC_PROFILE": "none",  # the demo writes the profile itself; its children must not
                 **config.backend_env(),
             }
-            backend_url = services.start_backend(port_or_free(port or 9090), env)
+            backend_url = services.start_backend(port_or_free(9090 if port is None else port), env)
             for k in range(workers):
                 services.start_worker(env, name=f"worker{k + 1}" if workers > 1 else "worker")
             deployment = {
@@ -114,9 +135,11 @@ def demo(
                 "written_by": "alc demo",
             }
             written = profile.write(deployment)
-            console.print(f"[bold]Label Studio[/] {ls.url}  user [bold]{ls.email}[/]  password [bold]{ls.password}[/]")
-            console.print(f"[bold]Backend[/]      {backend_url}  basic auth user [bold]{auth_user}[/]  password "
-                          f"[bold]{auth_pass}[/]  (webhook secret {webhook_secret})")
+            _print_secrets(console, [
+                ("Label Studio", ls.url), ("  user", ls.email), ("  password", ls.password),
+                ("Backend", backend_url), ("  basic auth user", auth_user), ("  basic auth password", auth_pass),
+                ("  webhook secret", webhook_secret),
+            ])
             up_seconds = time.monotonic() - started
             console.print(f"services up in {up_seconds:.0f} s; logs in {services.home / 'logs'}; Ctrl-C stops everything")
             run = DemoRun(config, ls.url, ls.token, backend_url, env, console)
@@ -126,15 +149,16 @@ def demo(
             dashboard = f"{backend_url}/dashboard?project={project.id}"
             console.print(f"cleaning queue open: {ls.url}/projects/{project.id}/data  "
                           f"(annotate with 'Label All Tasks')")
-            console.print(f"[bold]Dashboard[/]    {dashboard}  (user {auth_user}, password {auth_pass})")
-            _print_how_to_use(console, project.id, written)
+            _print_secrets(console, [("Dashboard", dashboard)])
+            console.print("  (log in with the backend's basic auth user and password above)")
+            _print_how_to_use(console, project.id, written, out)
             if not headless:
                 webbrowser.open(dashboard)
             if simulate_annotators:
                 run.start_annotators()
             because = run.watch(services.check_alive, timeout)
             result = {**_report(run, up_seconds), "workers": workers}
-            path = report or services.home / f"report-{project.id}.json"
+            path = report or out / f"report-{project.id}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2))
             console.print_json(json.dumps({k: v for k, v in result.items() if k != "config"}))
@@ -149,7 +173,7 @@ def demo(
                     services.check_alive()
                     time.sleep(2.0)
         except (ServiceError, RuntimeError, TimeoutError) as exc:  # said in one line, after the progress it made
-            console.print(f"[bold red]alc demo stopped:[/] {exc}")
+            console.print(f"[bold red]error: alc demo stopped:[/] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("stopping")
@@ -176,9 +200,28 @@ def _report(run: DemoRun, up_seconds: float | None) -> dict:
     return result
 
 
-def _print_how_to_use(console: Console, project_id: int, written: Path | None) -> None:
+def _check_selector(name: str) -> None:
+    """--selector names a known selector (checked before anything starts)."""
+    from scoring.selectors import available_selectors
+
+    if name not in available_selectors():
+        raise typer.BadParameter(f"unknown selector {name!r}; known: {', '.join(sorted(available_selectors()))}",
+                                 param_hint="--selector")
+
+
+def _print_secrets(console: Console, rows: list[tuple[str, str]]) -> None:
+    """One value per line, never wrapped or cropped (a password split over two lines is mis-copied)."""
+    width = max(len(label) for label, _ in rows) + 2
+    for label, value in rows:
+        console.print(f"[bold]{label.ljust(width)}[/]{escape(value)}", soft_wrap=True, highlight=False)
+
+
+def _print_how_to_use(console: Console, project_id: int, written: Path | None, out: Path) -> None:
     where = f"they read {written}" if written else "set LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY / REDIS_URL first"
-    console.print(f"From another terminal ({where}):")
-    for line in (f"alc status --project {project_id}", f"alc export --project {project_id} --format csv --out cleaned.csv",
-                 f"alc connect --project {project_id} --budget 150    # change the budget"):
-        console.print(f"  [bold]{line}[/]")
+    console.print(f"From another terminal ({where}):", soft_wrap=True)
+    alc = alc_command()
+    cleaned = out.absolute() / f"cleaned-{project_id}.csv"
+    for line in (f"{alc} status --project {project_id}",
+                 f"{alc} export --project {project_id} --format csv --out {cleaned}",
+                 f"{alc} connect --project {project_id} --budget 150    # change the budget"):
+        console.print(f"  {line}", soft_wrap=True, markup=False, highlight=False, style="bold")

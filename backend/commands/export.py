@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from backend.commands import exit_on_user_errors
-from backend.settings import load_settings
+from backend.commands import exit_on_user_errors, output_file
 
 
 class Format(str, Enum):
@@ -18,11 +17,12 @@ class Format(str, Enum):
 
 
 def export(
-    project: Annotated[int, typer.Option("--project", help="Label Studio project id")],
+    project: Annotated[int, typer.Option("--project", min=1, help="Label Studio project id")],
     format: Annotated[Format, typer.Option("--format", help="csv or json")] = Format.json,
-    out: Annotated[Optional[Path], typer.Option("--out", help="file to write (default: standard output)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", callback=output_file, help="file to write (default: standard output)")] = None,
 ) -> None:
     """Read every task from Label Studio and write its final label with the audit trail."""
+    from backend.settings import load_settings
     from connectors.client import connect
     from connectors.export import export_rows, to_csv, to_json
 

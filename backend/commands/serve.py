@@ -10,51 +10,55 @@ import ipaddress
 import os
 import subprocess
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from gunicorn.app.base import BaseApplication
 
-from backend import profile
-from backend.commands import exit_on_user_errors
-from backend.settings import Settings, load_settings
+from backend.commands import exit_on_user_errors, port as tcp_port
+
+if TYPE_CHECKING:
+    from backend.settings import Settings
 
 
-class _Gunicorn(BaseApplication):
-    def __init__(self, app: Any, options: dict[str, Any]) -> None:
-        self.application = app
-        self.options = options
-        super().__init__()
+def _run_gunicorn(app: Any, options: dict[str, Any]) -> None:
+    """Serve ``app`` with gunicorn in this process (gunicorn is imported only here)."""
+    from gunicorn.app.base import BaseApplication
 
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
+    class Gunicorn(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
 
-    def load(self) -> Any:
-        return self.application
+        def load(self) -> Any:
+            return app
+
+    Gunicorn().run()
 
 
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 9090,
-    threads: Annotated[int, typer.Option(help="gunicorn threads (one process, so /metrics sees every request)")] = 8,
+    port: Annotated[int, typer.Option(callback=tcp_port, help="port to listen on")] = 9090,
+    threads: Annotated[int, typer.Option(min=1, help="gunicorn threads (one process, so /metrics sees every request)")] = 8,
     with_worker: Annotated[
         bool, typer.Option("--with-worker", help="run an rq worker beside the web process (restarted whenever it exits)")
     ] = False,
 ) -> None:
     """Serve the ML-backend API (/health, /setup, /predict, /webhook, /metrics, /dashboard)."""
-    from backend.app import create_app
-    from backend.queue import EmbeddedRedis
+    from backend.settings import load_settings
 
     with exit_on_user_errors("serve"):
         settings = load_settings()
     if settings.basic_auth is None and not is_loopback(host):
         typer.echo(
-            f"alc serve: refusing to listen on {host} without credentials: set BASIC_AUTH_USER and BASIC_AUTH_PASS "
+            f"error: alc serve: refusing to listen on {host} without credentials: set BASIC_AUTH_USER and BASIC_AUTH_PASS "
             "(and ALC_WEBHOOK_SECRET for Label Studio's webhooks), or listen on 127.0.0.1",
             err=True,
         )
         raise typer.Exit(2)
+    from backend import profile
+    from backend.app import create_app
+    from backend.queue import EmbeddedRedis
+
     embedded = None
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.data_home)
@@ -77,7 +81,7 @@ def serve(
             "accesslog": "-",
             "preload_app": True,
         }
-        _Gunicorn(app, options).run()
+        _run_gunicorn(app, options)
     finally:
         if os.getpid() != owner:  # a gunicorn worker (forked from here) is exiting: leave the rest alone
             return

@@ -6,14 +6,16 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from backend.commands import output_folder, positive
+
 console = Console()
+Dataset = Literal["cifar10h", "arrays"]
 
 
 def _choices_help() -> str:
@@ -28,8 +30,6 @@ def _choices_help() -> str:
             '\'{"ensemble": {"members": "pretrained-linear,ssl-linear"}}\'.')
 
 
-SELECTORS_HELP = _choices_help()
-
 
 def parse_strategy(spec: str) -> tuple[str, str | None]:
     """'selector' or 'selector:rule' -> (selector, rule or None for the selector's default rule)."""
@@ -39,59 +39,85 @@ def parse_strategy(spec: str) -> tuple[str, str | None]:
     return selector, rule or None
 
 
+def _seed_list(value: str) -> str:
+    """--seeds: comma-separated integers, checked before any data is read."""
+    try:
+        if not [int(s) for s in value.split(",") if s.strip()]:
+            raise ValueError("no seed")
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 1,2,3") from None
+    return value
+
+
+def _json_object(value: str) -> str:
+    """--selector-options: a JSON object, checked before any data is read."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise typer.BadParameter(f"not valid JSON ({err})") from None
+    if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
+        raise typer.BadParameter('expected {"selector": {"param": value}}')
+    return value
+
+
 def simulate(
-    dataset: Annotated[str, typer.Option(help="'cifar10h', or 'arrays' with --true-dist and --initial-labels/--initial-counts")] = "cifar10h",
-    data_dir: Annotated[Optional[Path], typer.Option(help="CIFAR-10H folder (default: $ALC_DATA_DIR, else ../shared/data)")] = None,
-    subset: Annotated[int, typer.Option(help="CIFAR-10H subset size: all ambiguous images plus a seeded random rest")] = 5000,
-    temperature: Annotated[float, typer.Option(help="initial labels drawn from p^(1/T): T=2 ~15% noise, T=10 ~30%")] = 2.0,
+    dataset: Annotated[Dataset, typer.Option(help="'cifar10h', or 'arrays' with --true-dist and --initial-labels/--initial-counts")] = "cifar10h",
+    data_dir: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="CIFAR-10H folder (default: $ALC_DATA_DIR, else ../shared/data)")] = None,
+    subset: Annotated[int, typer.Option(min=2, help="CIFAR-10H subset size: all ambiguous images plus a seeded random rest")] = 5000,
+    temperature: Annotated[float, typer.Option(callback=positive, help="initial labels drawn from p^(1/T): T=2 ~15% noise, T=10 ~30%")] = 2.0,
     data_seed: Annotated[int, typer.Option(help="seed of the subset and the initial labels (the same noisy dataset for all runs)")] = 0,
-    true_dist: Annotated[Optional[Path], typer.Option(help="arrays: (N, C) .npy of true label distributions")] = None,
-    initial_labels: Annotated[Optional[Path], typer.Option(help="arrays: (N,) .npy of initial labels")] = None,
-    initial_counts: Annotated[Optional[Path], typer.Option(help="arrays: (N, C) .npy of initial label counts")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="arrays: (N, H, W, 3) uint8 or (N, D) features .npy, for learned selectors")] = None,
-    posteriors: Annotated[Optional[Path], typer.Option(help="(N, C) .npy for the 'posteriors' selector")] = None,
-    selectors: Annotated[str, typer.Option(help=SELECTORS_HELP)] = "random,oracle",
-    seeds: Annotated[str, typer.Option(help="comma-separated simulation seeds")] = "1,2,3,4,5",
-    budget_factor: Annotated[float, typer.Option(help="budget = factor x N x initial noise rate")] = 3.0,
-    budget: Annotated[Optional[int], typer.Option(help="budget in re-annotations (overrides --budget-factor)")] = None,
-    batch_size: Annotated[int, typer.Option(help="tasks taken per ranking (1 = the paper)")] = 1,
-    refit_every: Annotated[int, typer.Option(help="refit the selector every k re-annotations (0 = never)")] = 0,
-    max_per_task: Annotated[int, typer.Option(help="cap on re-annotations per selection of a task")] = 10,
+    true_dist: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="arrays: (N, C) .npy of true label distributions")] = None,
+    initial_labels: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="arrays: (N,) .npy of initial labels")] = None,
+    initial_counts: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="arrays: (N, C) .npy of initial label counts")] = None,
+    images: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="arrays: (N, H, W, 3) uint8 or (N, D) features .npy, for learned selectors")] = None,
+    posteriors: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="(N, C) .npy for the 'posteriors' selector")] = None,
+    selectors: Annotated[str, typer.Option(help=_choices_help())] = "random,oracle",
+    seeds: Annotated[str, typer.Option(callback=_seed_list, help="comma-separated simulation seeds")] = "1,2,3,4,5",
+    budget_factor: Annotated[float, typer.Option(callback=positive, help="budget = factor x N x initial noise rate")] = 3.0,
+    budget: Annotated[Optional[int], typer.Option(min=1, help="budget in re-annotations (overrides --budget-factor)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="tasks taken per ranking (1 = the paper)")] = 1,
+    refit_every: Annotated[int, typer.Option(min=0, help="refit the selector every k re-annotations (0 = never)")] = 0,
+    max_per_task: Annotated[int, typer.Option(min=1, help="cap on re-annotations per selection of a task")] = 10,
     audit_share: Annotated[float, typer.Option(help="share of the budget spent on random audit draws, with the accuracy estimate at 10%, ..., 100% of the budget (0 = no audit)")] = 0.0,
-    selector_options: Annotated[str, typer.Option(help='JSON: {"selector": {"param": value}} passed to selectors')] = "{}",
+    selector_options: Annotated[str, typer.Option(callback=_json_object, help='JSON: {"selector": {"param": value}} passed to selectors')] = "{}",
     cache_dir: Annotated[Path, typer.Option(help="embedding caches and checkpoints of learned selectors")] = Path(".alc/cache"),
-    out: Annotated[Optional[Path], typer.Option(help="output folder (default runs/simulate-<time>)")] = None,
+    out: Annotated[Optional[Path], typer.Option(callback=output_folder, help="output folder (default runs/simulate-<time>)")] = None,
 ) -> None:
     """Simulate active label cleaning: accuracy vs re-annotations for each selector, with random and oracle as bounds."""
     from scoring.data import load_arrays, load_cifar10h, resolve_data_dir
     from scoring.ranking import Strategy
+    from scoring.rules import get_rule
     from scoring.report import write_all
-    from scoring.selectors import make_selector, selector_class
+    from scoring.selectors import check_options, make_selector, selector_class
+    from scoring.progress import progress
     from scoring.simulation import simulate as run
 
     if not 0.0 <= audit_share < 1.0:
         raise typer.BadParameter(f"--audit-share must be in [0, 1) (got {audit_share})")
     specs = [parse_strategy(s) for s in selectors.split(",") if s.strip()]
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    try:
-        options: dict[str, dict[str, Any]] = json.loads(selector_options)
-    except json.JSONDecodeError as err:
-        raise typer.BadParameter(f"--selector-options is not valid JSON: {err}") from err
+    options: dict[str, dict[str, Any]] = json.loads(selector_options)  # a JSON object: checked by _json_object
     try:
         needs_images = any(selector_class(name).needs_data for name, _ in specs)
+        for name, given in options.items():
+            check_options(name, given)
+        for _, rule in specs:
+            if rule is not None:
+                get_rule(rule)
     except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
+        raise typer.BadParameter(str(err), param_hint="--selectors / --selector-options") from err
+    if dataset == "arrays" and true_dist is None:
+        raise typer.BadParameter("--dataset arrays needs --true-dist")
+    if dataset == "cifar10h" and not resolve_data_dir(data_dir).is_dir():
+        raise typer.BadParameter(f"no CIFAR-10H folder at {resolve_data_dir(data_dir)} (set --data-dir or ALC_DATA_DIR)",
+                                 param_hint="--data-dir")
 
     if dataset == "cifar10h":
         data = load_cifar10h(data_dir, subset, temperature, data_seed, with_images=needs_images)
         source = f"cifar10h (subset {subset}, T={temperature}, data seed {data_seed}) from {resolve_data_dir(data_dir)}"
-    elif dataset == "arrays":
-        if true_dist is None:
-            raise typer.BadParameter("--dataset arrays needs --true-dist")
+    else:
         data = load_arrays(true_dist, initial_labels, initial_counts, images)
         source = f"arrays from {true_dist}"
-    else:
-        raise typer.BadParameter(f"unknown dataset {dataset!r}: use 'cifar10h' or 'arrays'")
     if needs_images and data.images is None:
         raise typer.BadParameter("a learned selector needs --images")
 
@@ -120,16 +146,10 @@ def simulate(
         f"budget {n_budget} re-annotations"
     )
     started = time.perf_counter()
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        job = bar.add_task("simulating", total=len(strategies) * len(seed_list))
-
-        def tick(name: str, seed: int) -> None:
-            bar.update(job, advance=1, description=f"{name} seed {seed}")
-
+    with progress("simulating", len(strategies) * len(seed_list), transient=False, every_fraction=0) as advance:
         try:
-            results = run(data, strategies, n_budget, seed_list, batch_size, refit_every, max_per_task, tick, audit_share)
+            results = run(data, strategies, n_budget, seed_list, batch_size, refit_every, max_per_task,
+                          lambda name, seed: advance(1, f"{name} seed {seed} done"), audit_share)
         except ValueError as err:
             raise typer.BadParameter(str(err)) from err
     wall = time.perf_counter() - started

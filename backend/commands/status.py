@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from backend.model_store import ModelStore
-from backend.queue import PROJECTS_KEY, EmbeddedRedis
-from backend.queue import connect as connect_redis
 from backend.commands import exit_on_user_errors
-from backend.settings import Settings, load_settings
-from backend.status import build_status, jobs_status, read_truth
-from connectors.client import connect
-from connectors.ledger import reconcile
+
+if TYPE_CHECKING:
+    from backend.settings import Settings
 
 QUEUE_ROWS = 20
 
@@ -33,6 +29,10 @@ def status(
     With no settings it reads the deployment that `alc demo` / `alc serve` runs (their profile)."""
     if not 0 < target < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {target}", param_hint="--target")
+    from backend.queue import PROJECTS_KEY
+    from backend.settings import load_settings
+    from backend.status import jobs_status
+
     console = Console()
     with exit_on_user_errors("status"):
         settings = load_settings()
@@ -47,11 +47,18 @@ def status(
                 console.print(f"Projects that sent webhooks here: {', '.join(map(str, known)) or 'none yet'}; "
                               "add --project ID for one project's budget and queue.")
             return
+        from backend.model_store import ModelStore
+        from backend.status import build_status, read_truth
+        from connectors.client import connect
+        from connectors.ledger import reconcile
+
         url, key = settings.require_label_studio()
         client = connect(url, key, timeout=settings.label_studio_timeout, retries=2)
-        ledger = reconcile(client, project, settings.initial_label_source, settings.budget)
+        ledger = reconcile(client, project, settings.initial_label_source, settings.budget,
+                           settings.max_annotations_per_task)
         data = build_status(client, ledger, store=ModelStore(settings.models_path), redis_conn=redis_conn,
-                            target=target, budget=settings.budget, truth=read_truth(settings.data_home, project))
+                            target=target, budget=settings.budget, truth=read_truth(settings.data_home, project),
+                            audit_share=settings.audit_share)
         if redis_conn is None:
             data["jobs"] = {"error": redis_note}
     if as_json:
@@ -62,6 +69,9 @@ def status(
 
 def _redis(settings: Settings) -> tuple[Any, str]:
     """The job queue's Redis, without starting one: REDIS_URL, or the embedded one if `alc serve` runs it."""
+    from backend.queue import EmbeddedRedis
+    from backend.queue import connect as connect_redis
+
     if settings.redis_url is not None:
         return connect_redis(settings.redis_url, fast_fail=True), ""
     embedded = EmbeddedRedis(settings.data_home)
@@ -97,7 +107,7 @@ def _print_status(console: Console, s: dict) -> None:
     summary = _table("Budget and progress", "", "")
     summary.add_row("budget (re-annotations)", str(b["total"]) if b["total"] is not None else "no limit")
     summary.add_row("spent", str(b["spent"]))
-    summary.add_row("committed (open slots)", str(b["committed"]))
+    summary.add_row("held to finish the open tasks", f"{b['held']} ({b['committed']} open slots)")
     summary.add_row("remaining", str(b["remaining"]) if b["remaining"] is not None else "-")
     summary.add_row("tasks settled", f"{t['settled']} of {t['total']}")
     summary.add_row("labels changed", str(t["labels_changed"]))
@@ -105,19 +115,8 @@ def _print_status(console: Console, s: dict) -> None:
         truth = s["truth"]
         summary.add_row("labels corrected (truth known)", f"{truth['labels_corrected']} ({truth['labels_broken']} broken); "
                                                          f"accuracy {100 * truth['accuracy']:.1f}%, was {100 * truth['initial_accuracy']:.1f}%")
-    if e["available"]:
-        low, high = e["accuracy_interval"]
-        interval = f", 90%: {100 * low:.1f}-{100 * high:.1f}%" if low != high else ""
-        summary.add_row("estimated label accuracy", f"{100 * e['accuracy']:.1f}%{interval} (was {100 * e['accuracy_before']:.1f}%)")
-        summary.add_row("labels still wrong (model)", str(e["labels_wrong"]))
-        forecast = e["forecast_spend"] if e["forecast_spend"] is not None else "- (after the first change)"
-        summary.add_row(f"re-annotations to {100 * e['target']:.0f}%", str(forecast))
-        low, high = e["suggested_budget_range"]
-        summary.add_row("suggested budget", f"{e['suggested_budget']}{f' (90%: {low}-{high})' if low != high else ''}; "
-                                            f"accept: alc connect --project {s['project']['id']} --budget {e['suggested_budget']}")
-        summary.add_row("estimate basis", f"{e['basis']}; cost: {e['cost_basis']}")
-    else:
-        summary.add_row("estimated label accuracy", f"- ({e['reason']})")
+    for label, value in estimate_rows(e, b, s["project"]["id"]):
+        summary.add_row(label, value)
     console.print(summary)
 
     queue = _table(f"Cleaning queue ({len(s['queue'])} open)", "#", "task", "priority", "labels so far", "link")
@@ -138,6 +137,29 @@ def _print_status(console: Console, s: dict) -> None:
                        f"{100 * agreement:.0f}% of {a['on_settled_tasks']}" if agreement is not None else "-")
     console.print(people)
     _print_jobs(console, s.get("jobs") or {"error": "not connected to the job queue"})
+
+
+def estimate_rows(e: dict, b: dict, project_id: int) -> list[tuple[str, str]]:
+    """The estimate's lines, as the dashboard words them (no number before an audit draw settled)."""
+    if not e["available"]:
+        return [("estimated label accuracy", f"- ({e['reason']})")]
+    conf = f"{100 * e['confidence']:.0f}%"
+    low, high = e["accuracy_interval"]
+    rows = [("estimated label accuracy", f"{100 * e['accuracy']:.1f}% ({conf}: {100 * low:.1f}-{100 * high:.1f}%)"),
+            ("labels still wrong", f"{e['labels_wrong']} ({conf}: {e['labels_wrong_interval'][0]}-"
+                                   f"{e['labels_wrong_interval'][1]})")]
+    target = f"{100 * e['target']:.0f}%"
+    if e["forecast_spend"]:
+        f_low, f_high = e["forecast_interval"]
+        rows.append((f"re-annotations to {target}", f"{e['forecast_spend']} ({f_low}-{f_high if f_high is not None else '?'})"))
+        s_low, s_high = e["suggested_budget_range"]
+        rows.append(("suggested budget", f"{e['suggested_budget']} ({s_low}-{s_high if s_high is not None else '?'}) = "
+                                         f"{b['spent']} spent + {e['forecast_spend']}; accept: alc connect --project "
+                                         f"{project_id} --budget {e['suggested_budget']}"))
+    else:
+        rows.append((f"re-annotations to {target}", "0: the estimate says it is reached"))
+    rows.append(("estimate basis", f"{e['basis']}; forecast: {e['forecast_basis']}; cost: {e['cost_basis']}"))
+    return rows
 
 
 def _print_jobs(console: Console, jobs: dict) -> None:

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from backend.commands import exit_on_user_errors
-from backend.settings import load_settings
 
 
 def worker(
@@ -20,13 +19,14 @@ def worker(
     """Run a worker: per-annotation bookkeeping, retraining, pushing rankings to Label Studio."""
     import os
 
+    if supervise and burst:
+        raise typer.BadParameter("--supervise restarts a worker forever; it does not combine with --burst")
+    from backend.settings import load_settings
     from backend.worker import Supervisor, run_worker
 
     with exit_on_user_errors("worker"):
         settings = load_settings()
     if supervise:
-        if burst:
-            raise typer.BadParameter("--supervise restarts a worker forever; it does not combine with --burst")
         Supervisor(settings, name or f"alc-worker-{os.getpid()}").run()
         return
     run_worker(settings, burst=burst, name=name)

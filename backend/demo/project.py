@@ -30,10 +30,13 @@ class DemoProject:
 
 
 def create_project(client: LabelStudio, base_url: str, api_key: str, dataset: DemoDataset, title: str,
-                   initial_label_source: InitialLabelSource = "annotation", timeout: float = 60.0) -> DemoProject:
-    """Create the project, upload the images, import the tasks; returns the task id of every demo image."""
-    project = client.projects.create(title=title, label_config=label_config(dataset.class_names),
-                                     description="Active label cleaning demo: images with noisy initial labels.")
+                   initial_label_source: InitialLabelSource = "annotation", timeout: float = 60.0,
+                   description: str | None = None) -> DemoProject:
+    """Create the project, upload the images, import the tasks; returns the task id of every demo image.
+    ``description`` is what the project card shows (default: what the dataset is)."""
+    description = description or (f"Active label cleaning demo: {dataset.n_tasks} {dataset.name} images whose initial "
+                                   f"labels are {dataset.initial_noise_rate:.0%} wrong.")
+    project = client.projects.create(title=title, label_config=label_config(dataset.class_names), description=description)
     urls = upload_images(base_url, api_key, project.id, dataset, timeout)
     tasks = label_studio_tasks(dataset, urls.__getitem__, initial_label_source)
     client.projects.import_tasks(project.id, request=tasks, return_task_ids=True)

@@ -131,6 +131,28 @@ def summarise(labels: ProjectLabels, true_labels: np.ndarray, **extra) -> dict:
     }
 
 
+def trace_point(status: dict, seconds: float) -> dict:
+    """One poll of GET /api/status as the trace keeps it: spend, the estimate and its interval (None before
+    an audit draw settled, with the reason), and the true accuracy (the demo wrote the truth)."""
+    estimate, truth = status.get("estimate") or {}, status.get("truth") or {}
+    available = bool(estimate.get("available"))
+    low, high = estimate.get("accuracy_interval") or (None, None)
+    return {"seconds": seconds, "spent": status.get("budget", {}).get("spent"),
+            "estimate": estimate.get("accuracy") if available else None,
+            "low": low if available else None, "high": high if available else None,
+            "true": truth.get("accuracy"), **({} if available else {"reason": estimate.get("reason")})}
+
+
+def trace_summary(trace: list[dict]) -> dict:
+    """How often the interval held the truth: polls with an estimate, of them those whose interval holds the
+    true accuracy, and polls without an estimate (before the first audit draw settled)."""
+    shown = [p for p in trace if p["estimate"] is not None and p["true"] is not None]
+    held = [p for p in shown if p["low"] - 1e-9 <= p["true"] <= p["high"] + 1e-9]
+    return {"polls": len(trace), "with_estimate": len(shown), "interval_holds_truth": len(held),
+            "without_estimate": sum(p["estimate"] is None for p in trace),
+            "first_estimate_at_spent": shown[0]["spent"] if shown else None}
+
+
 def _get(obj, name: str):
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 

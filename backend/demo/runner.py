@@ -24,60 +24,23 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
+import numpy as np
 import requests
 from label_studio_sdk import LabelStudio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from backend.demo.annotators import AnnotatorPool
+from backend.demo.config import DemoConfig, Order  # noqa: F401 (re-exported)
 from backend.demo.dataset import DemoDataset, make_cifar10h, make_digits
 from backend.demo.project import DemoProject, create_project
-from backend.demo.report import read_labels, summarise
+from backend.demo.report import ProjectLabels, read_labels, summarise, trace_point, trace_summary
 from backend.status import write_truth
+from scoring.progress import ProgressLines, heartbeat
 
-Order = Literal["priority", "random"]
 CONNECT_TIMEOUT = 900.0  # seconds: connect reads the whole project once (minutes for a big one on a busy machine)
-
-
-@dataclass
-class DemoConfig:
-    n_images: int = 400
-    seed: int = 0
-    noise_rate: float = 0.15
-    data_dir: Path | None = None  # CIFAR-10H instead of digits
-    temperature: float = 2.0  # CIFAR-10H initial-label temperature
-    budget: int = 100
-    order: Order = "priority"
-    selector: str = "pretrained-linear"  # the model behind the priority order
-    selector_options: dict | None = None  # None: the linear selector at the digits' native 8x8 (16x16 for CIFAR)
-    window: int = 20
-    retrain_after_annotations: int = 10
-    retrain_after_seconds: float = 30.0
-    max_annotations_per_task: int = 5
-    annotators: int = 0
-    pace: float = 2.0
-    idle_timeout: float = 60.0  # done when nothing was served this long and the backend's queues were idle
-    first_model_timeout: float = 300.0
-    title: str | None = None
-
-    def backend_env(self) -> dict[str, str]:
-        """The backend's settings (backend.settings names) for this run: the order is the selector choice."""
-        env = {
-            "ALC_SELECTOR": self.selector if self.order == "priority" else "random",
-            "ALC_BUDGET": str(self.budget),
-            "ALC_WINDOW": str(self.window),
-            "ALC_RETRAIN_AFTER_ANNOTATIONS": str(self.retrain_after_annotations),
-            "ALC_RETRAIN_AFTER_SECONDS": str(self.retrain_after_seconds),
-            "ALC_MAX_ANNOTATIONS_PER_TASK": str(self.max_annotations_per_task),
-            "ALC_INITIAL_LABEL_SOURCE": "annotations",
-        }
-        options = self.selector_options
-        if options is None and self.selector == "linear":
-            options = {"folds": 2, "image_size": 16 if self.data_dir else 8}
-        env["ALC_SELECTOR_OPTIONS"] = json.dumps(options or {} if self.order == "priority" else {})
-        return env
+TRACE_SECONDS = 10.0  # the estimate is polled this often (GET /api/status; the backend caches it as long)
 
 
 def make_dataset(config: DemoConfig) -> DemoDataset:
@@ -110,17 +73,20 @@ class DemoRun:
         self.budget_spent_at: float | None = None
         self.finished_because: str | None = None
         self.connect_seconds: float | None = None
+        self.trace: list[dict] = []  # the dashboard's estimate at each poll, next to the truth the demo knows
+        self.traced_at: float | None = None
         self.started = time.monotonic()
 
     # --- setup -----------------------------------------------------------------------------------
 
     def setup(self) -> DemoProject:
         cfg = self.config
-        with self.console.status("making the demo dataset"):
+        with heartbeat("making the demo dataset"):
             self.dataset = make_dataset(cfg)
         title = cfg.title or f"Label cleaning demo ({self.dataset.name}, {cfg.order} order)"
-        with self.console.status(f"creating the project: {self.dataset.n_tasks} images with noisy labels"):
-            self.project = create_project(self.client, self.ls_url, self.ls_token, self.dataset, title)
+        with heartbeat(f"creating the project: {self.dataset.n_tasks} images with noisy labels"):
+            self.project = create_project(self.client, self.ls_url, self.ls_token, self.dataset, title,
+                                          description=self.description())
         self.console.print(f"project {self.project.id}: {self.dataset.n_tasks} tasks, initial label noise "
                            f"{self.dataset.initial_noise_rate:.1%} ({self.dataset.name})")
         if "ALC_DATA_HOME" in self.backend_env:  # the dashboard counts corrections (not only changes) where it knows the truth
@@ -131,13 +97,21 @@ class DemoRun:
         self.wait_for_first_model()
         return self.project
 
+    def description(self) -> str:
+        """What the project card in Label Studio says about this run, for a person."""
+        cfg, data = self.config, self.dataset
+        order = f"{cfg.selector} priority" if cfg.order == "priority" else "random (the baseline)"
+        return (f"Active label cleaning demo: {data.n_tasks} {data.name} images, {data.initial_noise_rate:.0%} of their "
+                f"initial labels wrong. Budget {cfg.budget} re-annotations, {order} order, {cfg.window} tasks open at "
+                f"a time; `alc status --project <id>` shows what is spent and left.")
+
     def connect(self) -> None:
         """`alc connect --project ID`: the connectors set the project up for this backend."""
         argv = [sys.executable, "-m", "backend.cli", "connect", "--project", str(self.project.id),
                 "--backend-url", self.backend_url, "--window", str(self.config.window),
                 "--budget", str(self.config.budget)]
         started = time.monotonic()
-        with self.console.status("connecting the project (alc connect: sampling, webhook, ML backend, baseline; "
+        with heartbeat("connecting the project (alc connect: sampling, webhook, ML backend, baseline; "
                                  "a whole-project read)"):
             try:
                 result = subprocess.run(argv, env={**os.environ, **self.backend_env}, capture_output=True, text=True,
@@ -155,7 +129,7 @@ class DemoRun:
                       timeout=10).raise_for_status()
         started = time.monotonic()
         deadline = started + self.config.first_model_timeout
-        with self.console.status("fitting the selector and opening the cleaning queue") as status:
+        with heartbeat("fitting the selector and opening the cleaning queue") as update:
             while time.monotonic() < deadline:
                 version = self.poll_model_version()
                 if version:
@@ -163,8 +137,7 @@ class DemoRun:
                 waiting, failed = self.retrain_state()
                 if failed:
                     raise RuntimeError(f"the first retrain failed for good: {failed}; see the worker's log")
-                status.update(f"fitting the selector and opening the cleaning queue "
-                              f"({time.monotonic() - started:.0f} s; {waiting})")
+                update(f"{time.monotonic() - started:.0f} s; {waiting}")
                 time.sleep(1.0)
         raise TimeoutError(f"no model version in Label Studio after {self.config.first_model_timeout:.0f} s; "
                            "see the worker's log")
@@ -231,13 +204,18 @@ class DemoRun:
         last_activity, seen = time.monotonic(), 0
         columns = [TextColumn("[bold]budget"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                    TimeElapsedColumn()]
-        with Progress(*columns, console=self.console, transient=False) as progress:
+        lines = None if self.console.is_terminal else ProgressLines("cleaning: re-annotations of the budget", cfg.budget)
+        with Progress(*columns, console=self.console, transient=False, disable=lines is not None) as progress:
             bar = progress.add_task("", total=cfg.budget)
             while True:
                 check_alive()
                 spent = self.spent()
                 version = self.poll_model_version()
                 progress.update(bar, completed=min(spent, cfg.budget), description=f"model {version}")
+                if lines is not None:
+                    lines.update(min(spent, cfg.budget), self.progress_note(version))
+                if version and (self.traced_at is None or time.monotonic() - self.traced_at >= TRACE_SECONDS):
+                    self.trace_estimate()
                 if spent >= cfg.budget:
                     self.budget_spent_at = time.monotonic()
                     self.finished_because = f"budget spent ({spent} of {cfg.budget} re-annotations)"
@@ -254,15 +232,31 @@ class DemoRun:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"the demo did not finish within {timeout:.0f} s ({spent} of {cfg.budget} spent)")
                 time.sleep(1.0)
+        if lines is not None:
+            lines.finish(self.progress_note(self.model_versions[-1] if self.model_versions else None))
         if self.pool is not None:
             self.pool.stop()  # in-flight submissions finish
         self.settle()
         return self.finished_because
 
+    def progress_note(self, version: str | None) -> str:
+        """The model in use and, with simulated annotators, the accuracy of the labels so far against the
+        truth (the initial labels plus what they submitted; a strict majority wins, else the initial label)."""
+        note = f"model {version or 'none yet'}"
+        if self.pool is None or self.dataset is None:
+            return note
+        names, truth = self.dataset.class_names, self.dataset.true_labels
+        counts = np.eye(len(names), dtype=np.int64)[self.dataset.initial_labels]
+        for s in list(self.pool.submitted):
+            counts[s.demo_id, names.index(s.label)] += 1
+        labels = ProjectLabels(self.dataset.initial_labels, counts).labels()
+        return (f"{note}; accuracy {np.mean(labels == truth):.1%} "
+                f"(was {np.mean(self.dataset.initial_labels == truth):.1%}; the simulated annotators' labels)")
+
     def settle(self, timeout: float = 120.0) -> None:
         """Wait (with a visible status) until the worker has handled the last annotations (the queue closes)."""
         deadline = time.monotonic() + timeout
-        with self.console.status("closing the queue: the worker handles the last annotations"):
+        with heartbeat("closing the queue: the worker handles the last annotations"):
             while self.busy() and time.monotonic() < deadline:
                 time.sleep(0.5)
         self.poll_model_version()
@@ -299,9 +293,27 @@ class DemoRun:
 
     # --- report ------------------------------------------------------------------------------------
 
+    def trace_estimate(self) -> dict | None:
+        """One poll of the backend's status (what the dashboard shows): the estimate and its interval next to
+        the true accuracy, appended to the trace; None when the backend did not answer."""
+        self.traced_at = time.monotonic()
+        try:
+            answer = requests.get(f"{self.backend_url}/api/status", params={"project": self.project.id},
+                                  auth=self.backend_auth, timeout=30)
+            answer.raise_for_status()
+            status = answer.json()
+        except (requests.RequestException, ValueError) as exc:
+            self.console.log(f"status poll failed: {exc}")
+            return None
+        self.trace.append(trace_point(status, round(self.traced_at - self.started, 1)))
+        return status
+
     def report(self) -> dict:
         labels = read_labels(self.client, self.project.id, self.dataset.class_names, self.dataset.n_tasks)
         self.poll_model_version()
+        if self.traced_at is not None:  # the last poll after the queue closed (the backend's cache expired)
+            time.sleep(max(0.0, TRACE_SECONDS + 0.5 - (time.monotonic() - self.traced_at)))
+        final = self.trace_estimate()
         return summarise(
             labels,
             self.dataset.true_labels,
@@ -317,6 +329,9 @@ class DemoRun:
             simulated_annotators=self.config.annotators,
             wall_seconds=round(time.monotonic() - self.started, 1),
             config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},
+            estimate=(final or {}).get("estimate"),
+            estimate_trace=self.trace,
+            estimate_trace_summary=trace_summary(self.trace),
         )
 
 

@@ -220,7 +220,7 @@ def add_project(ls: FakeLabelStudio, tiny300: dict, n: int = 60, seed: int = 0, 
         for a in ls.tasks[tid]["annotations"]:
             a["ground_truth"] = False
     baseline = max(a["id"] for t in ls.tasks.values() for a in t["annotations"])
-    ls.projects[pid]["description"] = with_state("", ProjectState(budget=budget, baseline_annotation_id=baseline))
+    ls.projects[pid]["expert_instruction"] = with_state("", ProjectState(budget=budget, baseline_annotation_id=baseline))
     return FakeProject(ls, pid, ids, refs)
 
 

@@ -17,13 +17,16 @@ from label_studio_sdk import LabelStudio
 from rq import Queue, SimpleWorker
 from typer.testing import CliRunner
 
-import backend.commands.status as status_command
 import backend.dashboard as dashboard
 from backend import queue as q
 from backend.app import create_app
 from backend.cli import app as cli
 from backend.model_store import ModelStore, Ranking
-from backend.status import build_status, read_truth
+from dataclasses import replace
+
+from backend.status import _wilson, build_status, read_truth
+from scoring.audit import AuditDraw
+from scoring.estimate import estimate_accuracy, reannotations_to_reach
 from connectors.counts import AnnotationRecord, PredictionRecord, ProjectSnapshot, TaskRecord
 from connectors.errors import LabelStudioUnavailable, UnknownProject
 from connectors.ledger import ledger_of
@@ -42,6 +45,10 @@ REANNOTATIONS = [(11, "dog", "ann@example.com", "2026-11-23T10:00:00Z", 4.0),
                  (12, "cat", "ann@example.com", "2026-11-23T10:20:00Z", 2.0)]
 
 USER_IDS = {"ann@example.com": 2, "bob@example.com": 3}  # Label Studio counts distinct users against overlap
+# the order tasks were opened in (alc_seq): 11 the ranking's pick, 12 an audit draw from the untouched 12..16, 13
+SEQ = {11: 0, 12: 1, 13: 2}
+AUDIT_12 = AuditDraw(task=12, seq=1, pool_size=5, pool_wrong_prob=sum(1 - p for p in P_INITIAL[1:]),
+                     wrong_prob=1 - P_INITIAL[1])
 
 
 def snapshot() -> ProjectSnapshot:
@@ -59,7 +66,8 @@ def snapshot() -> ProjectSnapshot:
         predictions = [PredictionRecord(1, "alc-linear-v1", -0.69, "dog",
                                         {"priority": 0.693, "noisiness": 0.693, "ambiguity": 0.5}, None)] if task_id == 13 else []
         tasks.append(TaskRecord(task_id, {"image": f"/img/{task_id}.png"}, overlap, annotations, predictions, label,
-                                counts=[int(c) for c in counts[row]], initial_counts=[int(c) for c in initial_counts[row]]))
+                                counts=[int(c) for c in counts[row]], initial_counts=[int(c) for c in initial_counts[row]],
+                                seq=SEQ.get(task_id), audit=AUDIT_12.to_json() if task_id == 12 else None))
     return ProjectSnapshot(PROJECT, "pets", "<View/>", CLASSES, "label", "annotations", "alc-linear-v1",
                            ProjectState(budget=BUDGET), tasks, counts, initial_counts)
 
@@ -68,7 +76,8 @@ def publish_ranking(store: ModelStore) -> None:
     noisiness = -np.log(np.array(P_INITIAL))
     counts = np.eye(3)[[CLASSES.index(label) for label in INITIAL]]
     ranking = Ranking(task_ids=TASKS, class_names=CLASSES, counts=counts, priority=noisiness, noisiness=noisiness,
-                      ambiguity=np.zeros(6), scores=-noisiness, predicted=np.zeros(6, dtype=int))
+                      ambiguity=np.zeros(6), scores=-noisiness, predicted=np.zeros(6, dtype=int),
+                      p_label=np.array(P_INITIAL))
     store.publish(PROJECT, None, ranking, {"selector": "linear"})
 
 
@@ -96,11 +105,19 @@ def served(settings, store, sdk, conn, monkeypatch):
     return create_app(settings).test_client()
 
 
-def expected() -> dict:
-    wrong = sum(1 - p for p in P_INITIAL[2:])  # tasks 11 and 12 are settled
-    wrong_all = sum(1 - p for p in P_INITIAL)
-    return {"accuracy": 1 - wrong / 6, "before": 1 - wrong_all / 6,
-            "forecast": math.ceil((wrong - 0.05 * 6) * 3), "suggested": math.ceil(wrong_all * 3)}
+def expected(target: float = 0.95) -> dict:
+    """scoring.estimate called by hand on the snapshot's arrays (rows in task order, the audit's task as a row,
+    wrong_prob = 1 - p[label] of the ranking): what the status must show."""
+    snap = snapshot()
+    estimate = estimate_accuracy(counts=snap.counts, initial_labels=snap.initial_counts.argmax(axis=1),
+                                 touched_seq=np.array([SEQ.get(t, -1) for t in TASKS]),
+                                 audits=[replace(AUDIT_12, task=TASKS.index(12))],
+                                 wrong_prob=1 - np.array(P_INITIAL), confidence=0.9)
+    low, high = _wilson(1, 3)  # one label changed in three re-annotations
+    forecast = reannotations_to_reach(estimate, target, reannotations_per_fix=3.0, fix_rate_low=low,
+                                      fix_rate_high=high, remaining_budget=BUDGET - 3 - 2)
+    return {"accuracy": estimate.accuracy, "low": estimate.low, "high": estimate.high, "wrong": estimate.wrong_left,
+            "forecast": forecast.reannotations, "suggested": 3 + forecast.reannotations, "basis": estimate.basis}
 
 
 def text_of(html: str, element_id: str) -> str:
@@ -109,34 +126,43 @@ def text_of(html: str, element_id: str) -> str:
     return match.group(1).strip()
 
 
-def test_status_adds_the_model_estimate_and_the_job_queue(sdk, store, conn):
+def test_status_adds_the_estimate_and_the_job_queue(sdk, store, conn):
     publish_ranking(store)
     status = build_status(sdk, ledger_of(snapshot()), store=store, redis_conn=conn, target=0.95)
-    assert status["budget"] == {"total": BUDGET, "spent": 3, "committed": 1, "remaining": 6, "exhausted": False}
+    # task 13 is open on one label: it holds two opinions (one slot open in Label Studio)
+    assert status["budget"] == {"total": BUDGET, "spent": 3, "committed": 1, "held": 2, "remaining": 5,
+                                "exhausted": False}
     assert (status["tasks"]["settled"], status["tasks"]["labels_changed"]) == (2, 1)
-    estimate = status["estimate"]
-    assert math.isclose(estimate["accuracy"], round(expected()["accuracy"], 4))
-    assert math.isclose(estimate["accuracy_before"], round(expected()["before"], 4))
-    assert estimate["reannotations_per_correction"] == 3.0
-    assert estimate["forecast_spend"] == expected()["forecast"]
-    assert estimate["suggested_budget"] == expected()["suggested"]
+    estimate, want = status["estimate"], expected()
+    assert estimate["available"] and math.isclose(estimate["accuracy"], round(want["accuracy"], 4))
+    assert estimate["accuracy_interval"] == [round(want["low"], 4), round(want["high"], 4)]
+    assert estimate["labels_wrong"] == want["wrong"] and isinstance(estimate["labels_wrong"], int)
+    assert estimate["basis"] == want["basis"] and estimate["basis"].startswith("from 1 audited and 1 cleaned tasks")
+    assert estimate["forecast_spend"] == want["forecast"]
+    assert estimate["suggested_budget"] == want["suggested"] == 3 + estimate["forecast_spend"], "one source: they agree"
     assert status["model"]["version"] == store.current_version(PROJECT) and status["model"]["selector"] == "linear"
     assert set(status["jobs"]["queues"]) == set(q.QUEUES)
     assert status["queue"][0]["url"] == f"{LS_URL}/projects/{PROJECT}/data?task=13"
     json.dumps(status)  # plain JSON data all the way down
 
 
-def test_estimate_before_any_correction_suggests_the_least_cost(sdk, store):
+def test_no_estimate_is_shown_before_an_audit_draw_settled(sdk, store):
     publish_ranking(store)
     untouched = snapshot()
     for task in untouched.tasks:
         task.annotations[:] = task.annotations[:1]
-        task.overlap = 1
+        task.overlap, task.seq, task.audit = 1, None, None
     untouched.counts[:] = untouched.initial_counts
     estimate = build_status(sdk, ledger_of(untouched), store=store)["estimate"]
-    assert estimate["accuracy"] == estimate["accuracy_before"]
-    assert estimate["forecast_spend"] is None  # no correction seen yet: no cost to extrapolate
-    assert estimate["suggested_budget"] == math.ceil(sum(1 - p for p in P_INITIAL) * 2)
+    assert estimate["available"] is False and "no audit draw yet" in estimate["reason"]
+    assert "accuracy" not in estimate and "suggested_budget" not in estimate
+    waiting = snapshot()
+    waiting.tasks[1].annotations[:] = waiting.tasks[1].annotations[:1]  # the audit draw opened, its opinion not in
+    waiting.counts[1] = waiting.initial_counts[1]
+    estimate = build_status(sdk, ledger_of(waiting), store=store)["estimate"]
+    assert estimate["available"] is False and "no audit draw has settled yet (1 open)" in estimate["reason"]
+    off = build_status(sdk, ledger_of(untouched), store=store, audit_share=0.0)["estimate"]
+    assert "ALC_AUDIT_SHARE=0" in off["reason"]
 
 
 def test_dashboard_shows_the_key_numbers_and_links(served, store):
@@ -146,11 +172,12 @@ def test_dashboard_shows_the_key_numbers_and_links(served, store):
     html = response.get_data(as_text=True)
     assert text_of(html, "budget-total") == str(BUDGET)
     assert text_of(html, "budget-spent") == "3"
-    assert text_of(html, "budget-committed") == "1"
-    assert text_of(html, "budget-remaining") == "6"
+    assert text_of(html, "budget-committed") == "2"
+    assert text_of(html, "budget-remaining") == "5"
     assert text_of(html, "labels-changed") == "1"
     assert text_of(html, "tasks-settled") == "2"
     assert text_of(html, "accuracy") == f"{100 * expected()['accuracy']:.1f}%"
+    assert text_of(html, "labels-wrong") == str(expected()["wrong"]), "a count is an integer"
     assert text_of(html, "forecast") == str(expected()["forecast"])
     assert text_of(html, "suggested-budget") == str(expected()["suggested"])
     assert f"alc connect --project {PROJECT} --budget {expected()['suggested']}" in html
@@ -179,12 +206,22 @@ def test_reloads_share_one_read_of_label_studio(served, monkeypatch):
     assert reads == [PROJECT, PROJECT]  # another target is another status
 
 
-def test_without_a_model_the_page_says_so(served):
+def test_without_a_model_the_audit_still_gives_the_estimate_and_says_so(served):
     response = served.get(f"/dashboard?project={PROJECT}")
     assert response.status_code == 200
     html = response.get_data(as_text=True)
-    assert "No accuracy estimate: no trained model yet" in html
-    assert text_of(html, "accuracy") == "-" and text_of(html, "budget-spent") == "3"
+    assert "none trained yet" in html and "no model yet" in text_of(html, "estimate-basis")
+    assert text_of(html, "budget-spent") == "3"
+
+
+def test_before_an_audit_settled_the_page_says_why_there_is_no_number(settings, sdk, monkeypatch):
+    untouched = snapshot()
+    for task in untouched.tasks:
+        task.seq, task.audit = None, None
+    monkeypatch.setattr(dashboard, "collect_status", lambda *a, **k: build_status(sdk, ledger_of(untouched)))
+    monkeypatch.setattr(dashboard, "connect", lambda *a, **k: sdk)
+    html = create_app(settings).test_client().get(f"/dashboard?project={PROJECT}").get_data(as_text=True)
+    assert text_of(html, "accuracy") == "-" and "No accuracy estimate yet: no audit draw" in html
 
 
 @pytest.mark.parametrize("query, code, message", [
@@ -229,32 +266,35 @@ def test_alc_status_prints_the_tables_and_the_failed_jobs(settings, store, sdk, 
     publish_ranking(store)
     Queue(q.TRAIN_QUEUE, connection=conn).enqueue(failing_job, description="retrain project 7")
     SimpleWorker([Queue(q.TRAIN_QUEUE, connection=conn)], connection=conn).work(burst=True)
-    monkeypatch.setattr(status_command, "load_settings", lambda: settings)
-    monkeypatch.setattr(status_command, "connect", lambda *a, **k: sdk)
-    monkeypatch.setattr(status_command, "reconcile", lambda *a, **k: ledger_of(snapshot()))
+    monkeypatch.setattr("backend.settings.load_settings", lambda: settings)
+    monkeypatch.setattr("connectors.client.connect", lambda *a, **k: sdk)
+    monkeypatch.setattr("connectors.ledger.reconcile", lambda *a, **k: ledger_of(snapshot()))
     runner = CliRunner()
     result = runner.invoke(cli, ["status", "--project", str(PROJECT)], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     out = result.output
-    for needle in ("pets", "spent", "3", "remaining", "6", f"{100 * expected()['accuracy']:.1f}%",
+    for needle in ("pets", "spent", "3", "remaining", "5", f"{100 * expected()['accuracy']:.1f}%",
+                   "from 1 audited and 1 cleaned tasks",
                    "task 13", "retrain project 7", "ran out of memory", "bob@example.com", "labels changed",
                    "estimate basis", "agreement"):
         assert needle in out, needle
+    [line] = [line for line in out.splitlines() if "suggested budget" in line]
+    assert f"│ {expected()['suggested']} (" in line, line
     as_json = runner.invoke(cli, ["status", "--project", str(PROJECT), "--json"])
     assert as_json.exit_code == 0
     data = json.loads(as_json.output)
-    assert data["budget"]["remaining"] == 6 and data["jobs"]["failed_jobs"][0]["description"] == "retrain project 7"
+    assert data["budget"]["remaining"] == 5 and data["jobs"]["failed_jobs"][0]["description"] == "retrain project 7"
 
 
 def test_alc_status_without_label_studio_fails_clearly(settings, monkeypatch):
-    monkeypatch.setattr(status_command, "load_settings", lambda: settings.model_copy(update={"label_studio_url": None}))
+    monkeypatch.setattr("backend.settings.load_settings", lambda: settings.model_copy(update={"label_studio_url": None}))
     result = CliRunner().invoke(cli, ["status", "--project", str(PROJECT)])
     assert result.exit_code == 2 and "LABEL_STUDIO_URL" in result.output
 
 
 def test_alc_status_without_a_project_shows_the_jobs_and_never_starts_redis(settings, tmp_path, monkeypatch):
     alone = settings.model_copy(update={"redis_url": None, "data_home": tmp_path / "nothing-runs-here"})
-    monkeypatch.setattr(status_command, "load_settings", lambda: alone)
+    monkeypatch.setattr("backend.settings.load_settings", lambda: alone)
     result = CliRunner().invoke(cli, ["status"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "no Redis: REDIS_URL is not set" in result.output
     assert not (tmp_path / "nothing-runs-here" / "redis").exists()
@@ -262,7 +302,7 @@ def test_alc_status_without_a_project_shows_the_jobs_and_never_starts_redis(sett
 
 def test_alc_status_without_a_project_lists_queues_and_projects(settings, conn, monkeypatch):
     conn.sadd(q.PROJECTS_KEY, 3, 7)
-    monkeypatch.setattr(status_command, "load_settings", lambda: settings)
+    monkeypatch.setattr("backend.settings.load_settings", lambda: settings)
     result = CliRunner().invoke(cli, ["status"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "alc-train" in result.output and "Projects that sent webhooks here: 3, 7" in result.output
@@ -271,44 +311,18 @@ def test_alc_status_without_a_project_lists_queues_and_projects(settings, conn, 
 # --- honest estimates, the cleaning view, annotators, the truth where it is known -------------------------
 
 
-def test_confident_learning_estimate_covers_the_truth_on_the_demo_digits():
-    """The estimator the retrain records: on the demo's digits (truth known) the 90% interval holds the true
-    number of wrong initial labels, where the old mean-probability basis was far off (about 50% vs 80.5%)."""
-    from backend.demo.dataset import make_digits
-    from backend.status import label_noise_estimate
-    from scoring.selectors import make_selector
-
-    ds = make_digits(400, 0, 0.15)
-    probs = make_selector("linear", folds=2, image_size=8).fit(ds.images, np.eye(10)[ds.initial_labels]).predict_proba(ds.images)
-    estimate = label_noise_estimate(ds.initial_labels, probs)
-    truly_wrong = int((ds.initial_labels != ds.true_labels).sum())
-    assert estimate["wrong_low"] <= truly_wrong <= estimate["wrong_high"], (estimate, truly_wrong)
-    assert estimate["wrong_high"] - estimate["wrong_low"] < 0.15 * len(ds.images)
-    mean_p = probs[np.arange(400), ds.initial_labels].mean()
-    assert abs(estimate["wrong"] - truly_wrong) < abs(400 * (1 - mean_p) - truly_wrong)
-
-
-def test_a_recorded_estimate_gives_intervals_and_a_budget_range(sdk, store):
-    noisiness = -np.log(np.array(P_INITIAL))
-    counts = np.eye(3)[[CLASSES.index(label) for label in INITIAL]]
-    ranking = Ranking(task_ids=TASKS, class_names=CLASSES, counts=counts, priority=noisiness, noisiness=noisiness,
-                      ambiguity=np.zeros(6), scores=-noisiness, predicted=np.zeros(6, dtype=int))
-    meta = {"selector": "linear",
-            "label_noise": {"tasks": 6, "wrong": 1, "wrong_low": 0, "wrong_high": 2, "method": "confident learning"},
-            "label_noise_initial": {"tasks": 6, "wrong": 2, "wrong_low": 1, "wrong_high": 3, "method": "confident learning"}}
-    store.publish(PROJECT, None, ranking, meta)
-    e = build_status(sdk, ledger_of(snapshot()), store=store)["estimate"]
-    assert e["basis"] == "confident learning"
-    assert math.isclose(e["accuracy"], round(1 - 1 / 6, 4)) and e["accuracy_interval"] == [round(1 - 2 / 6, 4), 1.0]
-    assert math.isclose(e["accuracy_before"], round(1 - 2 / 6, 4))
-    assert e["suggested_budget"] == 2 * 3 and e["suggested_budget_range"] == [1 * 3, 3 * 3]  # 3 re-annotations per change
-    assert "1 changed" in e["cost_basis"]
-
-
-def test_without_a_recorded_estimate_the_basis_says_so(sdk, store):
+def test_before_any_label_changed_the_forecast_costs_two_per_fix_and_its_upper_end_is_unknown(sdk, store):
     publish_ranking(store)
-    e = build_status(sdk, ledger_of(snapshot()), store=store)["estimate"]
-    assert "no interval" in e["basis"] and e["accuracy_interval"][0] == e["accuracy_interval"][1]
+    unchanged = snapshot()
+    task = unchanged.tasks[0]  # task 11: its two re-annotations agree with the initial label now
+    for a in task.annotations[1:]:
+        object.__setattr__(a, "label", "cat")
+    unchanged.counts[0] = [3, 0, 0]
+    task.counts = [3, 0, 0]
+    e = build_status(sdk, ledger_of(unchanged), store=store, target=0.99)["estimate"]
+    assert "2 re-annotations per fix" in e["cost_basis"]
+    if e["forecast_spend"]:
+        assert e["suggested_budget_range"][1] is None and e["suggested_budget"] == 3 + e["forecast_spend"]
 
 
 def test_cleaning_view_shows_why_each_open_and_next_task_is_there(sdk, store):
@@ -377,12 +391,6 @@ def test_thumbnails_come_through_the_image_loader_behind_the_same_auth(settings,
     assert locked.get(f"/dashboard/thumbnail/{PROJECT}/3").status_code == 401
 
 
-def test_without_an_interval_the_budget_range_is_one_number(sdk, store):
-    publish_ranking(store)
-    e = build_status(sdk, ledger_of(snapshot()), store=store)["estimate"]
-    assert e["suggested_budget_range"] == [e["suggested_budget"]] * 2
-
-
 def test_the_page_reads_the_working_state_without_label_studio(settings, store, conn, sdk, monkeypatch):
     """With a working state in Redis (the pipeline's, contract 5) the status needs no Label Studio read."""
     from backend.status import collect_status
@@ -395,7 +403,7 @@ def test_the_page_reads_the_working_state_without_label_studio(settings, store, 
                                 ProjectState(budget=BUDGET), "alc-linear-v1")
     WorkingState(conn, PROJECT).rebuild(snap)
     publish_ranking(store)
-    monkeypatch.setattr("backend.status.reconcile", lambda *a, **k: pytest.fail("read Label Studio"))
+    monkeypatch.setattr("connectors.ledger.reconcile", lambda *a, **k: pytest.fail("read Label Studio"))
     status = collect_status(sdk, PROJECT, settings, store=store, redis_conn=conn)
     assert "working state" in status["source"]
     assert status["budget"]["spent"] == 3 and status["tasks"]["settled"] == 2
@@ -417,7 +425,7 @@ def test_tasks_the_retrain_skipped_are_listed(served, store):
 
 def test_a_time_that_is_not_iso_is_skipped_by_the_charts_not_a_500():
     """Label Studio's times are data: one that does not parse costs its point on the burn-down, not the page."""
-    budget = {"total": 10, "spent": 2, "committed": 1, "remaining": 7, "exhausted": False}
+    budget = {"total": 10, "spent": 2, "committed": 1, "held": 2, "remaining": 6, "exhausted": False}
     timeline = [{"time": "2026-01-01T00:00:05Z", "spent": 1, "labels_changed": 0},
                 {"time": "2026-01-01T00:335:52Z", "spent": 2, "labels_changed": 1}]
     svg = dashboard.burndown_chart({"budget": budget, "timeline": timeline, "generated_at": "not a time"})
@@ -425,3 +433,24 @@ def test_a_time_that_is_not_iso_is_skipped_by_the_charts_not_a_500():
     assert dashboard._parse_time("2026-01-01T00:335:52Z") is None
     assert dashboard.when("yesterday") == "yesterday"
     assert dashboard.when("2026-01-01T00:00:05Z") == "2026-01-01 00:00:05 UTC"
+
+
+def test_each_annotator_has_one_name_their_email_even_when_the_record_knew_only_their_id(sdk, store):
+    snap = snapshot()
+    for task in snap.tasks:  # records made before these users were listed: "user <id>"
+        task.annotations[:] = [replace(a, annotator=f"user {a.annotator_id}") if not a.initial else a
+                               for a in task.annotations]
+    snap.users = {2: "ann@example.com", 3: "bob@example.com"}  # Label Studio's list, read now
+    people = {a["annotator"]: a for a in build_status(sdk, ledger_of(snap), store=store)["annotators"]}
+    assert set(people) == {"ann@example.com", "bob@example.com"}
+    assert people["ann@example.com"]["annotations"] == 2 and people["ann@example.com"]["agreement_with_final"] == 1.0
+
+
+def test_the_retrain_count_is_the_model_versions_published(conn):
+    from backend.status import jobs_status
+
+    conn.sadd(q.PROJECTS_KEY, PROJECT)
+    cadence = q.Cadence(10, 30.0, 600, 1)
+    for record in ({"model_version": "v1"}, {"model_version": "v2"}, {"skipped": "budget spent or held"}):
+        q.finish(conn, PROJECT, "job", 0, cadence, record, follow_up=False)
+    assert jobs_status(conn, PROJECT)["project"]["retrains"] == 2

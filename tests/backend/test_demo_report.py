@@ -51,3 +51,17 @@ def test_a_majority_on_a_wrong_class_counts_as_broken():
 def test_nothing_spent_reports_zero_per_annotation():
     labels = ProjectLabels(np.array([0, 1]), np.eye(2, dtype=int))
     assert summarise(labels, np.array([0, 0]))["net_corrections_per_annotation"] == 0.0
+
+
+def test_the_estimate_trace_keeps_each_poll_and_counts_the_intervals_that_hold_the_truth():
+    from backend.demo.report import trace_point, trace_summary
+
+    before = trace_point({"budget": {"spent": 2}, "estimate": {"available": False, "reason": "no audit draw yet"},
+                          "truth": {"accuracy": 0.805}}, 12.0)
+    assert before == {"seconds": 12.0, "spent": 2, "estimate": None, "low": None, "high": None, "true": 0.805,
+                      "reason": "no audit draw yet"}
+    polls = [before] + [trace_point({"budget": {"spent": s}, "truth": {"accuracy": t},
+                                     "estimate": {"available": True, "accuracy": a, "accuracy_interval": [lo, hi]}}, 20.0)
+                        for s, t, a, lo, hi in ((10, 0.81, 0.80, 0.75, 0.85), (20, 0.83, 0.90, 0.86, 0.94))]
+    assert trace_summary(polls) == {"polls": 3, "with_estimate": 2, "interval_holds_truth": 1, "without_estimate": 1,
+                                    "first_estimate_at_spent": 10}

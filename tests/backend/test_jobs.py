@@ -6,6 +6,7 @@ Redis, and every Label Studio request counted.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -17,11 +18,11 @@ from rq import Queue, SimpleWorker
 from backend import jobs
 from backend import queue as q
 from backend.events import NO_CHANGE, handle_event
-from backend.model_store import VERSIONS_KEPT, ModelStateError
+from backend.model_store import VERSIONS_KEPT, ModelStateError, Ranking
 from backend.webhooks import parse_webhook
 from backend.working_state import WorkingState, compare, ensure_state, rebuild_from_label_studio, reconcile_records
 from connectors.counts import read_project, read_task
-from connectors.state import ProjectState, with_state
+from connectors.state import ProjectState, read_state, with_state
 
 
 @pytest.fixture
@@ -86,15 +87,15 @@ def test_a_version_stored_without_state_is_refitted_not_retried_forever(parts, c
     assert meta2["mode"] == "fit" and ranking2.counts[0].sum() == 2
 
 
-def test_the_retrain_records_its_label_noise_estimate_for_the_dashboard(parts, conn):
+def test_the_ranking_keeps_each_labels_probability_for_the_audit(parts, conn):
     settings, store, loader, fake = parts
     _, ranking, meta = jobs.train_and_score(settings, 1, read(conn, settings, 1), store, loader)
-    for key in ("label_noise", "label_noise_initial"):
-        estimate = meta[key]
-        assert estimate["tasks"] == 60
-        assert 0 <= estimate["wrong_low"] <= estimate["wrong"] <= estimate["wrong_high"] <= 60
-    import json
-    json.dumps(meta)  # plain JSON: it goes into the version's meta.json
+    assert ranking.p_label.shape == (60,) and ((0 <= ranking.p_label) & (ranking.p_label <= 1)).all()
+    assert "label_noise" not in meta, "no confident-learning estimate any more: the audit's is the one"
+    again = Ranking.from_json(json.loads(json.dumps(ranking.to_json())))
+    assert np.allclose(again.p_label, ranking.p_label)
+    old = {k: v for k, v in ranking.to_json().items() if k != "p_label"}  # a version stored before p_label
+    assert Ranking.from_json(old).p_label is None
 
 
 def test_a_retrain_after_new_labels_fetches_no_image(parts, conn, image_server):
@@ -171,16 +172,69 @@ def test_first_push_switches_the_version_before_opening_and_a_rerank_sends_only_
     assert len(project.open_ids()) == 10
 
 
-def test_no_retrain_once_every_slot_of_the_budget_is_spent_or_committed(parts, conn):
+def test_no_retrain_once_the_budget_cannot_pay_a_new_opening(parts, conn):
     settings, store, loader, fake = parts
     settings = settings.model_copy(update={"window": 5})
     baseline = max(a["id"] for t in fake.ls.tasks.values() for a in t["annotations"])
-    fake.ls.projects[1]["description"] = with_state("", ProjectState(budget=3, baseline_annotation_id=baseline))
+    fake.ls.projects[1]["expert_instruction"] = with_state("", ProjectState(budget=5, baseline_annotation_id=baseline))
     retrain_now(conn, settings)
-    assert len(fake.projects[1].open_ids()) == 3  # B = 3 pays for three open slots, not five
+    assert len(fake.projects[1].open_ids()) == 2  # B = 5 finishes two tasks (two opinions each), not five
     q.record_annotations(conn, 1, 1)
-    record = retrain_now(conn, settings)
-    assert record["skipped"].startswith("budget spent or committed") and len(fake.pushes) == 1
+    record = retrain_now(conn, settings)  # one left: no task opens for less than two
+    assert record["skipped"].startswith("budget spent or held") and len(fake.pushes) == 1
+
+
+def test_a_budget_of_two_corrects_one_clear_error_end_to_end(parts, conn, classes):
+    settings, store, loader, fake = parts
+    settings = settings.model_copy(update={"window": 5})
+    baseline = max(a["id"] for t in fake.ls.tasks.values() for a in t["annotations"])
+    fake.ls.projects[1]["expert_instruction"] = with_state("", ProjectState(budget=2, baseline_annotation_id=baseline))
+    retrain_now(conn, settings)
+    project = fake.projects[1]
+    [tid] = project.open_ids()  # two opinions held: one task, not two half-finished ones
+    wrong = (initial_class(fake, 1, tid) + 1) % 10  # the truth, say: the initial label is a clear error
+    outcome, _ = annotate_and_settle(conn, settings, fake, 1, tid, wrong)
+    assert outcome["action"].startswith("no majority") and project.open_ids() == [tid], "the tie's slot was held"
+    outcome, _ = annotate_and_settle(conn, settings, fake, 1, tid, wrong)
+    assert outcome["action"] == "settled" and project.open_ids() == []
+    data = fake.ls.tasks[tid]["data"]
+    assert data["alc_final_label"] == classes[wrong] and data["alc_changed"] is True
+    state = WorkingState(conn, 1)
+    assert state.budget().as_dict() == {"total": 2, "spent": 2, "committed": 0, "held": 0, "remaining": 0,
+                                        "exhausted": True}
+    assert compare(state, read_project(jobs.client(jobs.configure(settings)), 1)) == []
+
+
+def test_a_push_draws_its_audit_from_the_untouched_pool_and_label_studio_keeps_it(parts, conn):
+    from scoring.audit import AuditDraw
+
+    settings, store, loader, fake = parts
+    settings = settings.model_copy(update={"window": 5, "audit_share": 0.05})
+    retrain_now(conn, settings)
+    project = fake.projects[1]
+    opened = {t: fake.ls.tasks[t]["data"] for t in project.open_ids()}
+    assert sorted(d["alc_seq"] for d in opened.values()) == [0, 1, 2, 3, 4], "every opening numbered once"
+    audits = {t: AuditDraw.from_json(d["alc_audit"]) for t, d in opened.items() if "alc_audit" in d}
+    assert len(audits) == 1, "the first opening is an audit draw (front-loaded)"
+    [(tid, draw)] = audits.items()
+    assert draw.task == tid and draw.seq == opened[tid]["alc_seq"] == 0 and draw.pool_size == 60
+    assert 0 <= draw.wrong_prob <= 1 and 0 < draw.pool_wrong_prob < 60, "the ranking's 1 - p[label]"
+    score = [p["score"] for p in fake.ls.tasks[tid]["predictions"]][-1]
+    assert score == 0.0, "served first: its opinions settle the estimate's basis early"
+    # a full read rebuilds what the working state holds (Label Studio stays the source of truth)
+    state = WorkingState(conn, 1)
+    assert state.task(tid).audit == draw.to_json() and state.task(tid).seq == 0
+    fresh = read_project(jobs.client(jobs.configure(settings)), 1)
+    assert compare(state, fresh) == [] and fresh.task(tid).audit == draw.to_json()
+    rebuild_from_label_studio(state, jobs.client(jobs.configure(settings)), "annotations")
+    assert state.next_seq() == 5, "the counter goes on after the recorded openings"
+
+
+def test_no_audit_draw_when_the_share_is_zero(parts, conn):
+    settings, store, loader, fake = parts
+    settings = settings.model_copy(update={"window": 5, "audit_share": 0.0})
+    retrain_now(conn, settings)
+    assert not any("alc_audit" in fake.ls.tasks[t]["data"] for t in fake.projects[1].open_ids())
 
 
 # --- one annotation --------------------------------------------------------------------------------
@@ -236,9 +290,8 @@ def test_two_workers_racing_for_the_last_slot_open_one(parts, conn):
     ties = project.task_ids[:8]
     for tid in ties:  # eight ties on closed tasks, one slot of budget left
         project.add_annotation(tid, (initial_class(fake, 1, tid) + 1) % 10)
-    description = fake.ls.projects[1]["description"]
-    baseline = int(description.split('"baseline_annotation_id": ')[1].split("}")[0])
-    fake.ls.projects[1]["description"] = with_state("", ProjectState(budget=9, baseline_annotation_id=baseline))
+    baseline = read_state(ls, 1).baseline_annotation_id
+    fake.ls.projects[1]["expert_instruction"] = with_state("", ProjectState(budget=9, baseline_annotation_id=baseline))
     rebuild_from_label_studio(state, ls, "annotations")  # spent 8, committed 0: one slot left
     barrier = threading.Barrier(len(ties))
 
@@ -250,7 +303,8 @@ def test_two_workers_racing_for_the_last_slot_open_one(parts, conn):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert len(project.open_ids()) == 1
-    assert state.budget().as_dict() == {"total": 9, "spent": 8, "committed": 1, "remaining": 0, "exhausted": False}
+    assert state.budget().as_dict() == {"total": 9, "spent": 8, "committed": 1, "held": 1, "remaining": 0,
+                                        "exhausted": False}
     assert compare(state, read_project(ls, 1)) == []
 
 
@@ -532,14 +586,16 @@ def test_a_deleted_annotation_rereads_its_task(parts, conn, settings):
     assert state.budget().spent == 0 and compare(state, read_project(ls, 1)) == []
 
 
-def test_a_new_budget_in_the_project_description_is_taken_at_once(parts, conn, settings):
+@pytest.mark.parametrize("field", ["expert_instruction", "description"])  # where it is kept; where it was kept before
+def test_a_new_budget_in_the_project_state_is_taken_at_once(parts, conn, settings, field):
     fake = parts[3]
     ctx = jobs.configure(settings)
     state = ensure_state(conn, jobs.client(ctx), 1)
     assert state.budget().total is None
-    description = with_state("notes", ProjectState(budget=42, window=7, baseline_annotation_id=5))
+    new = ProjectState(budget=42, window=7, baseline_annotation_id=5)
+    text = with_state("notes", new) if field == "expert_instruction" else f"notes\n\nalc-state: {new.to_json()}"
     app_state = type("S", (), {"redis": conn, "cadence": q.Cadence.from_settings(settings), "settings": settings})
-    body = {"action": "PROJECT_UPDATED", "project": {"id": 1, "description": description}}
+    body = {"action": "PROJECT_UPDATED", "project": {"id": 1, field: text}}
     assert handle_event(app_state, parse_webhook(body)) == "unchanged"
     assert state.budget().total == 42 and jobs.window_of(settings, state) == 7
 
@@ -571,5 +627,5 @@ def test_a_retrain_during_which_the_budget_runs_out_publishes_nothing(parts, con
 
     monkeypatch.setattr(jobs, "train_and_score", train_while_the_last_slot_goes)
     record = retrain_now(conn, settings)
-    assert record["skipped"].startswith("the budget was spent or committed during the training")
+    assert record["skipped"].startswith("the budget was spent or held during the training")
     assert store.current_version(1) is None and fake.pushes == []

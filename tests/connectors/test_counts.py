@@ -14,7 +14,7 @@ def test_counts_initial_and_reannotations_from_the_baseline(fake, client_of):
     a = fake.add_task(pid, {"image": "a"}, ["cat"])
     b = fake.add_task(pid, {"image": "b"}, ["dog", "dog"])  # two initial labels
     baseline = max(x["id"] for t in fake.tasks.values() for x in t["annotations"])
-    fake.projects[pid]["description"] = with_state("Some project.", ProjectState(budget=5, baseline_annotation_id=baseline))
+    fake.projects[pid]["expert_instruction"] = with_state("Some project.", ProjectState(budget=5, baseline_annotation_id=baseline))
     fake.annotate(a, "dog", by=2)
     fake.annotate(a, None, by=3, cancelled=True)  # skipped: counts nowhere
     fake.annotate(b, "zebra", by=2)  # not a class: reported, not counted, still paid
@@ -76,17 +76,36 @@ def test_state_line_round_trip_and_errors():
     assert text.startswith("A project.\nSecond line.")
     assert parse_state(text) == ProjectState(budget=40, window=10, baseline_annotation_id=7)
     again = with_state(text, ProjectState(budget=50, baseline_annotation_id=7))
-    assert again.count("alc-state:") == 1 and parse_state(again).budget == 50
+    assert again.count('class="alc-state"') == 1 and parse_state(again).budget == 50
     assert parse_state("no state here") == ProjectState()
     with pytest.raises(ProjectConfigError, match="alc-state"):
         parse_state('alc-state: {"budget": "many"}')
+
+
+def test_the_state_hides_in_the_instructions_and_a_description_line_from_before_is_read_and_moved(fake, client_of):
+    """The project card shows the description, so the state lives in a never-rendered <template> element of
+    the instructions (Label Studio escapes & and < there: read back unescaped); a project connected before
+    kept it on a description line, which is read and, on the next write, moved out of the description."""
+    from connectors.state import read_state, write_state
+
+    state = ProjectState(budget=40, window=10, baseline_annotation_id=7, connected_at="2026-01-01T00:00:00+00:00")
+    element = with_state("Look closely.", state)
+    assert element.startswith("Look closely.\n<template class=\"alc-state\">") and element.endswith("</template>")
+    assert parse_state(element.replace('"budget"', '"x": "a&amp;b&lt;c", "budget"')) == state
+    pid = fake.add_project(description=f"Cats and dogs.\n\nalc-state: {state.to_json()}")  # connected before
+    client = client_of(fake)
+    assert read_state(client, pid) == state
+    write_state(client, pid, ProjectState(budget=50, baseline_annotation_id=7))
+    assert fake.projects[pid]["description"] == "Cats and dogs."
+    assert read_state(client, pid) == ProjectState(budget=50, baseline_annotation_id=7)
+    assert parse_state(fake.projects[pid]["expert_instruction"]).budget == 50
 
 
 def test_a_task_imported_after_connect_brings_its_initial_label(fake, client_of):
     pid = fake.add_project()
     old = fake.add_task(pid, {"image": "a"}, ["cat"])
     baseline = max(a["id"] for t in fake.tasks.values() for a in t["annotations"])
-    fake.projects[pid]["description"] = with_state("", ProjectState(budget=3, baseline_annotation_id=baseline))
+    fake.projects[pid]["expert_instruction"] = with_state("", ProjectState(budget=3, baseline_annotation_id=baseline))
     new = fake.add_task(pid, {"image": "b"}, ["dog"])  # imported later, with its label
     fake.annotate(new, "cat", by=2)
     fake.annotate(old, "cat", by=2)

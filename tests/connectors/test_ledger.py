@@ -21,7 +21,7 @@ def build(fake):
     confirmed = fake.add_task(pid, {"image": "b"}, ["bird"])
     untouched = fake.add_task(pid, {"image": "c"}, ["dog"])
     baseline = max(a["id"] for t in fake.tasks.values() for a in t["annotations"])
-    fake.projects[pid]["description"] = with_state("", ProjectState(budget=10, baseline_annotation_id=baseline))
+    fake.projects[pid]["expert_instruction"] = with_state("", ProjectState(budget=10, baseline_annotation_id=baseline))
     return pid, corrected, confirmed, untouched
 
 
@@ -36,7 +36,8 @@ def test_reconcile_status_and_export(fake, client_of):
     fake.tasks[corrected]["overlap"] = 3  # as on_annotation would have set it
 
     ledger = reconcile(client, pid)
-    assert ledger.budget.as_dict() == {"total": 10, "spent": 3, "committed": 0, "remaining": 7, "exhausted": False}
+    assert ledger.budget.as_dict() == {"total": 10, "spent": 3, "committed": 0, "held": 0, "remaining": 7,
+                                       "exhausted": False}
     assert ledger.settled.tolist() == [True, True, False]
     assert ledger.final_labels == ["dog", "bird", "dog"]
     assert ledger.changed.tolist() == [True, False, False]

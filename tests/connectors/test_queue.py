@@ -16,7 +16,7 @@ def make_project(fake, n: int = 10, budget: int | None = 6) -> tuple[int, list[i
     pid = fake.add_project()
     ids = [fake.add_task(pid, {"image": f"{i}.png"}, [LABELS[i % 3]]) for i in range(n)]
     baseline = max(a["id"] for t in fake.tasks.values() for a in t["annotations"])
-    fake.projects[pid]["description"] = with_state("", ProjectState(budget=budget, baseline_annotation_id=baseline))
+    fake.projects[pid]["expert_instruction"] = with_state("", ProjectState(budget=budget, baseline_annotation_id=baseline))
     return pid, ids
 
 
@@ -49,13 +49,13 @@ def test_push_opens_the_top_k_with_predictions_and_switches_the_version(fake, cl
     # the ground-truth star is taken off opened tasks only (Label Studio's task lock ignores starred annotations)
     assert all(fake.starred(t) == [] for t in top3) and all(fake.starred(t) for t in ids[:-3])
     assert fake.projects[pid]["model_version"] == "m1"
-    assert result.budget == {"total": 6, "spent": 0, "committed": 3, "remaining": 3, "exhausted": False}
+    assert result.budget == {"total": 6, "spent": 0, "committed": 3, "held": 6, "remaining": 0, "exhausted": False}
 
 
-def test_open_slots_never_exceed_the_budget(fake, client_of):
-    pid, ids = make_project(fake, budget=2)
-    result = push(client_of(fake), pid, ids, window=5)
-    assert len(result.opened) == 2 and result.budget["remaining"] == 0
+def test_openings_never_hold_more_than_the_budget(fake, client_of):
+    pid, ids = make_project(fake, budget=5)
+    result = push(client_of(fake), pid, ids, window=5)  # each holds two opinions: two tasks, not five
+    assert len(result.opened) == 2 and result.budget["held"] == 4 and result.budget["remaining"] == 1
 
 
 def test_settle_on_majority_reopen_on_a_tie_close_at_the_cap(fake, client_of):
@@ -81,32 +81,48 @@ def test_settle_on_majority_reopen_on_a_tie_close_at_the_cap(fake, client_of):
     assert result.opened == sorted(ids[-4:-2])
 
 
-def test_a_tie_is_not_reopened_when_the_budget_is_committed(fake, client_of):
+def test_a_tie_is_reopened_from_what_its_opening_held(fake, client_of):
+    pid, ids = make_project(fake, n=4, budget=2)
+    client = client_of(fake)
+    assert push(client, pid, ids, window=2).opened == [ids[-1]], "two opinions held: one task"
+    tid = ids[-1]  # initial label: cat
+    fake.annotate(tid, "dog", by=2)  # cat vs dog; spent 1, the second opinion held for it
+    out = on_annotation(client, pid, tid, max_annotations=5)
+    assert out["action"].startswith("no majority") and fake.tasks[tid]["overlap"] == 3
+    fake.annotate(tid, "dog", by=3)
+    assert on_annotation(client, pid, tid, max_annotations=5)["action"] == "settled"
+    assert reconcile(client, pid).final_labels[-1] == "dog", "a budget of 2 corrects one clear error"
+
+
+def test_a_tie_is_not_reopened_beyond_the_budget(fake, client_of):
     pid, ids = make_project(fake, n=4, budget=2)
     client = client_of(fake)
     push(client, pid, ids, window=2)
     tid = ids[-1]
-    fake.annotate(tid, "dog", by=2)  # cat vs dog; spent 1, committed 1 (the other open task): nothing left
+    fake.tasks[ids[0]]["overlap"] = 2  # someone opened another task by hand: its slot takes the last of B
+    fake.annotate(tid, "dog", by=2)
     out = on_annotation(client, pid, tid, max_annotations=5)
     assert "not reopened" in out["action"] and fake.tasks[tid]["overlap"] == 2
 
 
 def test_budget_spent_closes_the_window(fake, client_of):
-    pid, ids = make_project(fake, n=5, budget=1)
+    pid, ids = make_project(fake, n=5, budget=2)
     client = client_of(fake)
     push(client, pid, ids, window=3)
-    [tid] = open_ids(fake, pid)
-    fake.annotate(tid, "cat", by=2)
-    fake.tasks[ids[0]]["overlap"] = 2  # someone opened another task by hand
+    [tid] = open_ids(fake, pid)  # initial label: dog
+    fake.tasks[ids[0]]["overlap"] = 2  # someone opened another task by hand and annotated it
+    fake.annotate(ids[0], "dog", by=2)
+    fake.annotate(tid, "cat", by=2)  # a tie, and B spent
     out = on_annotation(client, pid, tid, max_annotations=5)
     assert out["action"] == "budget spent: window closed" and open_ids(fake, pid) == []
     assert push(client, pid, ids, version="m2", window=3).opened == []
     ledger = reconcile(client, pid)
-    assert ledger.budget.as_dict() == {"total": 1, "spent": 1, "committed": 0, "remaining": 0, "exhausted": True}
+    assert ledger.budget.as_dict() == {"total": 2, "spent": 2, "committed": 0, "held": 0, "remaining": 0,
+                                       "exhausted": True}
 
 
 def test_push_failing_half_way_is_retried_without_double_counting(fake, client_of):
-    pid, ids = make_project(fake, n=10, budget=4)
+    pid, ids = make_project(fake, n=10, budget=8)
     client = client_of(fake)
     fake.fail_after[("PATCH", "/api/tasks")] = 2  # two tasks opened, then Label Studio fails
     with pytest.raises(LabelStudioUnavailable):
@@ -118,7 +134,7 @@ def test_push_failing_half_way_is_retried_without_double_counting(fake, client_o
     assert all(fake.tasks[t]["overlap"] == 2 for t in ids[-4:]), "overlaps set, not incremented"
     for tid in ids[-4:]:
         assert [p["model_version"] for p in fake.tasks[tid]["predictions"]] == ["m1"], "no duplicate predictions"
-    assert result.budget == {"total": 4, "spent": 0, "committed": 4, "remaining": 0, "exhausted": False}
+    assert result.budget == {"total": 8, "spent": 0, "committed": 4, "held": 8, "remaining": 0, "exhausted": False}
     again = push(client, pid, ids, window=4)
     assert again.opened == [] and again.predictions == 0
 
@@ -134,7 +150,7 @@ def test_open_tasks_stay_open_across_a_re_rank(fake, client_of):
 
 
 def test_unlabelled_tasks_are_labelling_work_not_budget(fake, client_of):
-    pid, ids = make_project(fake, n=4, budget=2)
+    pid, ids = make_project(fake, n=4, budget=4)
     blank = fake.add_task(pid, {"image": "new.png"})  # no label yet: Label Studio serves it (overlap 1)
     client = client_of(fake)
     result = push(client, pid, ids + [blank], window=3)
@@ -173,7 +189,7 @@ def test_overlap_counts_distinct_annotators_like_label_studio(fake, client_of):
     pid = fake.add_project()
     tid = fake.add_task(pid, {"image": "a"}, ["cat", "dog"])
     baseline = max(fake.tasks[tid]["annotations"][-1]["id"], 0)
-    fake.projects[pid]["description"] = with_state("", ProjectState(budget=3, baseline_annotation_id=baseline))
+    fake.projects[pid]["expert_instruction"] = with_state("", ProjectState(budget=3, baseline_annotation_id=baseline))
     client = client_of(fake)
     assert push_window(client, pid, task_ids=[tid], scores=[0.1], model_version="m", window=1).opened == [tid]
     assert (fake.tasks[tid]["overlap"], fake.tasks[tid]["is_labeled"]) == (2, False)
@@ -194,12 +210,15 @@ def test_apply_plan_asks_for_its_openings_once_and_opens_only_those_granted(fake
     entries = entries_of(ids, [i / 10 for i in range(10)])
     plan = plan_window(snap.tasks, entries, budget=budget_of(snap, None), window=4, max_annotations=5,
                        model_version="m1")
-    asked: list[list[int]] = []
+    asked: list[list[tuple[int, int]]] = []
 
-    def reserve(task_ids: list[int]) -> list[int]:
-        asked.append(task_ids)
-        return task_ids[:2]  # the budget grants two of the four
+    def reserve(openings: list[tuple[int, int]]) -> list[int]:
+        asked.append(openings)
+        return [t for t, _ in openings[:2]]  # the budget grants two of the four
 
     result = apply_plan(client, snap.config, plan, entries, {t.id: t for t in snap.tasks}, max_annotations=5,
                         reserve=reserve)
-    assert asked == [plan.open] and result.opened == plan.open[:2] == open_ids(fake, pid)
+    assert asked == [[(t, 2) for t in plan.open]], "each opening asks for what it reserves: two opinions"
+    assert result.opened == sorted(plan.open[:2]) == open_ids(fake, pid)
+    seqs = [fake.tasks[t]["data"]["alc_seq"] for t in plan.open[:2]]
+    assert seqs == [0, 1] and all(fake.tasks[t]["data"]["alc_hold"] == 2 for t in plan.open[:2])

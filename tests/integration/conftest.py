@@ -14,8 +14,10 @@ Debian's /usr/bin/chromium, one on PATH, or Playwright's own download) or fails 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -86,11 +88,18 @@ def chromium() -> str:
     pytest.fail(f"no Chromium for the browser tests: {CHROMIUM_STEPS}")
 
 
+def _on_terminal(config: pytest.Config):
+    """Output capture off for a while, so that what is written reaches the terminal now: the fixture's own
+    lines and the install's and start's progress (backend.labelstudio_runtime says what it does on stderr)."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    return capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+
+
 def _say(config: pytest.Config, message: str) -> None:
     """A line on the terminal now, even under output capture (the fixture can take minutes)."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"[label-studio fixture] {message}")
+    with _on_terminal(config):
+        sys.stderr.write(f"\n[label-studio fixture] {message}\n")
+        sys.stderr.flush()
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +110,8 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.
     started = time.monotonic()
     _say(pytestconfig, f"checking Label Studio {LABEL_STUDIO_VERSION} (installed on first use, a few minutes)")
     try:
-        exe = ensure_installed(progress=True)
+        with _on_terminal(pytestconfig):
+            exe = ensure_installed(progress=True)
     except Exception as exc:  # a failed install must fail the tests, with pip's reason
         pytest.fail(f"could not install Label Studio for the integration tests: {exc}")
     fresh = not (template / "account").is_file()
@@ -111,7 +121,8 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.
     _say(pytestconfig, "starting Label Studio" + (" on an empty data dir: migrations take about a minute" if fresh else ""))
     server = LabelStudioServer(data, executable=exe)
     try:
-        server.start()
+        with _on_terminal(pytestconfig):
+            server.start()
     except Exception as exc:
         pytest.fail(f"Label Studio did not start: {exc}")
     _say(pytestconfig, f"Label Studio up at {server.url} after {time.monotonic() - started:.0f} s (log {server.log_path})")
