@@ -31,6 +31,18 @@ def write_curves_csv(path: Path, results: dict[str, StrategyResult]) -> None:
                     writer.writerow([name, s.seed, j, f"{acc:.6f}", int(clear), int(amb)])
 
 
+def write_estimates_csv(path: Path, results: dict[str, StrategyResult]) -> None:
+    """The accuracy estimate at each checkpoint (runs with an audit): point, interval and the truth."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["strategy", "seed", "reannotations", "true_accuracy", "estimate", "low", "high", "audited"])
+        for name, result in results.items():
+            for s in result.seeds:
+                for e in s.estimates:
+                    cells = [e[k] if e[k] is None else f"{e[k]:.6f}" for k in ("accuracy", "low", "high")]
+                    writer.writerow([name, s.seed, e["spent"], f"{e['truth']:.6f}", *cells, e["n_audited"]])
+
+
 def plot_curves(path: Path, results: dict[str, StrategyResult], title: str = "") -> None:
     """Accuracy vs re-annotations (left) and mislabelled tasks left (right), mean +- sd bands."""
     import matplotlib
@@ -64,6 +76,8 @@ def write_all(out: Path, results: dict[str, StrategyResult], meta: dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
     summary = write_summary(out / "summary.json", results, meta)
     write_curves_csv(out / "curves.csv", results)
+    if any(s.estimates for r in results.values() for s in r.seeds):
+        write_estimates_csv(out / "estimates.csv", results)
     title = f"{meta.get('dataset', '')}: N={meta.get('n_tasks')}, noise {100 * meta.get('initial_noise_rate', 0):.1f}%"
     plot_curves(out / "curves.png", results, title)
     return summary

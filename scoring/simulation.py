@@ -22,7 +22,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from scoring.audit import AuditDraw, audit_due, draw_audit
 from scoring.data import SimulationData
+from scoring.estimate import estimate_accuracy
 from scoring.majority import has_strict_majority
 from scoring.ranking import Strategy
 
@@ -42,6 +44,9 @@ class SeedResult:
     cap_hits: int
     refits: int
     fit_seconds: float
+    estimates: list[dict[str, Any]] = field(default_factory=list)  # the accuracy estimate at each checkpoint
+    audit_spent: int = 0  # re-annotations spent on audit draws (part of ``spent``)
+    corrections_lost: int | None = None  # labels corrected without the audit minus with it (same seed)
 
     def reach(self, target: float) -> int | None:
         """Re-annotations needed to reach ``target`` label accuracy, or None if never within budget."""
@@ -80,7 +85,35 @@ class StrategyResult:
             "refits": [s.refits for s in self.seeds],
             "fit_seconds": [s.fit_seconds for s in self.seeds],
         }
-        return {"seeds": [s.seed for s in self.seeds]} | {k: aggregate(v) for k, v in metrics.items()}
+        summary = {"seeds": [s.seed for s in self.seeds]} | {k: aggregate(v) for k, v in metrics.items()}
+        if any(s.estimates for s in self.seeds):
+            summary["estimate"] = estimate_summary(self.seeds)
+        return summary
+
+
+def estimate_summary(seeds: list[SeedResult]) -> dict[str, Any]:
+    """How the audit-based accuracy estimate did against the simulation's true accuracy.
+
+    coverage: share of (checkpoint, seed) pairs whose interval holds the truth (a checkpoint without an
+    estimate yet counts as a miss); abs_error_end: |estimate - truth| at the end of the budget, per seed.
+    """
+    pairs = [e for s in seeds for e in s.estimates]
+    held = [e["low"] is not None and e["low"] <= e["truth"] <= e["high"] for e in pairs]
+    end = [abs(s.estimates[-1]["accuracy"] - s.estimates[-1]["truth"]) if s.estimates[-1]["accuracy"] is not None
+           else None for s in seeds]
+    return {
+        "confidence": pairs[0]["confidence"],
+        "coverage": float(np.mean(held)),
+        "coverage_per_seed": [float(np.mean([e["low"] is not None and e["low"] <= e["truth"] <= e["high"]
+                                             for e in s.estimates])) for s in seeds],
+        "abs_error_end": aggregate(end),
+        "width_end": aggregate([s.estimates[-1]["high"] - s.estimates[-1]["low"]
+                                if s.estimates[-1]["low"] is not None else None for s in seeds]),
+        "audit_spent": aggregate([s.audit_spent for s in seeds]),
+        "corrections_lost": aggregate([s.corrections_lost for s in seeds]),
+        "checkpoints": [[{k: e[k] for k in ("spent", "truth", "accuracy", "low", "high", "n_audited")}
+                         for e in s.estimates] for s in seeds],
+    }
 
 
 def aggregate(values: list[float | int | None]) -> dict[str, Any]:
@@ -110,11 +143,17 @@ def simulate_seed(
     batch_size: int = 1,
     refit_every: int = 0,
     max_per_task: int = 10,
+    audit_share: float = 0.0,
 ) -> SeedResult:
-    """One run of Algorithm 1. ``refit_every`` = 0 never refits; ``batch_size`` tasks are taken per ranking."""
+    """One run of Algorithm 1. ``refit_every`` = 0 never refits; ``batch_size`` tasks are taken per ranking.
+
+    ``audit_share`` > 0 spends that share of the budget on audit draws (scoring.audit), settled like any
+    pick, and records the accuracy estimate (scoring.estimate) at 10%, 20%, ..., 100% of the budget.
+    """
 
     if budget < 0 or batch_size < 1 or refit_every < 0 or max_per_task < 1:
         raise ValueError("budget >= 0, batch_size >= 1, refit_every >= 0 and max_per_task >= 1 are required")
+    audit = AuditedRun(data, budget, audit_share, seed) if audit_share else None
     rng = np.random.default_rng(seed)
     counts = data.initial_counts.copy()
     truth = data.true_labels
@@ -156,7 +195,8 @@ def simulate_seed(
                 fit_seconds += time.perf_counter() - t0
                 last_fit, refits = spent, refits + 1
                 heap = rank()
-        task = _pop_valid(heap, done)
+        drawn = audit.draw(spent, done, model_output) if audit else None
+        task = drawn if drawn is not None else _pop_valid(heap, done)
         if task is None:
             break
         tasks += 1
@@ -181,12 +221,16 @@ def simulate_seed(
             settled = bool(has_strict_majority(counts[task]))
         if not settled and draws >= max_per_task:
             cap_hits += 1
+        if audit:
+            audit.after(task, drawn is not None, draws, spent, counts, model_output, accuracy[-1])
         if reselect:
             row = strategy.priorities(counts[task : task + 1], _rows(model_output, task)).priority[0]
             if np.isfinite(row):
                 done[task] = False
                 heapq.heappush(heap, (-float(row), int(rng.integers(n)), task))
 
+    if audit:
+        audit.finish(counts, model_output, accuracy[-1])
     pad = budget + 1 - len(accuracy)
     return SeedResult(
         seed=seed,
@@ -198,7 +242,72 @@ def simulate_seed(
         cap_hits=cap_hits,
         refits=refits,
         fit_seconds=fit_seconds,
+        estimates=audit.records if audit else [],
+        audit_spent=audit.spent if audit else 0,
     )
+
+
+class AuditedRun:
+    """The audit inside one simulated run: draws, who was touched when, and the estimate at checkpoints.
+
+    The estimate's "right" is the simulation's (label_is_correct: a tie is wrong), compared with the
+    run's own accuracy at the same moment.
+    """
+
+    def __init__(self, data: SimulationData, budget: int, share: float, seed: int, checkpoints: int = 10) -> None:
+        if np.any(data.initial_counts.sum(axis=1) != 1):
+            raise ValueError("the audit estimate needs exactly one initial label per task")
+        self.initial = data.initial_counts.argmax(axis=1)
+        self.budget, self.share = budget, share
+        self.rng = np.random.default_rng([seed, 7])  # its own stream: the re-annotation draws stay comparable
+        self.touched_seq = np.full(data.n_tasks, -1)
+        self.draws: list[AuditDraw] = []
+        self.spent = 0
+        self.marks = [int(np.ceil(budget * (k + 1) / checkpoints)) for k in range(checkpoints)]
+        self.records: list[dict[str, Any]] = []
+
+    def draw(self, spent: int, done: np.ndarray, model_output: np.ndarray) -> int | None:
+        """An untouched task drawn uniformly when the audit is due, else None (a ranked pick comes next)."""
+        pool = np.flatnonzero(self.touched_seq < 0)
+        if not pool.size or not audit_due(audit_spent=self.spent, spent=spent, budget=self.budget, share=self.share):
+            return None
+        wrong = 1.0 - _posteriors(model_output)[pool, self.initial[pool]]
+        drawn = draw_audit(pool, np.clip(wrong, 0.0, 1.0), seq=int(np.sum(self.touched_seq >= 0)), rng=self.rng)
+        self.draws.append(drawn)
+        done[drawn.task] = True
+        return drawn.task
+
+    def after(self, task: int, audited: bool, draws: int, spent: int, counts: np.ndarray,
+              model_output: np.ndarray, truth: float) -> None:
+        if self.touched_seq[task] < 0:
+            self.touched_seq[task] = int(np.sum(self.touched_seq >= 0))
+        self.spent += draws if audited else 0
+        while self.marks and spent >= self.marks[0]:
+            self.record(self.marks.pop(0), counts, model_output, truth)
+
+    def finish(self, counts: np.ndarray, model_output: np.ndarray, truth: float) -> None:
+        """Checkpoints the run never reached (no task left to choose) get the final state."""
+        while self.marks:
+            self.record(self.marks.pop(0), counts, model_output, truth)
+
+    def record(self, spent: int, counts: np.ndarray, model_output: np.ndarray, truth: float) -> None:
+        probs = _posteriors(model_output)
+        current = np.where(has_strict_majority(counts), counts.argmax(axis=1), self.initial)
+        wrong_prob = np.clip(1.0 - probs[np.arange(len(current)), current], 0.0, 1.0)
+        initial_wrong = np.clip(1.0 - probs[np.arange(len(current)), self.initial], 0.0, 1.0)
+        est = estimate_accuracy(counts=counts, initial_labels=self.initial, touched_seq=self.touched_seq,
+                                audits=self.draws, wrong_prob=wrong_prob, initial_wrong_prob=initial_wrong)
+        self.records.append({
+            "spent": spent, "truth": float(truth), "confidence": 0.9 if est is None else est.confidence,
+            "accuracy": None if est is None else est.accuracy,
+            "low": None if est is None else est.low, "high": None if est is None else est.high,
+            "n_audited": 0 if est is None else est.n_audited,
+        })
+
+
+def _posteriors(model_output: np.ndarray) -> np.ndarray:
+    """(N, C) posteriors from what the rule consumes: posteriors, or the mean of MC samples (S, N, C)."""
+    return model_output if model_output.ndim == 2 else model_output.mean(axis=0)
 
 
 def _pop_valid(heap: list[tuple[float, int, int]], done: np.ndarray) -> int | None:
@@ -224,15 +333,22 @@ def simulate(
     refit_every: int = 0,
     max_per_task: int = 10,
     progress: Callable[[str, int], None] | None = None,
+    audit_share: float = 0.0,
 ) -> dict[str, StrategyResult]:
-    """Every strategy x every seed. ``progress(name, seed)`` is called after each run (for a progress bar)."""
+    """Every strategy x every seed. ``progress(name, seed)`` is called after each run (for a progress bar).
+
+    With ``audit_share`` > 0 each (strategy, seed) also runs without the audit, so that each result says
+    how many corrections the audit cost (``corrections_lost``).
+    """
     results: dict[str, StrategyResult] = {}
     for name, factory in strategies.items():
         result = StrategyResult(name)
         for seed in seeds:
-            result.seeds.append(
-                simulate_seed(data, factory(seed), budget, seed, batch_size, refit_every, max_per_task)
-            )
+            run = simulate_seed(data, factory(seed), budget, seed, batch_size, refit_every, max_per_task, audit_share)
+            if audit_share:
+                plain = simulate_seed(data, factory(seed), budget, seed, batch_size, refit_every, max_per_task)
+                run.corrections_lost = int(round((plain.final_accuracy - run.final_accuracy) * data.n_tasks))
+            result.seeds.append(run)
             if progress:
                 progress(name, seed)
         results[name] = result
