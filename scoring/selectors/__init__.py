@@ -27,6 +27,7 @@ BUILTIN_SELECTORS: dict[str, str] = {
     "bald": "scoring.selectors.bald:BaldSelector",
     "pretrained-linear": "scoring.selectors.pretrained_linear:PretrainedLinearSelector",
     "ensemble": "scoring.selectors.ensemble:EnsembleSelector",
+    "finetune": "scoring.selectors.finetune:FineTuneSelector",
 }
 
 
