@@ -15,7 +15,10 @@ task. Two ways, one code path (``train_blocks``):
 
 The loss is the generalised cross-entropy of Zhang & Sabuncu (2018), ``(1 - p_y^q) / q`` (``loss="gce"``,
 ``gce_q``; q -> 0 is cross-entropy, q = 1 the noise-tolerant mean absolute error), against the normalised
-label counts: a confident mislabel's gradient is damped by p_y^q instead of growing as 1 / p_y.
+label counts: a confident mislabel's gradient is damped by p_y^q instead of growing as 1 / p_y. Or early-learning
+regularisation (Liu et al. 2020; ``loss="elr"``, ``elr_beta``, ``elr_lambda``): cross-entropy plus
+``lambda * log(1 - <p, t>)``, where t is each task's running average of the model's own earlier predictions,
+which it keeps the model close to before it starts to memorise the wrong labels.
 Out of fold (``folds``, default 5): every task is graded by a model that never saw its label.
 ``update()`` continues each member's training for ``update_epochs`` at a fifth of the learning rate.
 """
@@ -37,13 +40,19 @@ from scoring.encoders import LITE_MEAN, LITE_STD, PretrainedBackbone, Pretrained
 from scoring.selectors.learned import LearnedSelector, softmax_probs
 from scoring.training import batches, progress_bar
 
-LOSSES = ("gce", "ce")
+LOSSES = ("gce", "elr", "ce")
 
 
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float) -> torch.Tensor:
     """Generalised cross-entropy against probability targets (N, C): mean of sum_c t_c (1 - p_c^q) / q."""
     probs = torch.softmax(logits.float(), dim=1).clamp_min(1e-7)
     return (targets * (1.0 - probs.pow(q)) / q).sum(dim=1).mean()
+
+
+def elr_penalty(logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """Early-learning regularisation: mean of log(1 - <p, t>) over the batch, t the running predictions (N, C)."""
+    probs = torch.softmax(logits.float(), dim=1).clamp(1e-4, 1 - 1e-4)
+    return torch.log(1.0 - (history * probs).sum(dim=1)).mean()
 
 
 class FineTuneSelector(LearnedSelector):
@@ -53,6 +62,7 @@ class FineTuneSelector(LearnedSelector):
                  cache_dir: str | Path | None = None, folds: int = 5, targets: str = "soft",
                  encoder: str = "efficientnet-lite0", image_size: int | None = None,
                  train_blocks: int | str = 0, loss: str = "gce", gce_q: float = 0.7,
+                 elr_beta: float = 0.7, elr_lambda: float = 3.0,
                  epochs: int = 4, update_epochs: int = 1, lr: float = 1e-3, classifier_lr: float = 1e-2,
                  weight_decay: float = 1e-4, batch_size: int = 128, crop: int = 5, tta: bool = True,
                  threads: int | None = None, precision: str = "auto") -> None:
@@ -61,6 +71,8 @@ class FineTuneSelector(LearnedSelector):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if not 0.0 < gce_q <= 1.0:
             raise ValueError(f"gce_q must be in (0, 1], got {gce_q}")
+        if not 0.0 <= elr_beta < 1.0 or elr_lambda < 0:
+            raise ValueError(f"elr_beta must be in [0, 1) and elr_lambda >= 0, got {elr_beta}, {elr_lambda}")
         if train_blocks != "all" and not (isinstance(train_blocks, int) and train_blocks >= 0):
             raise ValueError(f"train_blocks must be a number of blocks >= 0 or 'all', got {train_blocks!r}")
         if precision not in PRECISIONS:
@@ -72,6 +84,8 @@ class FineTuneSelector(LearnedSelector):
         self.train_blocks = train_blocks
         self.loss = loss
         self.gce_q = float(gce_q)
+        self.elr_beta = float(elr_beta)
+        self.elr_lambda = float(elr_lambda)
         self.epochs = int(epochs)
         self.update_epochs = int(update_epochs)
         self.lr = float(lr)
@@ -144,10 +158,14 @@ class FineTuneSelector(LearnedSelector):
         flip = torch.rand(len(maps), device=maps.device) < 0.5
         return torch.where(flip[:, None, None, None], torch.flip(maps, dims=(3,)), maps)
 
-    def _objective(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _objective(self, logits: torch.Tensor, targets: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """The training loss of one batch; ``history`` holds the batch's running-average predictions (ELR)."""
         if self.loss == "gce":
             return gce_loss(logits, targets, self.gce_q)
-        return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+        ce = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+        if self.loss == "ce" or history is None:
+            return ce
+        return ce + self.elr_lambda * elr_penalty(logits, history)
 
     def _train(self, model: nn.Module, inputs: Any, targets: np.ndarray, epochs: int, lr_scale: float, seed: int) -> nn.Module:
         """AdamW, cosine learning rate over ``epochs``; the new classifier learns ``classifier_lr / lr`` times faster."""
@@ -156,6 +174,7 @@ class FineTuneSelector(LearnedSelector):
         if self.end_to_end and not hasattr(self, "augment_"):
             self.augment_ = classifier_augment(int(np.asarray(inputs).shape[1])).to(device)
         y_all = torch.from_numpy(targets).to(device)
+        history = torch.zeros_like(y_all) if self.loss == "elr" else None  # ELR: each task's running prediction
         optimizer = torch.optim.AdamW([
             {"params": model[0].parameters(), "lr": self.lr * lr_scale},
             {"params": model[1].parameters(), "lr": self.classifier_lr * lr_scale},
@@ -168,8 +187,13 @@ class FineTuneSelector(LearnedSelector):
             for _ in range(epochs):
                 for index in batches(len(targets), self.batch_size, generator):
                     x = self._batch(inputs, index, train=True)
+                    index = index.to(device)
                     with autocast(device):
-                        loss = self._objective(model(x), y_all[index.to(device)])
+                        logits = model(x)
+                    if history is not None:
+                        probs = torch.softmax(logits.detach().float(), dim=1).clamp(1e-4, 1 - 1e-4)
+                        history[index] = self.elr_beta * history[index] + (1 - self.elr_beta) * probs / probs.sum(1, keepdim=True)
+                    loss = self._objective(logits, y_all[index], None if history is None else history[index])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

@@ -9,7 +9,7 @@ import torch
 from scoring.encoders import lite_parts
 from scoring.selectors import make_selector
 from scoring.selectors.base import Selector
-from scoring.selectors.finetune import gce_loss
+from scoring.selectors.finetune import elr_penalty, gce_loss
 
 N = 40
 TINY = {"image_size": 32, "folds": 2, "epochs": 1, "update_epochs": 1, "batch_size": 16, "crop": 0}
@@ -29,6 +29,13 @@ def test_gce_is_cross_entropy_at_small_q_and_bounded_mae_at_q_one():
     assert gce_loss(logits, targets, 1.0).item() == pytest.approx((1 - probs[[0, 1], [0, 2]]).mean().item(), rel=1e-6)
 
 
+def test_elr_penalty_is_log_one_minus_agreement_with_the_running_prediction():
+    logits = torch.tensor([[0.0, 0.0], [10.0, -10.0]])
+    history = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # p = (0.5, 0.5): log 0.5; p ~ (1, 0) vs (0, 1): log(1 - 1e-4)
+    expected = (np.log(0.5) + np.log(1 - 1e-4)) / 2
+    assert elr_penalty(logits, history).item() == pytest.approx(expected, rel=1e-4)
+
+
 def test_lite_parts_split_the_network_where_asked():
     trunk, top, trunk_id = lite_parts("efficientnet-lite0", 1)
     assert len(trunk.blocks) == 15 and len(top.blocks) == 1 and trunk_id.endswith("trunk15")
@@ -40,10 +47,10 @@ def test_lite_parts_split_the_network_where_asked():
         lite_parts("efficientnet-lite0", 17)
 
 
-@pytest.mark.parametrize("train_blocks", [0, 1, "all"])
-def test_finetune_grades_out_of_fold_and_changes_the_weights(train_blocks, small, tmp_path):
+@pytest.mark.parametrize("train_blocks, loss", [(0, "gce"), (1, "ce"), ("all", "elr")])
+def test_finetune_grades_out_of_fold_and_changes_the_weights(train_blocks, loss, small, tmp_path):
     images, counts = small
-    selector = make_selector("finetune", TINY | {"train_blocks": train_blocks}, seed=0, cache_dir=tmp_path,
+    selector = make_selector("finetune", TINY | {"train_blocks": train_blocks, "loss": loss}, seed=0, cache_dir=tmp_path,
                              device="cpu", n_classes=10)
     selector.n_classes_ = 10
     start = {k: v.clone() for k, v in selector._build().state_dict().items()}  # the ImageNet weights
@@ -80,6 +87,6 @@ def test_finetune_saves_and_loads_to_identical_posteriors(small, tmp_path):
 
 
 def test_bad_options_are_refused():
-    for bad in ({"loss": "mse"}, {"gce_q": 0}, {"train_blocks": -1}, {"train_blocks": "some"}, {"epochs": 0}):
+    for bad in ({"loss": "mse"}, {"gce_q": 0}, {"elr_beta": 1.0}, {"train_blocks": -1}, {"train_blocks": "some"}, {"epochs": 0}):
         with pytest.raises(ValueError):
             make_selector("finetune", bad)
