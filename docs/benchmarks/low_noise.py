@@ -3,6 +3,7 @@
 Usage: .venv/bin/python docs/benchmarks/low_noise.py SUBSET T SEEDS VARIANTS_JSON [ENSEMBLES] [--out FILE.json]
 e.g.   .venv/bin/python docs/benchmarks/low_noise.py 10000 1 1,2,3 \\
            '{"pl": ["pretrained-linear", {}], "ft": ["finetune", {"train_blocks": 0}]}' pl+ft
+A variant ["saved", {"path": "run.npz", "name": "x"}] reads the posteriors an earlier run saved beside its --out file.
 Each variant is fitted once per seed (that seed's fold splits, as `alc simulate` does) on the noisy initial labels
 and its posteriors drive that seed's simulation (budget factor 3, no refits, the selector's default rule); an
 ensemble averages its variants' posteriors. Prints, per variant and seed: out-of-fold accuracy against the true
@@ -39,9 +40,13 @@ def main(subset: int, temperature: float, seeds: list[int], variants: dict[str, 
         posteriors[name], seconds = {}, []
         for seed in seeds:
             started = time.perf_counter()
-            model = make_selector(selector, options, seed=seed, cache_dir=".alc/cache", n_classes=data.n_classes,
-                                  true_distribution=data.true_distribution)
-            posteriors[name][seed] = model.fit(data.images, data.initial_counts).predict_proba(data.images)
+            if selector == "saved":  # posteriors an earlier run saved (--out), to average with new variants
+                with np.load(options["path"]) as saved:
+                    posteriors[name][seed] = saved[f"{options.get('name', name)}-{seed}"]
+            else:
+                model = make_selector(selector, options, seed=seed, cache_dir=".alc/cache", n_classes=data.n_classes,
+                                      true_distribution=data.true_distribution)
+                posteriors[name][seed] = model.fit(data.images, data.initial_counts).predict_proba(data.images)
             seconds.append(time.perf_counter() - started)
         figures[name] = show(name, posteriors[name], data, budget) | {"fit_seconds": seconds}
     for members in ensembles:
@@ -52,6 +57,8 @@ def main(subset: int, temperature: float, seeds: list[int], variants: dict[str, 
             json.dump({"subset": subset, "temperature": temperature, "budget": budget,
                        "initial_noise_rate": data.initial_noise_rate, "seeds": seeds, "variants": variants,
                        "figures": figures}, f, indent=1)
+        np.savez_compressed(out.removesuffix(".json") + ".npz",
+                            **{f"{name}-{seed}": p for name, by_seed in posteriors.items() for seed, p in by_seed.items()})
 
 
 def show(name: str, probs: dict[int, np.ndarray], data, budget: int) -> dict:
