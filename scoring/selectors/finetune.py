@@ -21,6 +21,10 @@ regularisation (Liu et al. 2020; ``loss="elr"``, ``elr_beta``, ``elr_lambda``): 
 which it keeps the model close to before it starts to memorise the wrong labels.
 Out of fold (``folds``, default 5): every task is graded by a model that never saw its label.
 ``update()`` continues each member's training for ``update_epochs`` at a fifth of the learning rate.
+
+Measured (CIFAR-10H 5,000 subset, T = 2, seed 1, 2-core shared CPU; docs/benchmarks/low-noise.md): the head
+convolution fine-tuned for 3 epochs reached 73.9% out-of-fold accuracy against 77.2% for ``pretrained-linear``'s
+frozen probe on stage features (634 vs 619 re-annotations to 90%): not the default. End to end on a GPU: not measured.
 """
 
 from __future__ import annotations
