@@ -9,13 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from scoring.simulation import StrategyResult
+from scoring.simulation import StrategyResult, aggregate, gap_closed
 
-BOUNDS = ("random", "oracle")  # drawn as dashed lines: the lower and upper bound
+BOUNDS = ("random", "oracle", "truth")  # drawn as dashed lines: the bounds (truth: perfect posteriors)
 
 
 def write_summary(path: Path, results: dict[str, StrategyResult], meta: dict[str, Any]) -> dict[str, Any]:
-    summary = dict(meta) | {"selectors": {name: r.summary() for name, r in results.items()}}
+    """summary.json: ``meta`` plus every selector's metrics; ``gap_closed`` (the share of the random-to-oracle
+    nAUC gap closed, per seed) only when both bounds ran."""
+    gaps = gap_closed(results)
+    selectors = {name: r.summary() | ({"gap_closed": aggregate(gaps[name])} if gaps else {})
+                 for name, r in results.items()}
+    summary = dict(meta) | {"selectors": selectors}
     path.write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -24,11 +29,13 @@ def write_curves_csv(path: Path, results: dict[str, StrategyResult]) -> None:
     """Long format: one row per strategy, seed and number of re-annotations."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["strategy", "seed", "reannotations", "accuracy", "mislabelled_clear", "mislabelled_ambiguous"])
+        writer.writerow(["strategy", "seed", "reannotations", "accuracy", "mislabelled_clear", "mislabelled_ambiguous",
+                         "initial_wrong_fixed"])
         for name, result in results.items():
             for s in result.seeds:
-                for j, (acc, clear, amb) in enumerate(zip(s.accuracy, s.mislabelled_clear, s.mislabelled_ambiguous)):
-                    writer.writerow([name, s.seed, j, f"{acc:.6f}", int(clear), int(amb)])
+                fixed = s.initial_wrong_fixed if s.initial_wrong_fixed is not None else [""] * len(s.accuracy)
+                for j, (acc, clear, amb, fix) in enumerate(zip(s.accuracy, s.mislabelled_clear, s.mislabelled_ambiguous, fixed)):
+                    writer.writerow([name, s.seed, j, f"{acc:.6f}", int(clear), int(amb), fix])
 
 
 def write_estimates_csv(path: Path, results: dict[str, StrategyResult]) -> None:

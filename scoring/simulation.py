@@ -29,6 +29,7 @@ from scoring.majority import has_strict_majority
 from scoring.ranking import Strategy
 
 StrategyFactory = Callable[[int], Strategy]  # seed -> a fresh, unfitted strategy
+CORRECTED_AT = (0.25, 0.5, 1.0)  # budget fractions at which the share of initial wrong labels corrected is reported
 
 
 @dataclass
@@ -47,6 +48,36 @@ class SeedResult:
     estimates: list[dict[str, Any]] = field(default_factory=list)  # the accuracy estimate at each checkpoint
     audit_spent: int = 0  # re-annotations spent on audit draws (part of ``spent``)
     corrections_lost: int | None = None  # labels corrected without the audit minus with it (same seed)
+    # how the initially wrong labels fare (None where a caller builds a result without them)
+    initial_wrong_fixed: np.ndarray | None = None  # initially wrong tasks correct after 0..budget re-annotations
+    picks_wrong: int = 0  # picks (tasks chosen) whose label was wrong when picked
+
+    @property
+    def initial_wrong(self) -> int:
+        """Mislabelled tasks before any re-annotation."""
+        return int(self.mislabelled_clear[0] + self.mislabelled_ambiguous[0])
+
+    def corrected_share(self, budget_fraction: float) -> float | None:
+        """Share of the initially wrong labels that are correct after ``budget_fraction`` of the budget
+        (None when nothing was wrong). Counts those tasks themselves, not the net error count: a correct label
+        spoilt elsewhere does not hide a fix."""
+        if self.initial_wrong_fixed is None or not self.initial_wrong:
+            return None
+        step = int(round(budget_fraction * (len(self.initial_wrong_fixed) - 1)))
+        return float(self.initial_wrong_fixed[step] / self.initial_wrong)
+
+    @property
+    def precision(self) -> float | None:
+        """Share of picks whose label was wrong when picked (None before any pick)."""
+        return self.picks_wrong / self.tasks_relabelled if self.tasks_relabelled else None
+
+    def reach_errors_removed(self, share: float) -> int | None:
+        """Re-annotations until the mislabelled tasks are down by ``share`` of their initial number
+        (0.5: the errors halved), or None if never within budget. Meaningful at any noise level, unlike
+        an absolute accuracy target that a clean dataset already exceeds."""
+        left = self.mislabelled_clear + self.mislabelled_ambiguous
+        hit = np.flatnonzero(left <= (1.0 - share) * left[0] + 1e-9)
+        return int(hit[0]) if hit.size else None
 
     def reach(self, target: float) -> int | None:
         """Re-annotations needed to reach ``target`` label accuracy, or None if never within budget."""
@@ -78,6 +109,10 @@ class StrategyResult:
         metrics = {
             "reach_90": [s.reach(0.90) for s in self.seeds],
             "reach_95": [s.reach(0.95) for s in self.seeds],
+            **{f"corrected_{round(100 * f)}": [s.corrected_share(f) for s in self.seeds] for f in CORRECTED_AT},
+            "precision": [s.precision for s in self.seeds],
+            "reach_errors_halved": [s.reach_errors_removed(0.5) for s in self.seeds],
+            "reach_errors_90pct_removed": [s.reach_errors_removed(0.9) for s in self.seeds],
             "nauc": [s.nauc for s in self.seeds],
             "final_accuracy": [s.final_accuracy for s in self.seeds],
             "cap_hits": [s.cap_hits for s in self.seeds],
@@ -114,6 +149,26 @@ def estimate_summary(seeds: list[SeedResult]) -> dict[str, Any]:
         "checkpoints": [[{k: e[k] for k in ("spent", "truth", "accuracy", "low", "high", "n_audited")}
                          for e in s.estimates] for s in seeds],
     }
+
+
+def gap_closed(results: dict[str, StrategyResult], lower: str = "random",
+               upper: str = "oracle") -> dict[str, list[float | None]]:
+    """Per strategy and seed, the fraction of the ``lower``-to-``upper`` nAUC gap it closes:
+    (nAUC - nAUC_random) / (nAUC_oracle - nAUC_random) of the same seed (0 = random, 1 = oracle).
+
+    Empty when either bound did not run; None for a seed either bound lacks or where they tie.
+    """
+    if lower not in results or upper not in results:
+        return {}
+    low = {s.seed: s.nauc for s in results[lower].seeds}
+    high = {s.seed: s.nauc for s in results[upper].seeds}
+
+    def closed(s: SeedResult) -> float | None:
+        if s.seed not in low or s.seed not in high or abs(high[s.seed] - low[s.seed]) < 1e-12:
+            return None
+        return (s.nauc - low[s.seed]) / (high[s.seed] - low[s.seed])
+
+    return {name: [closed(s) for s in r.seeds] for name, r in results.items()}
 
 
 def aggregate(values: list[float | int | None]) -> dict[str, Any]:
@@ -167,6 +222,9 @@ def simulate_seed(
     fit_seconds = time.perf_counter() - started
 
     correct = label_is_correct(counts, truth)
+    initially_wrong = ~correct
+    fixed, picks_wrong = 0, 0  # initially wrong tasks now correct; picks of a wrong label
+    fixed_curve = [fixed]
     wrong_clear = int(np.sum(~correct & ~ambiguous))
     wrong_ambiguous = int(np.sum(~correct & ambiguous))
     accuracy = [correct.mean()]
@@ -202,6 +260,7 @@ def simulate_seed(
         tasks += 1
         taken_since_rank += 1
         done[task] = True
+        picks_wrong += int(not correct[task])
         draws, settled = 0, False
         while spent < budget and draws < max_per_task and not settled:
             label = int(np.searchsorted(cdf[task], rng.random() * cdf[task, -1], side="right"))
@@ -215,6 +274,8 @@ def simulate_seed(
                 else:
                     wrong_clear -= delta
                 correct[task] = now
+                fixed += delta if initially_wrong[task] else 0
+            fixed_curve.append(fixed)
             accuracy.append(1.0 - (wrong_clear + wrong_ambiguous) / n)
             clear_curve.append(wrong_clear)
             ambiguous_curve.append(wrong_ambiguous)
@@ -244,6 +305,8 @@ def simulate_seed(
         fit_seconds=fit_seconds,
         estimates=audit.records if audit else [],
         audit_spent=audit.spent if audit else 0,
+        initial_wrong_fixed=np.asarray(fixed_curve + [fixed_curve[-1]] * pad),
+        picks_wrong=picks_wrong,
     )
 
 
