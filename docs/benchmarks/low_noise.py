@@ -46,7 +46,7 @@ def main(subset: int, temperature: float, seeds: list[int], variants: dict[str, 
             else:
                 model = make_selector(selector, options, seed=seed, cache_dir=".alc/cache", n_classes=data.n_classes,
                                       true_distribution=data.true_distribution)
-                posteriors[name][seed] = model.fit(data.images, data.initial_counts).predict_proba(data.images)
+                posteriors[name][seed] = model.fit(data.images, data.initial_counts).oof_proba(data.images)
             seconds.append(time.perf_counter() - started)
         figures[name] = show(name, posteriors[name], data, budget) | {"fit_seconds": seconds}
     for members in ensembles:

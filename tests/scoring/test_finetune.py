@@ -54,7 +54,7 @@ def test_finetune_grades_out_of_fold_and_changes_the_weights(train_blocks, loss,
                              device="cpu", n_classes=10)
     selector.n_classes_ = 10
     start = {k: v.clone() for k, v in selector._build().state_dict().items()}  # the ImageNet weights
-    probs = selector.fit(images, counts).predict_proba(images)
+    probs = selector.fit(images, counts).oof_proba(images)
     assert probs.shape == (N, 10) and np.allclose(probs.sum(axis=1), 1)
     for member, (train, held_out) in zip(selector.members_, selector.splits_):
         assert not set(train) & set(held_out)
