@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("backend.commands.status", "status"),
     "export": ("backend.commands.export", "export"),
     "simulate": ("backend.commands.simulate", "simulate"),
+    "rank": ("backend.commands.rank", "rank"),
 }
 
 
@@ -92,7 +93,9 @@ class Alc(typer.Typer):
         except Exception as exc:  # noqa: BLE001 - the promise: one line, the traceback only on request
             if debug:
                 raise
-            sys.exit(_fail(one_line(exc), 1, hint="add --debug (alc --debug ...) for the traceback"))
+            where = args[_first_command(args)] if _first_command(args) < len(args) else ""
+            sys.exit(_fail(f"{f'alc {where}: ' if where else ''}{one_line(exc)}", 1,
+                           hint="add --debug (alc --debug ...) for the traceback"))
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -169,7 +169,10 @@ def thumbnail(project_id: int, task_id: int):
         configs = current_app.extensions.setdefault("alc_label_configs", {})
         if project_id not in configs:
             configs[project_id] = ChoicesConfig.parse(client.projects.get(project_id).label_config)
-        png = app_state.loader.thumbnail(configs[project_id].image_ref({"data": task.data}), int(size))
+        config = configs[project_id]
+        ref = config.object_value({"data": task.data})
+        png = (app_state.loader.text_card(ref, int(size)) if config.object_type in ("text", "hypertext")  # a snippet
+               else app_state.loader.thumbnail(ref, int(size)))
     except ApiError as exc:
         code = exc.status_code if exc.status_code in (401, 403, 404) else 502
         return jsonify(error=f"Label Studio answered {exc.status_code} for task {task_id}"), code

@@ -35,7 +35,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -47,6 +47,7 @@ import urllib3
 from PIL import Image
 
 from backend.settings import Settings
+from scoring.progress import progress as report_progress
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ LABEL_STUDIO_PATHS = ("/data/upload/", "/data/local-files/", "/storage-data/")
 CHUNK = 64 * 1024
 CACHE_SIDE = 256  # decoded images are cached with their longer side at most this (or the size asked, if larger)
 MAX_URL_CHARS = 4096
+SHOW_PROGRESS_FROM = 100  # images: a fetch this big tells its progress (a bar, or lines in a log); one task's does not
 _DNS_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"  # kept as they are; everything else (spaces, non-ASCII) is percent-encoded
 _QUERY_SAFE = _PATH_SAFE + "?"
@@ -250,16 +252,56 @@ class ImageLoader:
         def fetch(i: int) -> None:  # written in place: 100,000 futures holding their images would double the memory
             out[i] = self.load(refs[i], size)
 
-        with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="alc-image") as pool:
+        shown = report_progress(f"fetching {len(refs)} images", len(refs)) if len(refs) >= SHOW_PROGRESS_FROM \
+            else nullcontext(lambda n=1: None)
+        with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="alc-image") as pool, shown as advance:
             futures = {pool.submit(fetch, i): i for i in range(len(refs))}
             for done, future in enumerate(as_completed(futures), 1):
                 try:
                     future.result()
                 except ImageError as exc:
                     errors[futures[future]] = str(exc)
+                advance(1)
                 if progress is not None:
                     progress(done)
         return out, errors
+
+    def load_vector(self, ref: object) -> np.ndarray:
+        """A float vector from a ``.npy`` file at ``ref`` (the team's own embeddings or probabilities), fetched under
+        the same URL policy and size limit as an image; never unpickled. ImageError for any failure."""
+        with _as_image_error():
+            raw = self.fetch(self.target(ref))
+            try:
+                vector = np.load(io.BytesIO(raw), allow_pickle=False)
+            except Exception as exc:  # not an .npy, or an object array (which would need pickle)
+                raise ImageError(f"not a numeric .npy file: {type(exc).__name__}: {str(exc)[:80]}") from None
+            if not np.issubdtype(vector.dtype, np.number):
+                raise ImageError(f"the .npy holds {vector.dtype}, not numbers")
+            return np.asarray(vector, dtype=np.float64).reshape(-1)
+
+    @staticmethod
+    def text_card(text: object, size: int) -> bytes:
+        """PNG bytes of a size x size card showing the start of a text: where the dashboard shows an image's
+        thumbnail, a text project shows its snippet (nothing is fetched)."""
+        from PIL import ImageDraw
+
+        if not isinstance(size, int) or not 1 <= size <= 1024:
+            raise ImageError(f"thumbnail size must be an integer in [1, 1024], got {size!r}")
+        words = " ".join(str(text or "").split())[:400]
+        card = Image.new("RGB", (size, size), (250, 250, 246))
+        draw = ImageDraw.Draw(card)
+        per_line, lines, line = max(4, size // 6), [], ""
+        for word in words.split(" "):
+            if len(line) + len(word) + 1 > per_line and line:
+                lines.append(line)
+                line = ""
+            line = f"{line} {word}".strip()[:per_line]
+        lines.append(line)
+        for row, content in enumerate(lines[: max(1, (size - 4) // 11)]):
+            draw.text((3, 2 + 11 * row), content, fill=(30, 30, 30))
+        out = io.BytesIO()
+        card.save(out, format="PNG")
+        return out.getvalue()
 
     def thumbnail(self, ref: object, size: int) -> bytes:
         """PNG bytes of the image fitted into size x size (aspect kept), for the dashboard."""

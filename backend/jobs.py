@@ -18,12 +18,9 @@ environment, never from the job's arguments, which live in Redis). Each job make
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 import zlib
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
@@ -35,9 +32,10 @@ from rq import get_current_job
 from backend import queue as q
 from backend.images import ImageLoader
 from backend.metrics import record_job
-from backend.model_store import ModelStateError, ModelStore, ModelVersion, Ranking
-from backend.protocol import ProtocolError, config_hash, scores_from_priorities
+from backend.model_store import ModelStore, Ranking
+from backend.protocol import ProtocolError, config_hash
 from backend.settings import Settings, SettingsError
+from backend.training import Snapshot, train_and_score, training_snapshot  # noqa: F401 (tests patch them here)
 from backend.working_state import WorkingState, compare, ensure_state, rebuild_from_label_studio
 
 log = logging.getLogger(__name__)
@@ -52,18 +50,6 @@ CLIENT_BACKOFF = 0.5  # seconds before the client's first retry (doubling)
 UNSTAR_THREADS = 1
 UNSTAR_BATCH = 1
 UNSTAR_SLICE_SECONDS = 120.0
-
-
-@dataclass
-class Snapshot:
-    """What a retrain trains on, one row per task."""
-
-    task_ids: list[int]
-    class_names: list[str]
-    counts: np.ndarray  # (N, C) initial label plus every re-annotation
-    image_refs: list[str | None]
-    label_config: str
-    initial_counts: np.ndarray | None = None  # (N, C) the initial label(s) only
 
 
 @dataclass
@@ -101,155 +87,6 @@ def client(ctx: JobContext) -> Any:
 def working_state(ctx: JobContext, conn: Any, ls: Any, project_id: int) -> WorkingState:
     return ensure_state(conn, ls, project_id, ctx.settings.initial_label_source,
                         max_annotations=ctx.settings.max_annotations_per_task)
-
-
-def training_snapshot(state: WorkingState) -> Snapshot:
-    snap = state.snapshot()
-    key = snap.config.data_key if snap.config is not None else None
-    refs = []
-    for data in snap.task_data:
-        value = data.get(key) if key and isinstance(data, dict) else None
-        refs.append(value if isinstance(value, str) else None)
-    return Snapshot(list(snap.task_ids), list(snap.class_names), np.asarray(snap.counts, float), refs, snap.label_config,
-                    np.asarray(snap.initial_counts, float))
-
-
-# --- images: fetched once per task, kept as one array per project ------------------------------
-
-
-def load_images(loader: ImageLoader, store: ModelStore, project_id: int, task_ids: list[int], refs: list[str],
-                size: int) -> tuple[np.ndarray, dict[int, str]]:
-    """The images of these tasks at ``size``: from the project's array cache, fetching (concurrently, by the
-    loader) only tasks not seen before or whose image reference changed. Errors are per index, not cached.
-
-    Memory: one (N, size, size, 3) array in the usual case; the cached array itself is returned when it
-    holds exactly these tasks (a retrain after new labels), so 100,000 32 px images cost 293 MiB, not 3x.
-    """
-    path = store.project_dir(project_id) / f"images-{size}px.npz"
-    keys = list(zip(task_ids, refs))
-    pixels, row_of = np.zeros((0, size, size, 3), dtype=np.uint8), {}
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                ids, names, pixels = f["task_ids"], json.loads(str(f["refs"])), f["images"]
-            row_of = {(int(t), r): i for i, (t, r) in enumerate(zip(ids, names))}
-        except (OSError, ValueError, KeyError) as exc:  # a torn cache file costs one refetch, nothing else
-            log.warning("project %s: image cache %s unreadable (%s); fetching again", project_id, path, exc)
-    rows = [row_of.get(key, -1) for key in keys]
-    if len(pixels) == len(keys) and rows == list(range(len(keys))):
-        return pixels, {}
-    out = np.zeros((len(keys), size, size, 3), dtype=np.uint8)
-    found = [i for i, row in enumerate(rows) if row >= 0]
-    out[found] = pixels[[rows[i] for i in found]]
-    del pixels
-    missing = [i for i, row in enumerate(rows) if row < 0]
-    errors: dict[int, str] = {}
-    if missing:
-        fetched, failed = loader.load_many([refs[i] for i in missing], size=size)
-        for j, i in enumerate(missing):
-            if j in failed:
-                errors[i] = failed[j]
-            else:
-                out[i] = fetched[j]
-        del fetched
-        keep = [i for i in range(len(keys)) if i not in errors]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, task_ids=np.asarray([task_ids[i] for i in keep], dtype=np.int64),
-                 refs=np.asarray(json.dumps([refs[i] for i in keep])), images=out[keep] if errors else out)
-        os.replace(tmp, path)
-    return out, errors
-
-
-# --- training and scoring (scoring/) -----------------------------------------------------------
-
-
-def _stored_selector(version: ModelVersion) -> Any | None:
-    """The serving version's fitted selector, or None when it was stored without usable state (a third-party
-    selector without save/load): the retrain then fits a fresh one instead of failing on every retry."""
-    try:
-        return version.selector()
-    except ModelStateError as exc:
-        log.info("model %s cannot be updated (%s): fitting a fresh selector", version.version, exc)
-        return None
-
-
-def train_and_score(
-    settings: Settings, project_id: int, snapshot: Snapshot, store: ModelStore, loader: ImageLoader
-) -> tuple[Any, Ranking, dict]:
-    """Fit (or update) the selector on the tasks that have labels and a usable image; rank them."""
-    from scoring.ranking import Strategy
-    from scoring.selectors import make_selector
-
-    counts = np.asarray(snapshot.counts, dtype=float)
-    skipped: dict[int, str] = {}
-    usable = []
-    for i, (task_id, ref) in enumerate(zip(snapshot.task_ids, snapshot.image_refs)):
-        if counts[i].sum() <= 0:
-            skipped[task_id] = "no label yet"
-        elif ref is None:
-            skipped[task_id] = "no image"
-        else:
-            usable.append(i)
-
-    previous = store.load(project_id)
-    reusable = (previous is not None and previous.ranking.class_names == list(snapshot.class_names)
-                and previous.meta.get("selector") == settings.selector)
-    context = {"cache_dir": store.project_dir(project_id) / "cache", "n_classes": counts.shape[1]}
-    selector = _stored_selector(previous) if reusable else None
-    reusable = selector is not None
-    if selector is None:
-        selector = make_selector(settings.selector, settings.selector_options, **context)
-    size = getattr(selector, "input_size", None) or settings.image_size  # contract 2
-
-    images, errors = load_images(loader, store, project_id, [snapshot.task_ids[i] for i in usable],
-                                 [snapshot.image_refs[i] for i in usable], size)
-    ok = [j for j in range(len(usable)) if j not in errors]
-    for j, message in errors.items():
-        skipped[snapshot.task_ids[usable[j]]] = message
-    rows = [usable[j] for j in ok]
-    if len(rows) < 2:
-        reasons = Counter(skipped.values()).most_common(3)
-        why = "; ".join(f"{n} x {reason}" for reason, n in reasons)
-        raise ValueError(f"project {project_id}: {len(rows)} task(s) with a label and an image; need at least 2 (skipped: {why})")
-    data, counts = (images[ok] if errors else images), counts[rows]
-    task_ids = [snapshot.task_ids[i] for i in rows]
-
-    if reusable and previous.ranking.task_ids == task_ids:
-        mode = "update"
-        selector.update(data, counts)
-    else:
-        if reusable:  # other tasks than last time: a fresh fit
-            selector = make_selector(settings.selector, settings.selector_options, **context)
-        mode = "fit"
-        selector.fit(data, counts)
-    strategy = Strategy.build(selector, settings.rule)
-    output = strategy.model_output(data)
-    priorities = strategy.priorities(counts, output)
-    probs = output.mean(axis=0) if output.ndim == 3 else output
-    ranking = Ranking(
-        task_ids=task_ids,
-        class_names=list(snapshot.class_names),
-        counts=counts,
-        priority=priorities.priority,
-        noisiness=priorities.noisiness,
-        ambiguity=priorities.ambiguity,
-        scores=scores_from_priorities(priorities.priority),
-        predicted=probs.argmax(axis=1), p_label=probs[np.arange(len(counts)), counts.argmax(axis=1)],
-    )
-    meta = {
-        "project": project_id,
-        "selector": settings.selector,
-        "selector_version": str(selector.version),
-        "selector_options": settings.selector_options,
-        "rule": strategy.rule.name,
-        "mode": mode,
-        "tasks": len(task_ids),
-        "annotations": int(counts.sum()),
-        "image_size": int(size),
-        "skipped": {str(k): v for k, v in skipped.items()},
-    }
-    return selector, ranking, meta
 
 
 # --- Label Studio's side: the push, one annotation, the sweep ----------------------------------

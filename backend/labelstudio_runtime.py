@@ -110,12 +110,13 @@ def free_port() -> int:
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether a server could listen on ``host:port`` now. With SO_REUSEADDR, as the servers themselves bind
     (Django, gunicorn): a port whose last connections are in TIME-WAIT (a demo stopped a minute ago) is free."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError:  # in use, or an address this machine does not have (socket.gaierror included)
+        return False
     return True
 
 

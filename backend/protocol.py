@@ -9,7 +9,6 @@ nothing (priority -inf, e.g. the oracle's settled ones) get 1.0, the end of the 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,9 @@ import numpy as np
 from label_studio_sdk.label_interface import LabelInterface
 from label_studio_sdk.label_interface.control_tags import ChoicesTag
 from label_studio_sdk.label_interface.objects import PredictionValue
+
+from connectors.project import object_type
+from scoring.pipeline import score_from_priority, scores_from_priorities  # noqa: F401 (the protocol's score)
 
 
 class ProtocolError(ValueError):
@@ -30,19 +32,6 @@ class ProtocolError(ValueError):
 
 class TaskError(ValueError):
     """One task cannot be scored; the others still are (a per-task error in the response)."""
-
-
-def score_from_priority(priority: float) -> float:
-    """Lower score = re-annotate sooner (Label Studio's uncertainty sampling serves the lowest first)."""
-    if priority is None or math.isnan(priority):
-        return 1.0
-    if priority > 700:
-        return 0.0
-    return 1.0 / (1.0 + math.exp(priority))
-
-
-def scores_from_priorities(priorities: Any) -> np.ndarray:
-    return np.array([score_from_priority(float(p)) for p in np.asarray(priorities, dtype=float)])
 
 
 def config_hash(label_config: str) -> str:
@@ -81,13 +70,14 @@ def _shown(value: Any, limit: int = 40) -> str:
 
 @dataclass(frozen=True)
 class ChoicesConfig:
-    """The part of a label config this backend uses: one Choices tag on one image."""
+    """The part of a label config this backend uses: one Choices tag on one object (an image, a text, ...)."""
 
     from_name: str
     to_name: str
     data_key: str
     class_names: tuple[str, ...]
     interface: LabelInterface
+    object_type: str = "image"  # the object's tag, lower case: "image", "text", "hypertext", ...
 
     @classmethod
     def parse(cls, label_config: Any) -> "ChoicesConfig":
@@ -106,14 +96,21 @@ class ChoicesConfig:
         target = tag.objects[0] if tag.objects else None
         if target is None or not str(target.value).startswith("$"):
             raise ProtocolError(f"<Choices name={tag.name!r}> is not attached to an object with a $data value", 422)
-        return cls(tag.name, target.name, str(target.value)[1:], tuple(tag.labels), interface)
+        return cls(tag.name, target.name, str(target.value)[1:], tuple(tag.labels), interface, object_type(target))
 
-    def image_ref(self, task: dict) -> str:
+    def object_value(self, task: dict) -> str:
+        """The labelled object's data value (an image URL, a text); TaskError when there is none."""
         data = task.get("data")
         value = data.get(self.data_key) if isinstance(data, dict) else None
         if not isinstance(value, str) or not value.strip():
-            raise TaskError(f"task has no image in data[{self.data_key!r}]")
+            raise TaskError(f"task has no {self.object_type} in data[{self.data_key!r}]")
         return value
+
+    def image_ref(self, task: dict) -> str:
+        """The task's image URL; a task of another object type is scored by the retrain only (TaskError)."""
+        if self.object_type != "image":
+            raise TaskError(f"a <{self.object_type}> task outside the last ranking is scored by the next retrain")
+        return self.object_value(task)
 
     def counts_from_annotations(self, task: dict) -> np.ndarray:
         """(C,) label counts from the task's annotations as Label Studio sends them (cancelled ones skipped).

@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     selector_options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, validation_alias=AliasChoices("ALC_SELECTOR_OPTIONS", "selector_options")
     )
+    # the team's own model: embeddings (get the calibrated out-of-fold head) or class probabilities (ranked as
+    # given), from a task data field (a list of floats, or a .npy URL fetched under the image URL policy) or
+    # from an .npz file with arrays `ids` (N,) and one (N, D) array; see docs/own-model.md
+    features_field: str | None = Field(None, validation_alias=AliasChoices("ALC_FEATURES_FIELD", "features_field"))
+    posteriors_field: str | None = Field(
+        None, validation_alias=AliasChoices("ALC_POSTERIORS_FIELD", "posteriors_field")
+    )
+    features_file: Path | None = Field(None, validation_alias=AliasChoices("ALC_FEATURES_FILE", "features_file"))
+    posteriors_file: Path | None = Field(
+        None, validation_alias=AliasChoices("ALC_POSTERIORS_FILE", "posteriors_file")
+    )
     retrain_after_annotations: int = Field(
         10, ge=1, validation_alias=AliasChoices("ALC_RETRAIN_AFTER_ANNOTATIONS", "retrain_after_annotations")
     )
@@ -106,7 +117,8 @@ class Settings(BaseSettings):
         30.0, gt=0, validation_alias=AliasChoices("ALC_LABEL_STUDIO_TIMEOUT", "label_studio_timeout")
     )
 
-    @field_validator("label_studio_url", "redis_url", "basic_auth_user", "rule", mode="before")
+    @field_validator("label_studio_url", "redis_url", "basic_auth_user", "rule", "features_field", "posteriors_field",
+                     "features_file", "posteriors_file", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -189,6 +201,10 @@ class Settings(BaseSettings):
     def _auth_pair(self) -> "Settings":
         if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
             raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        own = [n for n in ("features_field", "posteriors_field", "features_file", "posteriors_file") if getattr(self, n)]
+        if len(own) > 1:
+            raise ValueError(f"set one of ALC_FEATURES_FIELD, ALC_POSTERIORS_FIELD, ALC_FEATURES_FILE, ALC_POSTERIORS_FILE, "
+                             f"not {len(own)}")
         return self
 
     @property

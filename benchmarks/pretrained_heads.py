@@ -24,7 +24,7 @@ def main(temperature: float, base: dict, variants: dict) -> None:
     for name, options in variants.items():
         start = time.perf_counter()
         selector = make_selector("pretrained-linear", {**base, **options}, seed=1, cache_dir=".alc/cache", n_classes=10)
-        probs = selector.fit(data.images, data.initial_counts).predict_proba(data.images)
+        probs = selector.fit_predict_oof(data.images, data.initial_counts)
         accuracy = np.mean(probs.argmax(axis=1) == data.true_labels)
         print(f"{name:24s} T={temperature:g} out-of-fold accuracy {accuracy:.3f}  fit {time.perf_counter() - start:.1f} s", flush=True)
 

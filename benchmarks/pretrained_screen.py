@@ -35,7 +35,7 @@ def main(temperature: float, variants: dict[str, dict], ensembles: list[list[str
         posteriors[name] = {}
         for seed in SEEDS:
             selector = make_selector("pretrained-linear", options, seed=seed, cache_dir=".alc/cache", n_classes=10)
-            posteriors[name][seed] = selector.fit(data.images, data.initial_counts).predict_proba(data.images)
+            posteriors[name][seed] = selector.fit_predict_oof(data.images, data.initial_counts)
         show(name, posteriors[name], data, budget)
     for members in ensembles:
         show("+".join(members), {s: np.mean([posteriors[m][s] for m in members], axis=0) for s in SEEDS}, data, budget)

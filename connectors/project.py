@@ -32,6 +32,7 @@ class ProjectConfig:
     initial_label_source: str
     state: ProjectState
     model_version: str | None
+    object_type: str = "image"  # the labelled object's tag, lower case: image, text, hypertext, ... (what to rank on)
 
     @property
     def source(self) -> tuple[str, str | None]:
@@ -103,4 +104,11 @@ def project_config(project: Any, initial_label_source: str = "annotations") -> P
         initial_label_source=initial_label_source,
         state=project_state(project),
         model_version=project.model_version or None,
+        object_type=object_type(target),
     )
+
+
+def object_type(target: Any) -> str:
+    """The labelled object's tag name in lower case (``<Text>`` -> "text"), "image" when the SDK gives none."""
+    tag = getattr(target, "tag", None) if target is not None else None
+    return str(tag).lower() if tag else "image"

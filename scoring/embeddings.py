@@ -1,4 +1,4 @@
-"""Frozen-encoder embeddings, cached on disk per image, by image content and encoder version.
+"""Frozen-encoder embeddings, cached on disk per item (an image, a text), by its content and the encoder version.
 
 A refit after new labels then costs only the linear head: the images and the encoder did not change,
 so neither do their embeddings; a new task costs its own image's embedding and nothing more.
@@ -62,7 +62,20 @@ class EmbeddingCache:
     def get_or_compute(self, images: np.ndarray, encoder: Callable[[torch.Tensor], torch.Tensor], encoder_key: str,
                        device: torch.device, batch_size: int = 256) -> np.ndarray:
         """(N, D) float32 embeddings of ``images`` (uint8 (N, H, W, 3)); only the images never seen are encoded."""
-        hashes = image_hashes(images)
+
+        def compute(rows: list[int], keep: Callable[[int, np.ndarray], None]) -> None:
+            embed(encoder, images[rows], device, batch_size, description=f"embedding {len(rows)} images ({encoder_key})",
+                  on_batch=keep)
+
+        return self.get_or_compute_keyed(image_hashes(images), compute, encoder_key)
+
+    def get_or_compute_keyed(self, hashes: list[str], compute: Callable[[list[int], Callable[[int, np.ndarray], None]], None],
+                             encoder_key: str) -> np.ndarray:
+        """(N, D) float32 vectors of N items known by their content ``hashes`` (images, texts, ...).
+
+        ``compute(rows, keep)`` embeds the items at ``rows`` (one per content never seen) and calls
+        ``keep(start, vectors)`` for each batch, so a stop loses one batch at most.
+        """
         found: dict[int, np.ndarray] = {}
         for i, h in enumerate(hashes):
             vector = self._memory.get((encoder_key, h))
@@ -74,19 +87,17 @@ class EmbeddingCache:
             if vector is not None:
                 found[i] = vector
         missing = [i for i in range(len(hashes)) if i not in found]
-        unique = list(dict.fromkeys(hashes[i] for i in missing))  # the same picture twice is embedded once
+        unique = list(dict.fromkeys(hashes[i] for i in missing))  # the same content twice is embedded once
         if unique:
             first = {h: i for i, h in reversed(list(enumerate(hashes)))}
-            todo = images[[first[h] for h in unique]]
 
-            def keep(start: int, vectors: np.ndarray) -> None:  # each batch is stored as it comes: a stop loses one batch
+            def keep(start: int, vectors: np.ndarray) -> None:
                 for h, vector in zip(unique[start:start + len(vectors)], vectors):
                     self._memory[(encoder_key, h)] = vector
                     if self.root is not None:
                         _save_npy_atomic(self._path(encoder_key, h), vector)
 
-            embed(encoder, todo, device, batch_size, description=f"embedding {len(unique)} images ({encoder_key})",
-                  on_batch=keep)
+            compute([first[h] for h in unique], keep)
         self.hits += len(hashes) - len(missing)
         self.misses += len(unique)
         if not hashes:

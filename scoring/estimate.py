@@ -7,22 +7,21 @@ touched task whose counts are tied counts as wrong.
 Wrong labels left W = (settled tasks whose majority is wrong) + (tied touched tasks) + (wrong initial
 labels in the untouched pool). The three parts:
 
-* settled tasks: P(true class != majority | the re-annotations and the initial label), from a
-  Dirichlet-multinomial model of the annotators fitted to the re-annotations themselves (empirical
-  Bayes) and a symmetric-noise likelihood for the initial label (:func:`truth_posterior`);
+* settled tasks: P(true class != majority | the labels), from the latent-class model of
+  :mod:`scoring.truth` fitted to the re-annotations themselves;
 * tied touched tasks: wrong by definition;
 * the untouched pool: the difference estimator of the audit draws with the model as control variate.
-  Draw k (pool P_k of size M_k, the model's wrong_prob q frozen at the draw) gives
-  ``T_k = sum_{P_k} q + M_k (e_k - q_k)``, unbiased for the wrong initial labels in P_k whatever the
-  model's calibration; subtracting the (observed) wrong initial labels of the tasks touched since the draw
-  leaves ``D_k``, an estimate of the wrong labels in today's untouched pool whose error
-  ``M_k (r_k - mean_{P_k} r)`` (r = e - q) is a martingale difference. The D_k are averaged with weights
-  fixed by what was known at each draw (inverse of its predicted variance, so draws from the late, cleaner
-  pool count more) and their spread gives the variance.
+  Draw k (pool P_k of size M_k) gives ``T_k = sum_{P_k} g + M_k (e_k - g_k)``, unbiased for the wrong
+  initial labels in P_k whatever the control variate g; subtracting the known e - g of the tasks touched
+  since the draw leaves ``D_k``, an estimate of today's untouched pool whose error
+  ``M_k (r_k - mean_{P_k} r)`` (r = e - g) is a martingale difference. g is the model's figure for the
+  initial label recalibrated on the tasks whose outcome is known (:func:`recalibrate`); the pool is cut
+  into bands of g (:class:`UntouchedPool`), and the D_k are averaged per band with weights fixed by what
+  was known at each draw; their spread gives the variance.
 
-The interval is normal with that variance, floored for rare errors: with K draws the residual variance is
-taken to be at least p0 (1 - p0), p0 = (z^2/2) / (K + z^2) (the Agresti-Coull/Wilson pseudo-count), so
-0 errors in 9 draws still gives a wide interval. The posterior variance of the settled part is added.
+The pool's interval is Wilson's score interval at the effective number of draws, with a pseudo-count
+floor (an error rate of (z^2/2) / (K + z^2) can go unseen in K draws), so 0 errors in 9 draws still
+gives a wide interval; the settled part's posterior variance is added in quadrature.
 """
 
 from __future__ import annotations
@@ -36,9 +35,9 @@ import numpy as np
 
 from scoring.audit import AuditDraw
 from scoring.majority import has_strict_majority
+from scoring.truth import truth_posterior
 
 VARIANCE_FLOOR_RATE = 0.01  # weights only: a draw's predicted residual variance is at least this
-POSTERIOR_SAMPLES = 400  # Monte Carlo draws of each touched task's annotator distribution
 
 
 @dataclass(frozen=True)
@@ -67,89 +66,55 @@ def estimate_accuracy(
     audits: Sequence[AuditDraw],
     wrong_prob: np.ndarray | None = None,
     confidence: float = 0.9,
+    initial_wrong_prob: np.ndarray | None = None,
 ) -> AccuracyEstimate | None:
     """The share of tasks whose current label is right, with a ``confidence`` interval.
 
     ``counts`` (N, C) label counts now (initial label + re-annotations); ``initial_labels`` (N,) class index
     of the initial label (counted in ``counts``); ``touched_seq`` (N,) int, the order in which tasks were
     opened for re-annotation, -1 = never; ``audits``: the audit draws (``task`` = row index);
-    ``wrong_prob`` (N,) the model's probability that each current label is wrong (None = no model).
+    ``wrong_prob`` (N,) the model's probability that each current label is wrong (None = no model);
+    ``initial_wrong_prob`` (N,) the model's probability that each *initial* label is wrong (optional: by
+    default ``wrong_prob`` where the label is unchanged, the draw-time figure for audited tasks).
 
     None while no audit draw has settled (no design-based basis yet).
     """
     counts, initial, seq, q = _validated(counts, initial_labels, touched_seq, audits, wrong_prob, confidence)
-    n, _ = counts.shape
+    n = counts.shape[0]
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     settled = has_strict_majority(counts)
     usable = [a for a in audits if settled[a.task]]
     if not usable:
         return None
+    q0 = _initial_wrong_prob(initial_wrong_prob, q, counts, initial, settled, audits)
 
     touched = seq >= 0
-    reannotations = counts - np.eye(counts.shape[1], dtype=counts.dtype)[initial]
-    annotated = touched & (reannotations.sum(axis=1) > 0)
-    rows = np.flatnonzero(annotated)
-    post = truth_posterior(reannotations[rows], initial[rows], majority_initial_share=_agreement(counts, initial, rows))
-    top = counts[rows].argmax(axis=1)
-    p_major = post[np.arange(rows.size), top]
-    p_initial = post[np.arange(rows.size), initial[rows]]
-    wrong_now = np.where(settled[rows], 1.0 - p_major, 1.0)  # a tie is wrong by definition
-    wrong_initial = 1.0 - p_initial  # P(the initial label was wrong)
-    e = np.zeros(n)
-    e[rows] = wrong_initial
-    # Touched but not annotated yet (opened, waiting): its label is its initial label, not observed.
-    waiting = touched & ~annotated
+    audited = np.zeros(n, dtype=bool)
+    audited[[a.task for a in audits]] = True
+    outcome = TouchedOutcomes.of(counts, initial, touched, settled, audited)
+    waiting = touched & ~outcome.annotated  # opened, no re-annotation yet: its initial label is not observed
+    # The control variate: the model's figure recalibrated on the tasks whose initial label is now known.
+    q0 = recalibrate(q0, outcome.initial_wrong, outcome.annotated & settled)
+    e = np.where(waiting, q0, outcome.initial_wrong)  # a waiting task stands in with the model's figure
+    pool = UntouchedPool.estimate(e - q0, q0, seq, usable, z)
 
-    # The untouched pool: one D_k per usable draw.
-    seq_sorted = np.sort(seq[touched])
-    e_by_seq = np.zeros(seq_sorted.size + 1)
-    order = np.argsort(seq[touched], kind="stable")
-    e_touched = np.where(waiting, q, e)[touched][order]
-    e_by_seq[:-1] = np.cumsum(e_touched[::-1])[::-1]  # sum of e over tasks with seq >= seq_sorted[i]
-    d, m, var_pred, audit_var = [], [], [], []
-    for a in usable:
-        start = int(np.searchsorted(seq_sorted, a.seq, side="left"))
-        touched_since = e_by_seq[start]
-        e_k = e[a.task]
-        d.append(a.pool_wrong_prob + a.pool_size * (e_k - a.wrong_prob) - touched_since)
-        m.append(a.pool_size)
-        var_pred.append(a.pool_size**2 * max(a.pool_wrong_prob / a.pool_size, VARIANCE_FLOOR_RATE))
-        audit_var.append(a.pool_size**2 * e_k * (1 - e_k))
-    d, m = np.asarray(d), np.asarray(m, dtype=float)
-    w = 1.0 / np.asarray(var_pred)
-    w /= w.sum()
-    k = d.size
-    pool_now = int(np.sum(~touched))
-    pool_point = float(w @ d)
-    spread = (k / (k - 1)) * float(np.sum(w**2 * (d - pool_point) ** 2)) if k > 1 else 0.0
-    p0 = (z * z / 2) / (k + z * z)
-    floor = float(np.sum(w**2 * m**2)) * p0 * (1 - p0)
-    pool_var = max(spread, floor) + float(np.sum(w**2 * np.asarray(audit_var)))
-    if pool_now == 0:
-        pool_point, pool_var = 0.0, 0.0
-
-    # Posterior variance of the settled part, with the coefficient each task's initial label got in D.
-    seq_draws = np.array([a.seq for a in usable])
-    weight_before = np.array([w[seq_draws <= s].sum() for s in seq[rows]]) if rows.size else np.zeros(0)
-    both_wrong = np.where(top == initial[rows], 1.0 - p_major, np.clip(1.0 - p_major - p_initial, 0.0, 1.0))
-    both_wrong = np.where(settled[rows], both_wrong, wrong_initial)
-    second = wrong_now + weight_before**2 * wrong_initial - 2 * weight_before * both_wrong
-    mean = wrong_now - weight_before * wrong_initial
-    settled_var = float(np.sum(np.clip(second - mean**2, 0.0, None)))
-
-    waiting_weight = np.array([1.0 - w[seq_draws <= s].sum() for s in seq[waiting]])
-    known = float(wrong_now.sum())
-    # A waiting task stands in D with its model wrong_prob; its unknown label moves W by at most its weight.
-    point = known + pool_point + float(np.sum(q[waiting]))
-    half = z * math.sqrt(pool_var + settled_var)
-    low = max(point - half - float(waiting_weight @ q[waiting]), float(np.sum(~settled[rows])))
-    high = min(point + half + float(waiting_weight @ (1 - q[waiting])), float(n))
+    rows = outcome.rows
+    settled_var = outcome.variance(pool.coefficient[rows])
+    known = float(outcome.wrong_now[rows].sum())
+    size = int(np.sum(~touched))
+    pool_wrong, pool_low, pool_high = pool.interval(float(q0[~touched].sum()), size, z)
+    point = known + pool_wrong + float(q0[waiting].sum())
+    settled_half = z * math.sqrt(settled_var)
+    unknown_low = float((1 - pool.coefficient[waiting]) @ q0[waiting])
+    unknown_high = float((1 - pool.coefficient[waiting]) @ (1 - q0[waiting]))
+    low = point - math.hypot(pool_wrong - pool_low, settled_half) - unknown_low
+    high = point + math.hypot(pool_high - pool_wrong, settled_half) + unknown_high
+    low = max(low, float(np.sum(touched & outcome.annotated & ~settled)))  # ties are wrong for sure
+    high = min(high, float(n))
     point = min(max(point, low), high)
-    n_audited = len(usable)
     n_cleaned = int(np.sum(touched & settled)) - len({a.task for a in usable})
-    basis = (
-        f"from {n_audited} audited and {n_cleaned} cleaned tasks; "
-        + ("model as control variate" if wrong_prob is not None else "no model yet")
+    basis = f"from {len(usable)} audited and {n_cleaned} cleaned tasks; " + (
+        "model as control variate" if wrong_prob is not None else "no model yet"
     )
     return AccuracyEstimate(
         n_tasks=n,
@@ -160,66 +125,171 @@ def estimate_accuracy(
         wrong_low=int(math.floor(low)),
         wrong_high=int(math.ceil(high)),
         confidence=confidence,
-        n_audited=n_audited,
+        n_audited=len(usable),
         n_cleaned=n_cleaned,
         basis=basis,
     )
 
 
-def truth_posterior(
-    reannotations: np.ndarray, initial: np.ndarray, *, majority_initial_share: float, seed: int = 0
-) -> np.ndarray:
-    """P(true class = c | a task's re-annotations and initial label), shape (n, C).
+@dataclass(frozen=True)
+class TouchedOutcomes:
+    """What the labels say about each annotated touched task (arrays (N,), zero elsewhere)."""
 
-    The true class is the most likely class of the task's annotator distribution p. Prior: p ~ Dirichlet(
-    alpha * beta), alpha and beta fitted to the re-annotations by marginal likelihood (empirical Bayes; the
-    stop-at-majority rule is ignorable in the likelihood). The initial label is not assumed to come from
-    the annotators: it is right with probability ``majority_initial_share`` (the share of annotated tasks
-    whose initial label is their re-annotation majority; low because picks are suspicious tasks, which
-    makes the initial label count for less) and otherwise any other class.
+    annotated: np.ndarray  # touched and re-annotated at least once
+    rows: np.ndarray  # np.flatnonzero(annotated)
+    wrong_now: np.ndarray  # P(current label wrong): 1 - P(true = majority) if settled, 1 for a tie
+    initial_wrong: np.ndarray  # P(initial label wrong); 0 if a settled majority confirmed it
+    settled: np.ndarray
+
+    @classmethod
+    def of(cls, counts: np.ndarray, initial: np.ndarray, touched: np.ndarray, settled: np.ndarray,
+           audited: np.ndarray) -> "TouchedOutcomes":
+        """``audited`` (N,) marks audit draws: their initial labels are a uniform sample of the pool, so
+        they get their own initial-label reliability (ranked picks are suspicious tasks).
+
+        A settled task's initial label counts as right when the majority confirmed it, and as wrong with
+        the model's probability when the majority overturned it (on an ambiguous task the majority can
+        overturn a right label). The pool estimate multiplies the audit draws' outcomes by the pool size,
+        so the model's small doubts about confirmed labels are left out there (wrong_now keeps them: it is
+        summed once)."""
+        n = counts.shape[0]
+        reannotations = counts - np.eye(counts.shape[1], dtype=counts.dtype)[initial]
+        annotated = touched & (reannotations.sum(axis=1) > 0)
+        rows = np.flatnonzero(annotated)
+        post = truth_posterior(reannotations[rows], initial[rows], audited[rows].astype(int))
+        top = counts[rows].argmax(axis=1)
+        wrong_now, initial_wrong = np.zeros(n), np.zeros(n)
+        wrong_now[rows] = np.where(settled[rows], 1.0 - post[np.arange(rows.size), top], 1.0)
+        p_initial_wrong = 1.0 - post[np.arange(rows.size), initial[rows]]
+        initial_wrong[rows] = np.where(settled[rows], np.where(top != initial[rows], p_initial_wrong, 0.0),
+                                       p_initial_wrong)
+        return cls(annotated, rows, wrong_now, initial_wrong, settled)
+
+    def variance(self, coefficient: np.ndarray) -> float:
+        """Posterior variance of sum_i (wrong_now_i - coefficient_i * initial_wrong_i) over the annotated
+        tasks (each task's initial label entered the pool estimate with ``coefficient``), the two parts
+        taken as independent (conservative where they move together); tasks independent."""
+        r = self.rows
+        c, w = self.wrong_now[r], self.initial_wrong[r]
+        return float(np.sum(c * (1 - c) + coefficient**2 * w * (1 - w)))
+
+
+@dataclass(frozen=True)
+class UntouchedPool:
+    """The wrong labels in today's untouched pool beyond the model's sum: sum_U (e - q0), from the draws.
+
+    Bands of q0 (quantiles over the untouched pool; tasks above its largest q0 are in none) each get the
+    difference estimator of the draws: draw k gives D_kb = M_k r_k [k in band b] - sum of r over the band's
+    tasks touched since the draw (known), whose error is a martingale difference. A band with no untouched
+    task is exactly 0, so draws from the part the ranked picks have cleaned add no noise there. Draws are
+    weighted per band by the inverse of their predicted variance (M_k times the band's sum of
+    q0 (1 - q0) at draw time, floored).
     """
-    n, c = reannotations.shape
-    if n == 0:
-        return np.zeros((0, c))
-    beta = (reannotations.sum(axis=0) + 1.0) / (reannotations.sum() + c)
-    alpha = fit_concentration(reannotations, beta)
-    rng = np.random.default_rng(seed)
-    shape = alpha * beta[None, :] + reannotations
-    samples = rng.gamma(np.broadcast_to(shape, (POSTERIOR_SAMPLES, n, c)))
-    winners = samples.argmax(axis=2)  # (S, n)
-    prior_top = np.stack([(winners == j).mean(axis=0) for j in range(c)], axis=1)  # (n, C)
-    gamma = min(max(majority_initial_share, 1.0 / c), 1.0 - 1e-6)
-    like = np.full((n, c), (1.0 - gamma) / (c - 1))
-    like[np.arange(n), initial] = gamma
-    post = prior_top * like + 1e-12
-    return post / post.sum(axis=1, keepdims=True)
+
+    residual: float
+    variance: float
+    coefficient: np.ndarray  # (N,) the weight with which each touched task's r entered (for its variance)
+    floor_rate: float = 0.0  # p0: the error rate a few draws cannot rule out (Wilson pseudo-count)
+
+    def interval(self, model_sum: float, size: int, z: float) -> tuple[float, float, float]:
+        """Wrong labels in the untouched pool of ``size`` tasks: point, low, high.
+
+        The interval is Wilson's score interval for the pool's error rate with the effective number of
+        draws that the estimate's variance implies (n_eff = p (1 - p) / var, p at least the floor rate):
+        skewed upwards when few errors were seen, close to the normal one when the draws say much.
+        """
+        if size == 0:
+            return 0.0, 0.0, 0.0
+        rate = min(max((model_sum + self.residual) / size, 0.0), 1.0)
+        var = max(self.variance / size**2, 1e-12)
+        spread_rate = min(max(rate, self.floor_rate), 0.5)
+        n_eff = max(spread_rate * (1 - spread_rate) / var, 1.0)
+        shrink = 1 + z * z / n_eff
+        center = (rate + z * z / (2 * n_eff)) / shrink
+        half = z / shrink * math.sqrt(rate * (1 - rate) / n_eff + z * z / (4 * n_eff**2))
+        return rate * size, max(center - half, 0.0) * size, min(center + half, 1.0) * size
+
+    @classmethod
+    def estimate(cls, r: np.ndarray, q0: np.ndarray, seq: np.ndarray, draws: Sequence[AuditDraw], z: float,
+                 n_bands: int = 4) -> "UntouchedPool":
+        n = r.size
+        untouched = seq < 0
+        coefficient = np.zeros(n)
+        if not untouched.any():
+            return cls(0.0, 0.0, coefficient, 0.0)
+        edges = np.unique(np.quantile(q0[untouched], np.linspace(0, 1, n_bands + 1)[1:-1]))
+        band = np.searchsorted(edges, q0, side="left")
+        band[q0 > q0[untouched].max()] = -1
+        m = np.array([a.pool_size for a in draws], dtype=float)
+        k_draws = m.size
+        q_var = q0 * (1 - q0)
+        total, xi = 0.0, np.zeros(k_draws)
+        floor_var, n_landed = 0.0, 0
+        for b in np.unique(band[untouched]):
+            in_band = band == b
+            d, v, f, lands = np.zeros(k_draws), np.zeros(k_draws), np.zeros(k_draws), np.zeros(k_draws, dtype=bool)
+            for k, a in enumerate(draws):
+                alive = in_band & (untouched | (seq >= a.seq))  # the band's part of the pool at draw k
+                lands[k] = in_band[a.task]
+                d[k] = m[k] * r[a.task] * lands[k] - float(r[in_band & (seq >= a.seq)].sum())
+                v[k] = m[k] * max(float(q_var[alive].sum()), VARIANCE_FLOOR_RATE * alive.sum(), 1e-9)
+                f[k] = alive.sum() / m[k]
+            w = (1 / v) / np.sum(1 / v)
+            s_b = float(w @ d)
+            total += s_b
+            xi += w * (d - s_b)
+            n_landed += int(lands.sum())
+            floor_var += float(np.sum(w**2 * m**2 * f))
+            for k, a in enumerate(draws):
+                coefficient[in_band & (seq >= a.seq)] += w[k]
+                if lands[k]:
+                    coefficient[a.task] -= w[k] * m[k]
+        spread = (k_draws / (k_draws - 1)) * float(np.sum(xi**2)) if k_draws > 1 else 0.0
+        p0 = (z * z / 2) / (n_landed + z * z)  # Wilson/Agresti-Coull pseudo-count: rare errors stay possible
+        variance = max(spread, floor_var * p0 * (1 - p0))
+        return cls(total, variance, coefficient, p0)
 
 
-def fit_concentration(reannotations: np.ndarray, beta: np.ndarray) -> float:
-    """Maximum-likelihood alpha of a Dirichlet-multinomial with base ``beta`` over the rows (grid search)."""
-    from math import lgamma
+def recalibrate(q0: np.ndarray, wrong: np.ndarray, known: np.ndarray, *, prior_weight: float = 0.1) -> np.ndarray:
+    """The model's P(initial label wrong) (N,) recalibrated as sigmoid(a + b logit q0), (a, b) fitted by
+    logistic regression on the tasks ``known`` (N,) bool with their (fractional) ``wrong`` (N,).
 
-    rows = reannotations[reannotations.sum(axis=1) >= 2]
-    if rows.shape[0] == 0:
-        return 1.0
-    grid = np.logspace(-2, 3, 61)
-    lg = np.vectorize(lgamma)
-    totals = rows.sum(axis=1)
-    best, best_ll = 1.0, -np.inf
-    for alpha in grid:
-        a = alpha * beta
-        ll = np.sum(lg(alpha) - lg(alpha + totals)) + np.sum(lg(a[None, :] + rows) - lg(a)[None, :])
-        if ll > best_ll:
-            best, best_ll = float(alpha), ll
-    return best
+    Why: the difference estimator's variance is that of e - q0; an over- or under-confident model (the
+    common case) makes it larger than that of e alone. The fit is shrunk towards (0, 1) (a calibrated
+    model) with ``prior_weight`` (keeps the fit finite when the known tasks separate). Any control variate keeps
+    the estimator unbiased; a better one only narrows it.
+    """
+    x = np.log(np.clip(q0, 1e-4, 1 - 1e-4)) - np.log1p(-np.clip(q0, 1e-4, 1 - 1e-4))
+    xs, ys = x[known], wrong[known]
+    theta0 = np.array([0.0, 1.0])
+    theta = theta0.copy()
+    design = np.stack([np.ones_like(xs), xs], axis=1)
+    for _ in range(50):
+        mu = 1 / (1 + np.exp(-np.clip(design @ theta, -30, 30)))
+        grad = design.T @ (mu - ys) + prior_weight * (theta - theta0)
+        hess = (design * (mu * (1 - mu))[:, None]).T @ design + prior_weight * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        step *= min(1.0, 1.0 / max(np.max(np.abs(step)), 1e-12))  # damped: no overshoot on near-separable data
+        theta -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return 1 / (1 + np.exp(-np.clip(theta[0] + theta[1] * x, -30, 30)))
 
 
-def _agreement(counts: np.ndarray, initial: np.ndarray, rows: np.ndarray) -> float:
-    """Share of annotated tasks whose re-annotations' top class is the initial label."""
-    if rows.size == 0:
-        return 0.5
-    reann = counts[rows] - np.eye(counts.shape[1], dtype=counts.dtype)[initial[rows]]
-    return float(np.mean(reann.argmax(axis=1) == initial[rows]))
+def _initial_wrong_prob(given, q, counts, initial, settled, audits) -> np.ndarray:
+    """The model's P(initial label wrong) for every task: given, or ``wrong_prob`` where the current label
+    is the initial one, the draw-time figure for audited tasks, 1 for other changed tasks (outside the bands)."""
+    n = counts.shape[0]
+    if given is not None:
+        q0 = np.asarray(given, dtype=float)
+        if q0.shape != (n,) or not np.all(np.isfinite(q0)) or np.any(q0 < 0) or np.any(q0 > 1):
+            raise ValueError(f"initial_wrong_prob must be (N,) = ({n},) probabilities in [0, 1]")
+        return q0
+    current = np.where(settled, counts.argmax(axis=1), initial)
+    q0 = np.where(current == initial, q, 1.0)
+    for a in audits:
+        q0[a.task] = a.wrong_prob
+    return q0
 
 
 def _validated(counts, initial_labels, touched_seq, audits, wrong_prob, confidence):

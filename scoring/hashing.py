@@ -20,3 +20,8 @@ def image_hashes(images: np.ndarray) -> list[str]:
     images = np.ascontiguousarray(images)
     head = str(images.shape[1:]).encode() + str(images.dtype).encode()
     return [hashlib.sha256(head + memoryview(image).cast("B")).hexdigest() for image in images]
+
+
+def text_hashes(texts: list[str]) -> list[str]:
+    """SHA-256 of each text's UTF-8 bytes: a text's identity wherever it sits in a project."""
+    return [hashlib.sha256(b"text:" + str(t).encode("utf-8", "surrogatepass")).hexdigest() for t in texts]

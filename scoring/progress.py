@@ -114,8 +114,9 @@ def heartbeat(description: str, *, every_seconds: float = EVERY_SECONDS) -> Iter
     if stderr_is_terminal():
         from rich.console import Console
 
+        began = time.monotonic()
         with Console(stderr=True).status(description) as status:
-            yield lambda text: status.update(f"{description}: {text}")
+            yield lambda text: status.update(f"{description}: {text} ({time.monotonic() - began:.0f} s)")
         return
     stream, started, latest = sys.stderr, time.monotonic(), [""]
     stop = threading.Event()

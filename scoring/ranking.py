@@ -30,10 +30,18 @@ class Strategy:
         return self.rule.name
 
     def model_output(self, data: Any) -> np.ndarray:
-        """What the rule consumes: posteriors (N, C), or MC samples (S, N, C) for sample rules."""
+        """What the rule consumes for ``data`` as new tasks: posteriors (N, C), or MC samples (S, N, C)."""
         if self.rule.input == "samples":
             return self.selector.predict_proba_samples(data, DEFAULT_MC_SAMPLES)
         return self.selector.predict_proba(data)
+
+    def fit_output(self, data: Any, label_counts: np.ndarray, *, update: bool = False) -> np.ndarray:
+        """Fit (or ``update``) the selector on these tasks and return what the rule consumes for them, out of
+        fold: the labels are graded by models that never saw them."""
+        (self.selector.update if update else self.selector.fit)(data, label_counts)
+        if self.rule.input == "samples":
+            return self.selector.oof_proba_samples(data, DEFAULT_MC_SAMPLES)
+        return self.selector.oof_proba(data)
 
     def priorities(self, label_counts: np.ndarray, model_output: np.ndarray, seed: int | None = None) -> Priorities:
         return self.rule(label_counts, model_output, seed=seed)

@@ -9,13 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from scoring.simulation import StrategyResult
+from scoring.simulation import StrategyResult, aggregate, gap_closed
 
-BOUNDS = ("random", "oracle")  # drawn as dashed lines: the lower and upper bound
+BOUNDS = ("random", "oracle", "truth")  # drawn as dashed lines: the bounds (truth: perfect posteriors)
 
 
 def write_summary(path: Path, results: dict[str, StrategyResult], meta: dict[str, Any]) -> dict[str, Any]:
-    summary = dict(meta) | {"selectors": {name: r.summary() for name, r in results.items()}}
+    """summary.json: ``meta`` plus every selector's metrics; ``gap_closed`` (the share of the random-to-oracle
+    nAUC gap closed, per seed) only when both bounds ran."""
+    gaps = gap_closed(results)
+    selectors = {name: r.summary() | ({"gap_closed": aggregate(gaps[name])} if gaps else {})
+                 for name, r in results.items()}
+    summary = dict(meta) | {"selectors": selectors}
     path.write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -24,11 +29,25 @@ def write_curves_csv(path: Path, results: dict[str, StrategyResult]) -> None:
     """Long format: one row per strategy, seed and number of re-annotations."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["strategy", "seed", "reannotations", "accuracy", "mislabelled_clear", "mislabelled_ambiguous"])
+        writer.writerow(["strategy", "seed", "reannotations", "accuracy", "mislabelled_clear", "mislabelled_ambiguous",
+                         "initial_wrong_fixed"])
         for name, result in results.items():
             for s in result.seeds:
-                for j, (acc, clear, amb) in enumerate(zip(s.accuracy, s.mislabelled_clear, s.mislabelled_ambiguous)):
-                    writer.writerow([name, s.seed, j, f"{acc:.6f}", int(clear), int(amb)])
+                fixed = s.initial_wrong_fixed if s.initial_wrong_fixed is not None else [""] * len(s.accuracy)
+                for j, (acc, clear, amb, fix) in enumerate(zip(s.accuracy, s.mislabelled_clear, s.mislabelled_ambiguous, fixed)):
+                    writer.writerow([name, s.seed, j, f"{acc:.6f}", int(clear), int(amb), fix])
+
+
+def write_estimates_csv(path: Path, results: dict[str, StrategyResult]) -> None:
+    """The accuracy estimate at each checkpoint (runs with an audit): point, interval and the truth."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["strategy", "seed", "reannotations", "true_accuracy", "estimate", "low", "high", "audited"])
+        for name, result in results.items():
+            for s in result.seeds:
+                for e in s.estimates:
+                    cells = [e[k] if e[k] is None else f"{e[k]:.6f}" for k in ("accuracy", "low", "high")]
+                    writer.writerow([name, s.seed, e["spent"], f"{e['truth']:.6f}", *cells, e["n_audited"]])
 
 
 def plot_curves(path: Path, results: dict[str, StrategyResult], title: str = "") -> None:
@@ -64,6 +83,8 @@ def write_all(out: Path, results: dict[str, StrategyResult], meta: dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
     summary = write_summary(out / "summary.json", results, meta)
     write_curves_csv(out / "curves.csv", results)
+    if any(s.estimates for r in results.values() for s in r.seeds):
+        write_estimates_csv(out / "estimates.csv", results)
     title = f"{meta.get('dataset', '')}: N={meta.get('n_tasks')}, noise {100 * meta.get('initial_noise_rate', 0):.1f}%"
     plot_curves(out / "curves.png", results, title)
     return summary

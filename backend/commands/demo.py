@@ -141,14 +141,15 @@ def demo(
                 ("  webhook secret", webhook_secret),
             ])
             up_seconds = time.monotonic() - started
-            console.print(f"services up in {up_seconds:.0f} s; logs in {services.home / 'logs'}; Ctrl-C stops everything")
+            console.print(f"services up in {up_seconds:.0f} s; logs in {services.home / 'logs'}; Ctrl-C stops everything",
+                          soft_wrap=True)
             run = DemoRun(config, ls.url, ls.token, backend_url, env, console)
             project = run.setup()
             if written is not None:
                 written = profile.write({**deployment, "project": project.id})
             dashboard = f"{backend_url}/dashboard?project={project.id}"
             console.print(f"cleaning queue open: {ls.url}/projects/{project.id}/data  "
-                          f"(annotate with 'Label All Tasks')")
+                          f"(annotate with 'Label All Tasks')", soft_wrap=True)
             _print_secrets(console, [("Dashboard", dashboard)])
             console.print("  (log in with the backend's basic auth user and password above)")
             _print_how_to_use(console, project.id, written, out)

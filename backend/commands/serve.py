@@ -55,6 +55,12 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
+    from backend.labelstudio_runtime import port_is_free
+
+    if not port_is_free(port, host):
+        typer.echo(f"error: alc serve: cannot listen on {host}:{port}: another server uses it, or this machine has no "
+                   "such address (choose another --port or --host)", err=True)
+        raise typer.Exit(1)
     from backend import profile
     from backend.app import create_app
     from backend.queue import EmbeddedRedis

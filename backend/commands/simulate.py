@@ -78,6 +78,7 @@ def simulate(
     batch_size: Annotated[int, typer.Option(min=1, help="tasks taken per ranking (1 = the paper)")] = 1,
     refit_every: Annotated[int, typer.Option(min=0, help="refit the selector every k re-annotations (0 = never)")] = 0,
     max_per_task: Annotated[int, typer.Option(min=1, help="cap on re-annotations per selection of a task")] = 10,
+    audit_share: Annotated[float, typer.Option(help="share of the budget spent on random audit draws, with the accuracy estimate at 10%, ..., 100% of the budget (0 = no audit)")] = 0.0,
     selector_options: Annotated[str, typer.Option(callback=_json_object, help='JSON: {"selector": {"param": value}} passed to selectors')] = "{}",
     cache_dir: Annotated[Path, typer.Option(help="embedding caches and checkpoints of learned selectors")] = Path(".alc/cache"),
     out: Annotated[Optional[Path], typer.Option(callback=output_folder, help="output folder (default runs/simulate-<time>)")] = None,
@@ -91,6 +92,8 @@ def simulate(
     from scoring.progress import progress
     from scoring.simulation import simulate as run
 
+    if not 0.0 <= audit_share < 1.0:
+        raise typer.BadParameter(f"--audit-share must be in [0, 1) (got {audit_share})")
     specs = [parse_strategy(s) for s in selectors.split(",") if s.strip()]
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     options: dict[str, dict[str, Any]] = json.loads(selector_options)  # a JSON object: checked by _json_object
@@ -144,8 +147,11 @@ def simulate(
     )
     started = time.perf_counter()
     with progress("simulating", len(strategies) * len(seed_list), transient=False, every_fraction=0) as advance:
-        results = run(data, strategies, n_budget, seed_list, batch_size, refit_every, max_per_task,
-                      lambda name, seed: advance(1, f"{name} seed {seed} done"))
+        try:
+            results = run(data, strategies, n_budget, seed_list, batch_size, refit_every, max_per_task,
+                          lambda name, seed: advance(1, f"{name} seed {seed} done"), audit_share)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from err
     wall = time.perf_counter() - started
     meta = {
         "dataset": dataset,
@@ -158,11 +164,14 @@ def simulate(
         "batch_size": batch_size,
         "refit_every": refit_every,
         "max_per_task": max_per_task,
+        "audit_share": audit_share,
         "seeds": seed_list,
         "wall_seconds": wall,
     }
     summary = write_all(out, results, meta)
     print_table(summary)
+    if audit_share:
+        print_estimate_table(summary)
     console.print(f"{len(strategies)} strategies x {len(seed_list)} seeds in {wall:.1f} s; wrote {out}/summary.json, curves.csv, curves.png")
 
 
@@ -198,23 +207,65 @@ class FitOnce:
 
 
 def print_table(summary: dict[str, Any]) -> None:
-    table = Table(title=f"budget {summary['budget']} re-annotations, initial noise {100 * summary['initial_noise_rate']:.1f}%")
-    for col in ("selector", "reach 90%", "reach 95%", "nAUC", "final acc.", "fit s"):
+    """Two tables of means over seeds (± sd for the headline figures; every seed's in summary.json): how the
+    initial errors fare, which means something at any noise level, then the accuracy figures, where an
+    absolute target shows only when the data start below it."""
+    start = 1.0 - summary["initial_noise_rate"]
+    errors = {
+        "fixed at 25%": lambda s: _fmt(s["corrected_25"], "{:.1%}", sd=False),
+        "50%": lambda s: _fmt(s["corrected_50"], "{:.1%}", sd=False),
+        "100% of budget": lambda s: _fmt(s["corrected_100"], "{:.1%}"),
+        "precision": lambda s: _fmt(s["precision"], "{:.1%}", sd=False),
+        "errors halved": lambda s: _fmt(s["reach_errors_halved"], sd=False),
+        "down 90%": lambda s: _fmt(s["reach_errors_90pct_removed"], sd=False),
+    }
+    accuracy = {
+        **{f"to {round(100 * t)}%": (lambda s, k=f"reach_{round(100 * t)}": _fmt(s[k], sd=False))
+           for t in (0.90, 0.95) if start < t},
+        "nAUC": lambda s: _fmt(s["nauc"], "{:.4f}"),
+        **({"gap closed": lambda s: _fmt(s["gap_closed"], "{:.3f}", sd=False)}
+           if any("gap_closed" in s for s in summary["selectors"].values()) else {}),
+        "final accuracy": lambda s: _fmt(s["final_accuracy"], "{:.2%}", sd=False),
+        "fit s": lambda s: _fmt(s["fit_seconds"], "{:.0f}", sd=False),
+    }
+    titles = (f"Initial errors ({100 * summary['initial_noise_rate']:.2f}% of labels), budget {summary['budget']}: "
+              "share corrected at 25/50/100% of the budget, share of picks that were wrong, re-annotations until "
+              "the errors are halved / down 90%",
+              "Label accuracy: re-annotations to reach it (shown when the data start below), nAUC, the share of "
+              "the random-to-oracle nAUC gap closed")
+    for title, columns in zip(titles, (errors, accuracy)):
+        table = Table(title=title)
+        table.add_column("selector", no_wrap=True)
+        for col in columns:
+            table.add_column(col, justify="right")
+        for name, s in summary["selectors"].items():
+            table.add_row(name, *(cell(s) for cell in columns.values()))
+        console.print(table)
+
+
+def print_estimate_table(summary: dict[str, Any]) -> None:
+    """How the audit-based accuracy estimate did: interval coverage, error at the end, corrections the audit cost."""
+    table = Table(title=f"accuracy estimate with a {100 * summary['audit_share']:.0f}% audit (10 checkpoints per seed)")
+    for col in ("selector", "coverage", "|error| at end (pt)", "interval width at end (pt)", "corrections lost to the audit"):
         table.add_column(col, justify="right" if col != "selector" else "left")
     for name, s in summary["selectors"].items():
+        est = s.get("estimate")
+        if not est:
+            continue
+        per_pt = {k: {"mean": None if v["mean"] is None else 100 * v["mean"], "sd": None if v["sd"] is None else 100 * v["sd"],
+                      "per_seed": v["per_seed"]} for k, v in est.items() if k in ("abs_error_end", "width_end")}
         table.add_row(
             name,
-            _fmt(s["reach_90"]),
-            _fmt(s["reach_95"]),
-            _fmt(s["nauc"], "{:.3f}"),
-            _fmt(s["final_accuracy"], "{:.3f}"),
-            _fmt(s["fit_seconds"], "{:.1f}"),
+            f"{100 * est['coverage']:.0f}% (90% interval)",
+            _fmt(per_pt["abs_error_end"], "{:.1f}"),
+            _fmt(per_pt["width_end"], "{:.1f}"),
+            _fmt(est["corrections_lost"]),
         )
     console.print(table)
 
 
-def _fmt(metric: dict[str, Any], pattern: str = "{:.0f}") -> str:
+def _fmt(metric: dict[str, Any], pattern: str = "{:.0f}", sd: bool = True) -> str:
     if metric["mean"] is None:
         reached = [v for v in metric["per_seed"] if v is not None]
-        return f"never ({len(reached)}/{len(metric['per_seed'])} seeds reach)" if reached else "never"
-    return f"{pattern.format(metric['mean'])} ± {pattern.format(metric['sd'])}"
+        return f"never ({len(reached)}/{len(metric['per_seed'])})" if reached else "never"
+    return pattern.format(metric["mean"]) + (f" ± {pattern.format(metric['sd'])}" if sd else "")

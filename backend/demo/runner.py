@@ -121,7 +121,7 @@ class DemoRun:
         self.connect_seconds = round(time.monotonic() - started, 1)
         if result.returncode != 0:
             raise RuntimeError(f"`alc connect` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-        self.console.print(result.stdout.strip())
+        self.console.print(result.stdout.strip(), soft_wrap=True, markup=False, highlight=False)
 
     def wait_for_first_model(self) -> str:
         """Ask the backend to train now and wait until Label Studio serves the queue under a model version."""
@@ -137,7 +137,7 @@ class DemoRun:
                 waiting, failed = self.retrain_state()
                 if failed:
                     raise RuntimeError(f"the first retrain failed for good: {failed}; see the worker's log")
-                update(f"{time.monotonic() - started:.0f} s; {waiting}")
+                update(waiting)
                 time.sleep(1.0)
         raise TimeoutError(f"no model version in Label Studio after {self.config.first_model_timeout:.0f} s; "
                            "see the worker's log")

@@ -18,6 +18,7 @@ from scoring.selectors.linear import LinearSelector
 BUILTIN_SELECTORS: dict[str, str] = {
     "random": "scoring.selectors.baselines:RandomSelector",
     "oracle": "scoring.selectors.baselines:OracleSelector",
+    "truth": "scoring.selectors.truth:TruthSelector",
     "posteriors": "scoring.selectors.baselines:PosteriorsSelector",
     "linear": "scoring.selectors.linear:LinearSelector",
     "vanilla": "scoring.selectors.vanilla:VanillaSelector",
@@ -26,6 +27,8 @@ BUILTIN_SELECTORS: dict[str, str] = {
     "bald": "scoring.selectors.bald:BaldSelector",
     "pretrained-linear": "scoring.selectors.pretrained_linear:PretrainedLinearSelector",
     "ensemble": "scoring.selectors.ensemble:EnsembleSelector",
+    "text": "scoring.selectors.text:TextSelector",
+    "finetune": "scoring.selectors.finetune:FineTuneSelector",
 }
 
 

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from scoring.device import seed_everything
-from scoring.hashing import images_hash
 from scoring.selectors.learned import softmax_probs
 from scoring.selectors.vanilla import VanillaSelector
 from scoring.training import predict_logits
@@ -35,13 +34,22 @@ class BaldSelector(VanillaSelector):
                          epochs, update_epochs, lr, batch_size, augment, dropout)
 
     def predict_proba_samples(self, images: np.ndarray, n_samples: int) -> np.ndarray:
-        """(S, N, C): S forward passes with dropout on; seeded, so repeated calls agree."""
+        """(S, N, C) for ``images`` as new tasks: S forward passes with dropout on, averaged over the members;
+        seeded, so repeated calls agree."""
+        return self._samples(images, n_samples, out_of_fold=False)
+
+    def oof_proba_samples(self, images: np.ndarray, n_samples: int) -> np.ndarray:
+        """(S, N, C) for the fitted images: each task sampled only by the member that did not see its label."""
+        self._check_fitted()
+        self._check_is_fitted_data(images)
+        return self._samples(images, n_samples, out_of_fold=bool(self.folds))
+
+    def _samples(self, images: np.ndarray, n_samples: int, *, out_of_fold: bool) -> np.ndarray:
         self._check_fitted()
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         seed_everything(self.seed)
         out = np.zeros((n_samples, len(images), self.n_classes_))
-        out_of_fold = bool(self.folds) and images_hash(images) == self.images_hash_
         if out_of_fold:  # each task sampled only by the member that did not see its label
             parts = [(m, held_out) for m, (_, held_out) in zip(self.members_, self.splits_)]
         else:  # new images: every member samples them, and the samples are averaged over members

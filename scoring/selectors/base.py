@@ -38,12 +38,35 @@ class Selector:
         raise NotImplementedError
 
     def predict_proba(self, data: Any) -> np.ndarray:
-        """(N, C) posteriors, rows summing to 1."""
+        """(N, C) posteriors of ``data`` as new tasks (rows summing to 1): a learned selector's members'
+        average, in-sample for tasks it was fitted on. The posteriors that grade the fitted labels are
+        :meth:`oof_proba`'s."""
         raise NotImplementedError
 
     def update(self, data: Any, label_counts: np.ndarray) -> "Selector":
         """Refit after new labels; learned selectors override this with something cheaper than fit."""
         return self.fit(data, label_counts)
+
+    # ----- out of fold, said explicitly ------------------------------------------------------
+    def oof_proba(self, data: Any) -> np.ndarray:
+        """(N, C) posteriors of the N tasks of the last ``fit``/``update``, in that order, each from a model
+        that never saw its label (selectors with folds). ``data`` must be the array that was fitted: it is
+        passed, not looked up, so that selectors without folds (random, oracle, given posteriors) can
+        predict it. Posteriors for other data (a subset, another order, new tasks) come from
+        :meth:`predict_proba`, which never returns out-of-fold values."""
+        return self.predict_proba(data)
+
+    def oof_proba_samples(self, data: Any, n_samples: int) -> np.ndarray:
+        """(S, N, C) Monte-Carlo posteriors of the fitted tasks, out of fold; see :meth:`oof_proba`."""
+        return self.predict_proba_samples(data, n_samples)
+
+    def fit_predict_oof(self, data: Any, label_counts: np.ndarray) -> np.ndarray:
+        """Fit on ``data`` and its counts; return the out-of-fold posteriors (N, C) of those tasks."""
+        return self.fit(data, label_counts).oof_proba(data)
+
+    def update_predict_oof(self, data: Any, label_counts: np.ndarray) -> np.ndarray:
+        """Update on new counts for the same tasks; return their out-of-fold posteriors (N, C)."""
+        return self.update(data, label_counts).oof_proba(data)
 
     def predict_proba_samples(self, data: Any, n_samples: int) -> np.ndarray:
         """(S, N, C) Monte-Carlo posteriors; only for selectors with ``provides_samples``."""

@@ -92,9 +92,15 @@ class EnsembleSelector(Selector):
         return self
 
     def predict_proba(self, data: Any) -> np.ndarray:
+        return self._average([s.predict_proba(data) for s in self.selectors_])
+
+    def oof_proba(self, data: Any) -> np.ndarray:
+        """The members' out-of-fold posteriors of the fitted tasks, averaged."""
+        return self._average([s.oof_proba(data) for s in self.selectors_])
+
+    def _average(self, parts: list[np.ndarray]) -> np.ndarray:
         weights = np.asarray(self.weights if self.weights is not None else [1.0] * len(self.selectors_), dtype=float)
-        probs = sum(w * check_probs(s.predict_proba(data), f"member {m['name']}")
-                    for w, s, m in zip(weights / weights.sum(), self.selectors_, self.members))
+        probs = sum(w * check_probs(p, f"member {m['name']}") for w, p, m in zip(weights / weights.sum(), parts, self.members))
         return probs / probs.sum(axis=1, keepdims=True)
 
     @property

@@ -87,7 +87,7 @@ class LearnedSelector(Selector):
 
     def update(self, images: np.ndarray, label_counts: np.ndarray) -> "LearnedSelector":
         """Cheap refit on new counts for the same images; a full fit if the images changed."""
-        if not hasattr(self, "members_") or images_hash(images) != self.images_hash_:
+        if not hasattr(self, "members_") or images_hash(images) != self.images_hash_:  # a cache key: no data changed
             return self.fit(images, label_counts)
         counts = self._check(images, label_counts)
         start = time.perf_counter()
@@ -102,12 +102,21 @@ class LearnedSelector(Selector):
         return self
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Out-of-fold posteriors for the fitted images (when folds >= 2), else the members' average."""
+        """The members' average for ``images`` as new tasks, whatever they are (see :meth:`oof_proba`)."""
         self._check_fitted()
-        if self.folds and images_hash(images) == self.images_hash_:
-            return self.oof_probs_
         inputs = self._inputs(images)
         return np.mean([self._member_probs(m, inputs) for m in self.members_], axis=0)
+
+    def oof_proba(self, images: np.ndarray) -> np.ndarray:
+        """(N, C) out-of-fold posteriors of the fitted tasks (with folds >= 2; else the one member's, in-sample)."""
+        self._check_fitted()
+        self._check_is_fitted_data(images)
+        return self.oof_probs_.copy()
+
+    def _check_is_fitted_data(self, data: Any) -> None:
+        if len(data) != len(self.oof_probs_):
+            raise ValueError(f"oof_proba is for the {len(self.oof_probs_)} fitted tasks, got {len(data)}: "
+                             "use predict_proba for other data")
 
     @property
     def version(self) -> str:

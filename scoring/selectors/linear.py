@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from scoring.hashing import images_hash
 from scoring.selectors.base import Selector
 
 FEATURE_CHUNK = 4096  # rows pooled or scaled at a time: the integer sums of 100,000 32x32 images at once took 614 MB
@@ -80,7 +79,6 @@ class LinearSelector(Selector):
             raise ValueError(f"{len(x)} inputs but {len(counts)} rows of label counts")
         y = counts.argmax(axis=1)
         self.n_classes_ = counts.shape[1]
-        self.fitted_hash_ = images_hash(np.asarray(data))  # of the inputs: predict_proba then pools nothing to know them
         # the scaler and the PCA are unsupervised, so fitted once on every task: no label leaks into a fold
         scaler, *pca = transform = self._transform(self._components(x))
         for start in range(0, len(x), FEATURE_CHUNK):  # its float64 statistics of 100,000 rows at once: 1 GB
@@ -100,14 +98,21 @@ class LinearSelector(Selector):
         return self
 
     def predict_proba(self, data: Any) -> np.ndarray:
-        if self.oof_ is not None and images_hash(np.asarray(data)) == self.fitted_hash_:
-            return self.oof_
+        """Posteriors of ``data`` as new tasks: the model fitted on every task (in-sample for those)."""
         return self._proba(self.model_, image_features(data, self.image_size))
+
+    def oof_proba(self, data: Any) -> np.ndarray:
+        """(N, C) out-of-fold posteriors of the fitted tasks (in-sample when folds < 2 or a class is too rare)."""
+        if self.oof_ is None:
+            return self.predict_proba(data)
+        if len(data) != len(self.oof_):
+            raise ValueError(f"oof_proba is for the {len(self.oof_)} fitted tasks, got {len(data)}: use predict_proba")
+        return self.oof_.copy()
 
     def get_state(self) -> dict[str, Any]:
         scaler, logistic = self.model_[0], self.model_[-1]
         pca = self.model_[1] if len(self.model_) == 3 else None
-        return {"n_classes": self.n_classes_, "oof": self.oof_, "fitted_hash": self.fitted_hash_,
+        return {"n_classes": self.n_classes_, "oof": self.oof_,
                 "scaler": {k: getattr(scaler, k) for k in ("mean_", "var_", "scale_", "n_features_in_", "n_samples_seen_")},
                 "pca": {k: getattr(pca, k) for k in PCA_STATE} if pca is not None else None,
                 "logistic": {k: getattr(logistic, k) for k in ("coef_", "intercept_", "classes_", "n_features_in_", "n_iter_")}}
@@ -121,7 +126,7 @@ class LinearSelector(Selector):
             for key, value in values.items():
                 setattr(part, key, value)
         self.model_ = make_pipeline(*steps)
-        self.n_classes_, self.oof_, self.fitted_hash_ = state["n_classes"], state["oof"], state["fitted_hash"]
+        self.n_classes_, self.oof_ = state["n_classes"], state["oof"]
 
     def _transform(self, components: int) -> list[Any]:
         """The unsupervised steps: the scaler, then the whitened PCA when ``components`` > 0 (both in place)."""

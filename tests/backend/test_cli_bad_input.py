@@ -78,6 +78,11 @@ CASES: list[tuple[str, int, str]] = [
     ("simulate --budget-factor 0", 2, "is not above 0"),
     ("simulate --batch-size 0", 2, "--batch-size"),
     ("simulate --out {file}", 2, "is a file, not a folder"),
+    # rank
+    ("rank {tmp}/missing.csv --out {tmp}/r.csv --images {tmp}", 2, "no such file"),
+    ("rank {file} --out {tmp}/r.csv", 2, "exactly one of"),
+    ("rank {file} --out {tmp}/r.csv --images {tmp}/nowhere", 2, "no such folder"),
+    ("rank {file} --out {tmp}/r.csv --images {tmp}", 2, "no item column"),
     # an error only the work itself finds: the top-level handler's one line (exit 1)
     ("simulate --dataset arrays --true-dist {garbage}", 1, "--debug"),
 ]

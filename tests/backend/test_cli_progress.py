@@ -69,3 +69,17 @@ def test_the_heartbeat_beats_while_the_work_blocks(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].endswith("migrating ...") and "done in" in err[-1]
     assert any(t.endswith("still working, 0 s; step 2") for t in err[1:-1]) and len(err) >= 4
+
+
+def test_a_big_image_fetch_tells_its_progress_and_a_small_one_does_not(tmp_path, capsys, monkeypatch):
+    """Refs that fail at once (no URL) keep it offline; the threshold is lowered to keep it small."""
+    from backend import images
+
+    loader = images.ImageLoader("http://127.0.0.1:9", "k" * 40, size=8, cache_dir=tmp_path)
+    monkeypatch.setattr(images, "SHOW_PROGRESS_FROM", 5)
+    loader.load_many([None] * 4)
+    assert capsys.readouterr().err == ""
+    _, errors = loader.load_many([None] * 5)
+    err = capsys.readouterr().err.splitlines()
+    assert len(errors) == 5
+    assert err[0].endswith("fetching 5 images: 0/5") and err[-1].endswith("fetching 5 images: done, 5/5 in 0 s")

@@ -79,3 +79,21 @@ def test_rule_variants_of_a_selector_share_its_fit_per_seed(tmp_path, monkeypatc
     assert fits[2:] == [1, 1, 1, 2, 2, 2] * 2
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())["selectors"]
     assert summary["linear"]["refits"]["per_seed"] == summary["linear:activelab"]["refits"]["per_seed"] == [2, 2]
+
+
+def test_simulate_with_an_audit_writes_the_estimate(tmp_path, data_dir):
+    out = tmp_path / "audit"
+    result = runner.invoke(
+        app,
+        ["simulate", "--data-dir", str(data_dir), "--subset", "600", "--selectors", "random", "--seeds", "1",
+         "--budget-factor", "1", "--audit-share", "0.05", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["audit_share"] == 0.05
+    assert {"coverage", "abs_error_end", "corrections_lost"} <= set(summary["selectors"]["random"]["estimate"])
+    rows = (out / "estimates.csv").read_text().splitlines()
+    assert rows[0].startswith("strategy,seed,reannotations,true_accuracy,estimate,low,high") and len(rows) == 11
+    assert "coverage" in result.output
+    bad = runner.invoke(app, ["simulate", "--data-dir", str(data_dir), "--audit-share", "1.5"])
+    assert bad.exit_code != 0 and "--audit-share" in bad.output

@@ -91,8 +91,8 @@ def test_pretrained_linear_uses_stage_features_for_lite_encoders_by_default(smal
 
 def test_out_of_fold_posteriors_come_from_heads_that_did_not_see_the_task(small, tmp_path):
     images, counts = small
-    selector = pretrained(tmp_path).fit(images, counts)
-    probs = selector.predict_proba(images)
+    selector = pretrained(tmp_path)
+    probs = selector.fit_predict_oof(images, counts)
     features = selector._inputs(images)
     covered = np.zeros(N, dtype=int)
     for head, (train, held_out) in zip(selector.members_, selector.splits_):
@@ -141,13 +141,13 @@ def test_the_users_own_features_and_embeddings_by_task(small, tmp_path):
     _, counts = small
     rng = np.random.default_rng(0)
     features = rng.normal(size=(N, 16)).astype(np.float32) + counts.argmax(axis=1)[:, None]
-    probs = pretrained(tmp_path).fit(features, counts).predict_proba(features)
+    probs = pretrained(tmp_path).fit_predict_oof(features, counts)
     assert probs.shape == (N, 10)
     ids = np.arange(1000, 1000 + N)
     np.savez(tmp_path / "emb.npz", ids=ids[::-1], embeddings=features[::-1])
     by_id = pretrained(tmp_path, embeddings=str(tmp_path / "emb.npz"))
     assert by_id.input_size is None
-    np.testing.assert_allclose(by_id.fit(ids, counts).predict_proba(ids), probs, atol=1e-6)
+    np.testing.assert_allclose(by_id.fit_predict_oof(ids, counts), probs, atol=1e-6)
     with pytest.raises(ValueError, match="no embedding"):
         by_id.update(np.append(ids[:-1], 7), counts)
 
@@ -192,9 +192,9 @@ def test_ensemble_posteriors_average_the_members_and_sum_to_one(small, tmp_path)
     images, counts = small
     members = [{"name": "pretrained-linear", "options": SMALL}, {"name": "linear", "options": {"folds": 3}}]
     ensemble = make_selector("ensemble", {"members": members}, seed=2, cache_dir=tmp_path, n_classes=10)
-    probs = ensemble.fit(images, counts).predict_proba(images)
+    probs = ensemble.fit_predict_oof(images, counts)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
-    parts = [s.predict_proba(images) for s in ensemble.selectors_]
+    parts = [s.oof_proba(images) for s in ensemble.selectors_]
     np.testing.assert_allclose(probs, (parts[0] + parts[1]) / 2, atol=1e-9)
     assert ensemble.input_size == 32
     with pytest.raises(ValueError, match="at least two"):
@@ -248,7 +248,7 @@ def test_save_and_load_give_identical_posteriors_without_pickle(name, small, tmp
     _saved_files_are_safe(directory)
     loaded = Selector.load(directory)
     assert type(loaded) is type(selector) and loaded.version == selector.version
-    np.testing.assert_array_equal(loaded.predict_proba(images), selector.predict_proba(images))
+    np.testing.assert_array_equal(loaded.oof_proba(images), selector.oof_proba(images))
     if name in ("linear", "pretrained-linear", "ensemble"):  # unseen images: the fitted models themselves
         other = images[::-1].copy()
         np.testing.assert_allclose(loaded.predict_proba(other), selector.predict_proba(other), atol=1e-6)

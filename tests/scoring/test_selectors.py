@@ -67,8 +67,8 @@ def test_linear_selector_learns_and_grades_out_of_fold(tiny300):
     images = tiny300["images"]
     labels = tiny300["cifar10h_probs"].argmax(axis=1)
     counts = np.eye(10, dtype=int)[labels]
-    selector = LinearSelector(folds=3, image_size=8, seed=0).fit(images, counts)
-    probs = selector.predict_proba(images)
+    selector = LinearSelector(folds=3, image_size=8, seed=0)
+    probs = selector.fit_predict_oof(images, counts)
     assert probs.shape == (300, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)
     in_sample = LinearSelector(folds=1, image_size=8).fit(images, counts).predict_proba(images)
@@ -82,7 +82,7 @@ def test_linear_selector_on_user_features():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 90)
     x = np.eye(3)[y] * 3 + rng.normal(0, 0.5, (90, 3))
-    probs = LinearSelector(folds=3, c=1.0).fit(x, np.eye(3, dtype=int)[y]).predict_proba(x)
+    probs = LinearSelector(folds=3, c=1.0).fit_predict_oof(x, np.eye(3, dtype=int)[y])
     assert (probs.argmax(axis=1) == y).mean() > 0.9
     with pytest.raises(ValueError, match="needs images"):
         LinearSelector().fit(None, np.eye(3, dtype=int)[y])
@@ -106,3 +106,26 @@ def test_linear_selector_whitens_only_with_enough_rows_and_saves_either_model():
         copy.set_state(selector.get_state())
         np.testing.assert_allclose(copy.predict_proba(new), selector.predict_proba(new))
         assert (selector.predict_proba(x[:rows]).argmax(axis=1) == y[:rows]).mean() > 0.8
+
+
+@pytest.mark.parametrize("folds", [3, 1])
+def test_predict_proba_treats_any_array_as_new_tasks_and_oof_is_asked_for(tiny300, folds):
+    """A subset or another order of the fitted images gets the same posteriors, row for row, as the whole
+    array: predict_proba never switches to out-of-fold values because an array happens to be the fitted one
+    (it used to, by the array's hash: the fitted array got out-of-fold posteriors, any subset of it the
+    in-sample model's). Out-of-fold posteriors are asked for with oof_proba / fit_predict_oof."""
+    images = tiny300["images"]
+    counts = np.eye(10, dtype=int)[tiny300["cifar10h_probs"].argmax(axis=1)]
+    selector = LinearSelector(folds=folds, image_size=8, seed=0)
+    oof = selector.fit_predict_oof(images, counts)
+    whole = selector.predict_proba(images)
+    order = np.random.default_rng(0).permutation(300)
+    np.testing.assert_allclose(selector.predict_proba(images[order]), whole[order], atol=1e-12)
+    np.testing.assert_allclose(selector.predict_proba(images[:50]), whole[:50], atol=1e-12)
+    np.testing.assert_array_equal(selector.oof_proba(images), oof)
+    assert np.allclose(oof, whole) is (folds == 1)  # out of fold differs from in-sample only with folds
+    with pytest.raises(ValueError, match="fitted tasks"):
+        if folds > 1:
+            selector.oof_proba(images[:50])
+        else:
+            raise ValueError("fitted tasks")  # without folds there is nothing to guard: the model predicts anything

@@ -162,3 +162,25 @@ def test_cifar10h_oracle_and_random_bounds(data_dir):
     assert all(s.reach(0.90) is not None for s in results["oracle"].seeds)
     assert all(s.reach(0.95) is None for s in results["random"].seeds)
     assert results["oracle"].summary()["nauc"]["mean"] > results["random"].summary()["nauc"]["mean"] + 0.03
+
+
+def test_an_audited_run_spends_its_share_and_records_the_estimate_at_ten_checkpoints():
+    data = toy_data()
+    plain = simulate_seed(data, random_strategy(), 400, seed=3)
+    audited = simulate_seed(data, random_strategy(), 400, seed=3, audit_share=0.05)
+    assert plain.estimates == [] and plain.audit_spent == 0
+    assert audited.spent == 400 and 20 <= audited.audit_spent <= 20 + 10  # 5% of the budget, one task's overshoot
+    assert [e["spent"] for e in audited.estimates] == [40 * k for k in range(1, 11)]
+    for e in audited.estimates:
+        assert e["n_audited"] >= 1 and e["low"] <= e["accuracy"] <= e["high"]
+    assert audited.estimates[-1]["truth"] == pytest.approx(audited.final_accuracy)
+
+
+def test_simulate_with_an_audit_reports_coverage_error_and_the_corrections_it_cost():
+    data = toy_data()
+    results = simulate(data, {"oracle": lambda s: oracle(data)}, 300, [1, 2], audit_share=0.05)
+    summary = results["oracle"].summary()["estimate"]
+    assert 0.0 <= summary["coverage"] <= 1.0 and len(summary["coverage_per_seed"]) == 2
+    assert len(summary["abs_error_end"]["per_seed"]) == 2 and len(summary["checkpoints"][0]) == 10
+    assert all(isinstance(v, int) for v in summary["corrections_lost"]["per_seed"])
+    assert "estimate" not in simulate(data, {"oracle": lambda s: oracle(data)}, 300, [1])["oracle"].summary()
