@@ -188,7 +188,7 @@ def test_budget_stops_the_queue_exactly_at_b_and_the_export_matches(label_studio
 
     ledger = reconcile(client, pid)
     assert len(submitted) == budget
-    assert ledger.budget.as_dict() == {"total": budget, "spent": budget, "committed": 0, "remaining": 0,
+    assert ledger.budget.as_dict() == {"total": budget, "spent": budget, "committed": 0, "held": 0, "remaining": 0,
                                        "exhausted": True}
     assert all(t.open_slots == 0 for t in ledger.snapshot.tasks)
     fresh = LabelStream(label_studio.url, "latecomer@connectors.test", "cleaner-password-1").sign_in()
@@ -286,7 +286,8 @@ def test_the_incremental_state_equals_a_fresh_reconcile_after_a_mixed_sequence(l
                              label_studio_url=label_studio.url, label_studio_api_key=label_studio.token,
                              window=3, budget=None, max_annotations_per_task=4, retrain_after_annotations=1000,
                              retrain_after_seconds=3600, reconcile_seconds=0, basic_auth_user=None,
-                             basic_auth_pass=None, webhook_secret=None)
+                             basic_auth_pass=None, webhook_secret=None,
+                             audit_share=0.0)  # the ranking's three: no task drawn at random
     conn = q.connect(settings.redis_url)
     server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
