@@ -24,7 +24,8 @@ Out of fold (``folds``, default 5): every task is graded by a model that never s
 
 Measured (CIFAR-10H 5,000 subset, T = 2, seed 1, 2-core shared CPU; docs/benchmarks/low-noise.md): the head
 convolution fine-tuned for 3 epochs reached 73.9% out-of-fold accuracy against 77.2% for ``pretrained-linear``'s
-frozen probe on stage features (634 vs 619 re-annotations to 90%): not the default. End to end on a GPU: not measured.
+frozen probe on stage features (634 vs 619 re-annotations to 90%); on all 10,000 images at T = 1 (seed 1, cross-entropy) it fixed 47.2% of the
+initial wrong labels against 48.0%: not the default. End to end on a GPU: not measured.
 """
 
 from __future__ import annotations
