@@ -153,7 +153,9 @@ def test_alc_demo_headless_then_status_and_export_read_the_running_deployment(la
         deployment = profile.read(where)
         project = deployment["project"]
         output = "".join(lines)
-        assert f"alc status --project {project}" in output and deployment["basic_auth_pass"] in output
+        # the printed commands name the running alc (here `python -m backend.cli`), so they run as shown
+        assert f"{sys.executable} -m backend.cli status --project {project}" in output
+        assert deployment["basic_auth_pass"] in output
 
         status = alc(env, "status", "--project", str(project), "--json")
         assert status.returncode == 0, status.stderr
