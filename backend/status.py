@@ -22,7 +22,6 @@ import logging
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from connectors.ledger import Ledger  # the Label Studio SDK behind it loads only where a project is read
 
 log = logging.getLogger(__name__)
-LEAST_COST_PER_FIX = 2  # re-annotations: two agreeing opinions outvote one initial label
 CONFIDENCE = 0.9
 NEXT_TASKS = 12  # the cleaning view's "next up": the ranking's next unsettled tasks that are not open yet
 TRUTH_DIR = "truth"  # <ALC_DATA_HOME>/truth/project-<id>.json: {task id: true label}, where the truth is known
@@ -87,7 +85,7 @@ def accuracy_estimate(ledger: Ledger, ranking: Ranking | None, *, target: float 
     The cost of a fix is the re-annotations per label changed so far (90% Wilson interval on the changes
     per re-annotation), or before any change the least a fix can cost (two agreeing opinions), whose
     upper range is then unknown. The suggested budget is what is spent plus the forecast."""
-    from scoring.estimate import estimate_accuracy, reannotations_to_reach
+    from scoring.estimate import estimate_accuracy, fix_cost, reannotations_to_reach
 
     inputs = estimator_inputs(ledger, ranking)
     if inputs is None:
@@ -106,15 +104,9 @@ def accuracy_estimate(ledger: Ledger, ranking: Ranking | None, *, target: float 
         return {"available": False, "reason": why}
     budget, changed = ledger.budget, int(ledger.changed.sum())
     spent = int(budget.spent)
-    if changed and spent:
-        per_fix = spent / changed
-        low_rate, high_rate = _wilson(changed, spent)
-        cost_basis = f"{per_fix:.2f} re-annotations per label changed so far ({changed} changed)"
-    else:
-        per_fix, low_rate, high_rate = float(LEAST_COST_PER_FIX), 0.0, 1.0 / LEAST_COST_PER_FIX
-        cost_basis = "2 re-annotations per fix, the least one can cost (no label changed yet)"
-    forecast = reannotations_to_reach(estimate, target, reannotations_per_fix=per_fix, fix_rate_low=low_rate,
-                                      fix_rate_high=high_rate, remaining_budget=budget.remaining)
+    cost = fix_cost(changed=min(changed, spent), spent=spent, confidence=CONFIDENCE)
+    forecast = reannotations_to_reach(estimate, target, reannotations_per_fix=cost.per_fix, fix_rate_low=cost.rate_low,
+                                      fix_rate_high=cost.rate_high, remaining_budget=budget.remaining)
     plus = lambda n: None if n is None else spent + int(n)  # noqa: E731
     return {
         "available": True,
@@ -131,19 +123,10 @@ def accuracy_estimate(ledger: Ledger, ranking: Ranking | None, *, target: float 
         "forecast_spend": forecast.reannotations,
         "forecast_interval": [forecast.low, forecast.high],
         "forecast_basis": forecast.basis,
-        "cost_basis": cost_basis,
+        "cost_basis": cost.basis,
         "suggested_budget": plus(forecast.reannotations),
         "suggested_budget_range": [plus(forecast.low), plus(forecast.high)],
     }
-
-
-def _wilson(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The Wilson score interval of a binomial share (here: labels changed per re-annotation)."""
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    share = successes / trials
-    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def annotator_figures(ledger: Ledger, names: dict[int, str] | None = None) -> list[dict]:
@@ -226,9 +209,9 @@ def cleaning_view(status: dict, ledger: Ledger, ranking: Ranking | None, next_n:
                 if out.get(key) is None:
                     value = float(getattr(ranking, key)[r])
                     out[key] = value if math.isfinite(value) else None
-            if out["counts"] and sum(out["counts"].values()) == 1 and out.get("noisiness") is not None:
-                out["p_label"] = round(math.exp(-out["noisiness"]), 3)  # one label: noisiness = -log p(label)
-        out["why"] = _why(out, math.log(max(len(classes), 2)))
+            if ranking.p_label is not None and math.isfinite(float(ranking.p_label[r])):
+                out["p_label"] = round(float(ranking.p_label[r]), 3)  # the out-of-fold p of the current label
+        out["why"] = _why(out)
         return out
 
     open_cards = [card(q["task_id"], {k: q.get(k) for k in ("priority", "noisiness", "ambiguity", "url", "annotations",
@@ -247,16 +230,16 @@ def cleaning_view(status: dict, ledger: Ledger, ranking: Ranking | None, next_n:
     return {"open": open_cards, "next": next_cards}
 
 
-def _why(card: dict, max_entropy: float) -> str:
-    """One line a manager can read: what the model believes, and whether the image looks ambiguous to it
-    (entropy above half its maximum, log C)."""
+def _why(card: dict) -> str:
+    """One line a manager can read: what the model believes, and whether the task looks ambiguous to it
+    (the rules' ambiguity is the posterior's entropy divided by log C: above half its maximum)."""
     noisy, ambiguous = card.get("noisiness"), card.get("ambiguity")
     if noisy is None:
         return "not in the model's ranking"
     belief = f"the model says {card['model_label']}" if card.get("model_label") else "the model"
     if card.get("p_label") is not None:
         belief += f" and gives the label {card['label']} p = {card['p_label']:.2f}"
-    tail = "; the image looks ambiguous to it" if ambiguous is not None and ambiguous > max_entropy / 2 else ""
+    tail = "; the task looks ambiguous to it" if ambiguous is not None and ambiguous > 0.5 else ""
     return belief + tail
 
 

@@ -344,6 +344,42 @@ class Forecast:
         return asdict(self)
 
 
+LEAST_COST_PER_FIX = 2  # re-annotations: two agreeing opinions outvote one initial label
+
+
+@dataclass(frozen=True)
+class FixCost:
+    """What one corrected label costs, as the forecast consumes it."""
+
+    per_fix: float  # re-annotations per corrected label (point)
+    rate_low: float  # corrected labels per re-annotation, interval
+    rate_high: float
+    basis: str
+
+
+def fix_cost(*, changed: int, spent: int, confidence: float = 0.9) -> FixCost:
+    """The cost of a fix from what the cleaning did so far: ``spent`` re-annotations changed ``changed``
+    labels (Wilson interval on the changes per re-annotation). Before any change, the least a fix can cost
+    (two agreeing opinions), whose upper range is then unknown (rate_low 0)."""
+    if changed < 0 or spent < 0 or changed > spent:
+        raise ValueError(f"need 0 <= changed <= spent (got changed={changed}, spent={spent})")
+    if changed and spent:
+        low, high = wilson_interval(changed, spent, confidence)
+        return FixCost(spent / changed, low, high, f"{spent / changed:.2f} re-annotations per label changed so far "
+                                                   f"({changed} changed)")
+    return FixCost(float(LEAST_COST_PER_FIX), 0.0, 1.0 / LEAST_COST_PER_FIX,
+                   f"{LEAST_COST_PER_FIX} re-annotations per fix, the least one can cost (no label changed yet)")
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.9) -> tuple[float, float]:
+    """Wilson's score interval of a binomial share."""
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    share = successes / trials
+    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def reannotations_to_reach(
     estimate: AccuracyEstimate,
     target: float,

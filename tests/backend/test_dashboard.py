@@ -24,7 +24,8 @@ from backend.cli import app as cli
 from backend.model_store import ModelStore, Ranking
 from dataclasses import replace
 
-from backend.status import _wilson, build_status, read_truth
+from backend.status import build_status, read_truth
+from scoring.estimate import wilson_interval
 from scoring.audit import AuditDraw
 from scoring.estimate import estimate_accuracy, reannotations_to_reach
 from connectors.counts import AnnotationRecord, PredictionRecord, ProjectSnapshot, TaskRecord
@@ -113,7 +114,7 @@ def expected(target: float = 0.95) -> dict:
                                  touched_seq=np.array([SEQ.get(t, -1) for t in TASKS]),
                                  audits=[replace(AUDIT_12, task=TASKS.index(12))],
                                  wrong_prob=1 - np.array(P_INITIAL), confidence=0.9)
-    low, high = _wilson(1, 3)  # one label changed in three re-annotations
+    low, high = wilson_interval(1, 3)  # one label changed in three re-annotations
     forecast = reannotations_to_reach(estimate, target, reannotations_per_fix=3.0, fix_rate_low=low,
                                       fix_rate_high=high, remaining_budget=BUDGET - 3 - 2)
     return {"accuracy": estimate.accuracy, "low": estimate.low, "high": estimate.high, "wrong": estimate.wrong_left,
@@ -454,3 +455,19 @@ def test_the_retrain_count_is_the_model_versions_published(conn):
     for record in ({"model_version": "v1"}, {"model_version": "v2"}, {"skipped": "budget spent or held"}):
         q.finish(conn, PROJECT, "job", 0, cadence, record, follow_up=False)
     assert jobs_status(conn, PROJECT)["project"]["retrains"] == 2
+
+
+def test_the_why_line_reads_the_rules_normalised_ambiguity_and_the_out_of_fold_p_label(sdk, store):
+    """The rules divide entropy by log C (0..1): a task above half of it is ambiguous; p(label) is the ranking's
+    own out-of-fold probability, not recomputed from the (normalised) noisiness."""
+    noisiness = -np.log(np.array(P_INITIAL)) / np.log(3)
+    counts = np.eye(3)[[CLASSES.index(label) for label in INITIAL]]
+    ambiguity = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.9])  # task 16 looks ambiguous
+    ranking = Ranking(task_ids=TASKS, class_names=CLASSES, counts=counts, priority=noisiness - ambiguity,
+                      noisiness=noisiness, ambiguity=ambiguity, scores=-noisiness, predicted=np.zeros(6, dtype=int),
+                      p_label=np.array(P_INITIAL))
+    store.publish(PROJECT, None, ranking, {"selector": "linear"})
+    cards = {c["task_id"]: c for c in build_status(sdk, ledger_of(snapshot()), store=store)["cleaning"]["next"]}
+    assert cards[16]["why"].endswith("the task looks ambiguous to it")
+    assert not cards[15]["why"].endswith("ambiguous to it")
+    assert cards[15]["p_label"] == P_INITIAL[TASKS.index(15)]

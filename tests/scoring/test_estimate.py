@@ -181,3 +181,14 @@ def test_bad_forecast_input_raises():
         reannotations_to_reach(est, 1.5, reannotations_per_fix=2, fix_rate_low=0.1, fix_rate_high=0.5, remaining_budget=None)
     with pytest.raises(ValueError, match="fix_rate"):
         reannotations_to_reach(est, 0.9, reannotations_per_fix=2, fix_rate_low=0.6, fix_rate_high=0.5, remaining_budget=None)
+
+
+def test_the_cost_of_a_fix_comes_from_the_changes_so_far_and_is_unknown_above_before_any():
+    from scoring.estimate import fix_cost
+
+    before = fix_cost(changed=0, spent=0)
+    assert before.per_fix == 2 and before.rate_low == 0.0 and before.rate_high == 0.5
+    cost = fix_cost(changed=10, spent=30)
+    assert cost.per_fix == 3 and cost.rate_low < 1 / 3 < cost.rate_high and "10 changed" in cost.basis
+    with pytest.raises(ValueError, match="changed <= spent"):
+        fix_cost(changed=5, spent=3)
