@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -135,3 +137,54 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.
         yield LabelStudioSession(server.url, server.username, server.password, server.token, data)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_alc():
+    """`alc serve --with-worker` on a free loopback port with the environment given, up (Redis too) for the
+    block: ``with serve_alc(env, home) as url: ...``; its output goes to ``home/serve.log``."""
+    return _serve_alc
+
+
+@contextlib.contextmanager
+def _serve_alc(env: dict[str, str], home: Path):
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(home / "serve.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--port", str(port), "--with-worker"],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        try:
+            while True:
+                assert process.poll() is None, f"alc serve exited; see {home / 'serve.log'}"
+                try:
+                    if requests.get(f"{url}/health", timeout=1).json()["redis"] == "up":
+                        break
+                except requests.RequestException:
+                    pass
+                assert time.monotonic() < deadline, f"alc serve not up within 60 s; see {home / 'serve.log'}"
+                time.sleep(0.5)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_for(what: str, check, timeout: float = 120.0, every: float = 0.5):
+    """``check()``'s first truthy value, polling every ``every`` s; an AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)

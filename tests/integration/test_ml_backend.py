@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 from PIL import Image
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,30 +32,10 @@ WINDOW = 4
 UNTRAINED = "alc-untrained"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, check, timeout: float = 120.0, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
 @pytest.fixture(scope="module")
-def backend(label_studio, tmp_path_factory):
+def backend(label_studio, tmp_path_factory, serve_alc):
     """`alc serve --with-worker` on 127.0.0.1 against the session's Label Studio."""
     home = tmp_path_factory.mktemp("alc-backend")
-    port = free_port()
     env = {
         **os.environ,
         "LABEL_STUDIO_URL": label_studio.url,
@@ -70,29 +48,8 @@ def backend(label_studio, tmp_path_factory):
     }
     for name in ("REDIS_URL", "MODEL_DIR", "BASIC_AUTH_USER", "BASIC_AUTH_PASS", "ALC_WEBHOOK_SECRET"):
         env.pop(name, None)
-    log = open(home / "serve.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "serve", "--port", str(port), "--with-worker"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, f"alc serve exited; see {home / 'serve.log'}"
-        try:
-            return requests.get(f"{url}/health", timeout=1).json()["redis"] == "up"
-        except requests.RequestException:
-            return False
-
-    wait_for("alc serve", up, timeout=60)
-    yield url, home
-    process.terminate()
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+    with serve_alc(env, home) as url:
+        yield url, home
 
 
 def png(image: np.ndarray) -> bytes:

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 import pytest
-import requests
 
 from backend.demo.annotators import LabelStream
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,56 +35,17 @@ def choice(label: str) -> list[dict]:
     return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
 
 
-def wait_for(what: str, check, timeout: float = 240.0, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def backend(label_studio, tmp_path_factory):
+def backend(label_studio, tmp_path_factory, serve_alc):
     home = tmp_path_factory.mktemp("alc-text-backend")
-    port = free_port()
     env = {**os.environ, "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
            "ALC_DATA_HOME": str(home), "ALC_RETRAIN_AFTER_ANNOTATIONS": "1", "ALC_WINDOW": str(WINDOW),
            "ALC_PROFILE": "none"}
     for name in ("REDIS_URL", "MODEL_DIR", "BASIC_AUTH_USER", "BASIC_AUTH_PASS", "ALC_WEBHOOK_SECRET", "ALC_SELECTOR",
                  "ALC_SELECTOR_OPTIONS"):
         env.pop(name, None)
-    log = open(home / "serve.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--port", str(port), "--with-worker"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, f"alc serve exited; see {home / 'serve.log'}"
-        try:
-            return requests.get(f"{url}/health", timeout=1).json()["redis"] == "up"
-        except requests.RequestException:
-            return False
-
-    wait_for("alc serve", up, timeout=60)
-    yield url, home
-    process.terminate()
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+    with serve_alc(env, home) as url:
+        yield url, home
 
 
 def alc(label_studio, *args: str) -> subprocess.CompletedProcess:
@@ -128,7 +89,7 @@ def test_a_text_project_is_connected_ranked_cleaned_and_exported(label_studio, b
         version = ls.projects.get(id=project.id).model_version
         return version if version and version.startswith("alc-") and version != "alc-untrained" else None
 
-    wait_for("the first live ranking", live_version, timeout=300)
+    wait_for("the first live ranking", live_version, timeout=300, every=1.0)
     models = list((home / "models").glob(f"project-{project.id}/versions/*/meta.json"))
     meta = json.loads(models[0].read_text())
     assert meta["input"] == "text" and meta["selector"] == "text" and meta["tasks"] == N_TASKS
