@@ -289,8 +289,8 @@ class LabelStudioServer:
             "SSRF_PROTECTION_ENABLED": "false",  # the ML backend and webhooks live on 127.0.0.1
             "ML_BLOCK_LOCAL_IP": "false",
             # no telemetry: Label Studio posts a usage record (a new thread and a DNS lookup) for every request
-            # and reports errors to Sentry; offline each lookup waits for its timeout (see README, "Label Studio
-            # for the tests and the demo")
+            # and reports errors to Sentry; offline each lookup waits for its timeout (docs/development/
+            # label-studio-runtime.md)
             "COLLECT_ANALYTICS": "false",
             "SENTRY_DSN": "",
             "FRONTEND_SENTRY_DSN": "",
