@@ -1,5 +1,5 @@
 #!/bin/bash
-# Reproduces docs/benchmarks/estimate.{json,md}: the audit-based accuracy estimate against the simulation's
+# Reproduces docs/benchmarks/estimate.json and prints the table of docs/benchmarks/estimate.md: the audit-based accuracy estimate against the simulation's
 # true accuracy. Run from the repository root. CPU settings (2 shared cores). Each seed is its own
 # `alc simulate` (so a finished seed is kept if a later one is stopped); the three settings of a seed run
 # side by side. `alc simulate --audit-share` also runs every seed without the audit (the corrections it

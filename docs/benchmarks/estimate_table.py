@@ -1,4 +1,5 @@
-"""Combine `alc simulate --audit-share` runs into docs/benchmarks/estimate.{json,md}.
+"""Combine `alc simulate --audit-share` runs into docs/benchmarks/estimate.json and print the table of
+docs/benchmarks/estimate.md.
 
 Usage: python docs/benchmarks/estimate_table.py <out stem> <run folder>=<label> ...
 Each run folder holds the summary.json of one setting, or one sub-folder per seed with its summary.json
@@ -108,8 +109,7 @@ def main(stem: str, specs: list[str]) -> None:
         table.extend(rows(Path(folder), label or folder))
     meta = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, 2-core shared CPU", "rows": table}
     Path(f"{stem}.json").write_text(json.dumps(meta, indent=2))
-    Path(f"{stem}-table.md").write_text(markdown(table))
-    print(markdown(table))
+    print(markdown(table))  # the table of docs/benchmarks/estimate.md
 
 
 if __name__ == "__main__":
