@@ -255,11 +255,7 @@ class WorkingState:
         return {int(k): float(v) for k, v in self.conn.hgetall(self._k("wrong_prob")).items()}
 
     def set_wrong_prob(self, values: dict[int, float]) -> None:
-        pipe = self.conn.pipeline()
-        pipe.delete(self._k("wrong_prob"))
-        if values:
-            pipe.hset(self._k("wrong_prob"), mapping={int(t): float(v) for t, v in values.items()})
-        pipe.execute()
+        self._replace_hash("wrong_prob", {int(t): float(v) for t, v in values.items()})
 
     def spare_cost(self, task_id: int) -> int | None:
         """What opening this spare reserves, as the push that named it computed (None: not known)."""
@@ -352,10 +348,14 @@ class WorkingState:
         pipe.execute()
 
     def set_skipped(self, skipped: dict[Any, str]) -> None:
+        self._replace_hash("skipped", {int(k): str(v) for k, v in skipped.items()})
+
+    def _replace_hash(self, name: str, mapping: dict) -> None:
+        """The hash ``name`` becomes exactly ``mapping`` (one transaction: readers never see it half-written)."""
         pipe = self.conn.pipeline()
-        pipe.delete(self._k("skipped"))
-        if skipped:
-            pipe.hset(self._k("skipped"), mapping={int(k): str(v) for k, v in skipped.items()})
+        pipe.delete(self._k(name))
+        if mapping:
+            pipe.hset(self._k(name), mapping=mapping)
         pipe.execute()
 
     def touched_since(self, since: float) -> list[int]:
