@@ -286,7 +286,7 @@ def _live_priority(model: ModelVersion, counts: np.ndarray, image: np.ndarray) -
     strategy = Strategy.build(model.selector(), model.meta.get("rule"))
     output = strategy.model_output(image[None])
     pri = strategy.priorities(counts[None], output)
-    probs = output.mean(axis=0) if output.ndim == 3 else output
+    probs = Strategy.posteriors(output)
     return float(pri.priority[0]), float(pri.noisiness[0]), float(pri.ambiguity[0]), probs[0]
 
 

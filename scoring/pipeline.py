@@ -64,7 +64,7 @@ def rank(data: Any, counts: Any, *, selector: Selector, rule: str | None = None,
     update = previous is not None and list(previous.task_ids) == ids
     output = strategy.fit_output(data, counts, update=update)
     priorities = strategy.priorities(counts, output)
-    probs = output.mean(axis=0) if output.ndim == 3 else output
+    probs = Strategy.posteriors(output)
     ranking = Ranking(
         task_ids=ids,
         class_names=names,

@@ -43,5 +43,10 @@ class Strategy:
             return self.selector.oof_proba_samples(data, DEFAULT_MC_SAMPLES)
         return self.selector.oof_proba(data)
 
+    @staticmethod
+    def posteriors(model_output: np.ndarray) -> np.ndarray:
+        """(N, C) posteriors from what the rule consumed: the posteriors themselves, or the mean of MC samples."""
+        return model_output.mean(axis=0) if model_output.ndim == 3 else model_output
+
     def priorities(self, label_counts: np.ndarray, model_output: np.ndarray, seed: int | None = None) -> Priorities:
         return self.rule(label_counts, model_output, seed=seed)

@@ -334,7 +334,7 @@ class AuditedRun:
         pool = np.flatnonzero(self.touched_seq < 0)
         if not pool.size or not audit_due(audit_spent=self.spent, spent=spent, budget=self.budget, share=self.share):
             return None
-        wrong = 1.0 - _posteriors(model_output)[pool, self.initial[pool]]
+        wrong = 1.0 - Strategy.posteriors(model_output)[pool, self.initial[pool]]
         drawn = draw_audit(pool, np.clip(wrong, 0.0, 1.0), seq=int(np.sum(self.touched_seq >= 0)), rng=self.rng)
         self.draws.append(drawn)
         done[drawn.task] = True
@@ -354,7 +354,7 @@ class AuditedRun:
             self.record(self.marks.pop(0), counts, model_output, truth)
 
     def record(self, spent: int, counts: np.ndarray, model_output: np.ndarray, truth: float) -> None:
-        probs = _posteriors(model_output)
+        probs = Strategy.posteriors(model_output)
         current = np.where(has_strict_majority(counts), counts.argmax(axis=1), self.initial)
         wrong_prob = np.clip(1.0 - probs[np.arange(len(current)), current], 0.0, 1.0)
         initial_wrong = np.clip(1.0 - probs[np.arange(len(current)), self.initial], 0.0, 1.0)
@@ -366,11 +366,6 @@ class AuditedRun:
             "low": None if est is None else est.low, "high": None if est is None else est.high,
             "n_audited": 0 if est is None else est.n_audited,
         })
-
-
-def _posteriors(model_output: np.ndarray) -> np.ndarray:
-    """(N, C) posteriors from what the rule consumes: posteriors, or the mean of MC samples (S, N, C)."""
-    return model_output if model_output.ndim == 2 else model_output.mean(axis=0)
 
 
 def _pop_valid(heap: list[tuple[float, int, int]], done: np.ndarray) -> int | None:
