@@ -15,8 +15,10 @@ The sequence, annotations made through Label Studio's own label stream by three 
    so nothing but the reconcile can have repaired the working state.
 
 Afterwards: the working state equals a fresh full read (backend.working_state.compare is empty), its
-ledger equals Label Studio's own (connectors.ledger.reconcile), no slot is over budget, and the
-periodic reconcile's record lists the differences it repaired.
+ledger equals Label Studio's own (connectors.ledger.reconcile), no slot is over budget, and the records
+of the reconciles run since the outage ended (a periodic one last) list every task that was still
+stale. An annotation made while Redis was down may have been recovered earlier, by a reconcile that
+read Label Studio across the restart; one made while Label Studio was cut off cannot have been.
 """
 
 from __future__ import annotations
