@@ -41,7 +41,8 @@ def estimator_inputs(ledger: Ledger, ranking: Ranking | None) -> dict[str, Any] 
     """``scoring.estimate.estimate_accuracy``'s arrays from a ledger: one row per task with an initial label;
     touched_seq from each task's recorded ``alc_seq`` (a task in cleaning without one: after the recorded
     ones, in task order); the audit draws with ``task`` as a row; wrong_prob = 1 - p[label] of the latest
-    ranking (its mean where a task is not in it), or None without a ranking that has it."""
+    ranking (its mean where a task is not in it), or None without a ranking that has it; initial_wrong_prob
+    likewise from its p[initial label] (as ``alc simulate`` passes it: one estimator, the same inputs)."""
     from scoring.audit import AuditDraw
 
     snap = ledger.snapshot
@@ -65,16 +66,23 @@ def estimator_inputs(ledger: Ledger, ranking: Ranking | None) -> dict[str, Any] 
             continue
         if draw.seq == seq[k]:
             audits.append(AuditDraw(k, draw.seq, draw.pool_size, draw.pool_wrong_prob, draw.wrong_prob))
-    wrong_prob = None
-    p_label = getattr(ranking, "p_label", None) if ranking is not None else None
-    if p_label is not None:
-        p = np.asarray(p_label, dtype=float)
-        known = np.isfinite(p)
-        if known.any():
-            fill = float(np.mean(1.0 - p[known]))
-            by_id = {tid: float(1.0 - v) for tid, v, ok in zip(ranking.task_ids, p, known) if ok}
-            wrong_prob = np.clip(np.array([by_id.get(t.id, fill) for t in tasks]), 0.0, 1.0)
-    return {"counts": counts, "initial_labels": initial, "touched_seq": seq, "audits": audits, "wrong_prob": wrong_prob}
+    return {"counts": counts, "initial_labels": initial, "touched_seq": seq, "audits": audits,
+            "wrong_prob": _wrong_prob(ranking, "p_label", tasks), "initial_wrong_prob": _wrong_prob(ranking, "p_initial", tasks)}
+
+
+def _wrong_prob(ranking: Ranking | None, field: str, tasks: list) -> np.ndarray | None:
+    """1 - the ranking's per-task probability ``field`` (p_label or p_initial), in ``tasks``' order; a task the
+    ranking lacks (or holds NaN for) gets the mean of the others. None without a ranking or any known value."""
+    values = None if ranking is None else getattr(ranking, field)
+    if values is None:
+        return None
+    p = np.asarray(values, dtype=float)
+    known = np.isfinite(p)
+    if not known.any():
+        return None
+    fill = float(np.mean(1.0 - p[known]))
+    by_id = {tid: float(1.0 - v) for tid, v, ok in zip(ranking.task_ids, p, known) if ok}
+    return np.clip(np.array([by_id.get(t.id, fill) for t in tasks]), 0.0, 1.0)
 
 
 def accuracy_estimate(ledger: Ledger, ranking: Ranking | None, *, target: float = 0.95,

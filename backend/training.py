@@ -275,8 +275,10 @@ def train_and_score(
         selector = make_selector("posteriors", posteriors=data) if kind == "posteriors" else make_selector(
             name, options, **context)
     mode = "fit" if last is None else "update"
+    initial = None if snapshot.initial_counts is None else np.asarray(snapshot.initial_counts)[rows]
     selector, ranking = rank(data if kind != "posteriors" else None, counts, selector=selector, rule=settings.rule,
-                             task_ids=task_ids, class_names=list(snapshot.class_names), previous=last)
+                             task_ids=task_ids, class_names=list(snapshot.class_names), previous=last,
+                             initial_counts=initial)
     meta = {
         "project": project_id,
         "selector": name,

@@ -37,7 +37,7 @@ def scores_from_priorities(priorities: Any) -> np.ndarray:
 
 def rank(data: Any, counts: Any, *, selector: Selector, rule: str | None = None,
          task_ids: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
-         previous: Ranking | None = None) -> tuple[Selector, Ranking]:
+         previous: Ranking | None = None, initial_counts: Any = None) -> tuple[Selector, Ranking]:
     """Fit ``selector`` on N tasks and rank them, highest priority = re-annotate first.
 
     data: what the selector reads for the N tasks (uint8 images (N, H, W, 3), float features (N, D),
@@ -47,10 +47,13 @@ def rank(data: Any, counts: Any, *, selector: Selector, rule: str | None = None,
     task_ids: N ids (default 0..N-1); class_names: C names (default "0".."C-1").
     previous: the ranking this selector was last fitted for; when it holds the same task ids in the same
         order the selector is updated (cheap: new counts, same data), else fitted afresh.
+    initial_counts: (N, C) the initial label(s) alone (optional); gives ``p_initial``, which the accuracy
+        estimate's control variate reads (scoring.estimate: ``initial_wrong_prob``).
 
     Returns the fitted selector (for ``predict_proba`` on new tasks and for saving) and the Ranking, whose
     ``p_label`` (N,) is the out-of-fold probability of each task's current majority label (ties: the first
-    class among the tied ones) and ``predicted`` (N,) the most likely class.
+    class among the tied ones), ``p_initial`` (N,) that of its initial label (NaN where a row of
+    ``initial_counts`` is empty; None without them) and ``predicted`` (N,) the most likely class.
     """
     counts = check_counts(counts)
     n, c = counts.shape
@@ -60,6 +63,10 @@ def rank(data: Any, counts: Any, *, selector: Selector, rule: str | None = None,
         raise ValueError(f"{len(ids)} task ids and {len(names)} class names for counts of shape {counts.shape}")
     if data is not None and hasattr(data, "__len__") and len(data) != n:
         raise ValueError(f"{len(data)} data rows but {n} rows of label counts")
+    if initial_counts is not None:
+        initial_counts = np.asarray(initial_counts, dtype=float)
+        if initial_counts.shape != counts.shape:
+            raise ValueError(f"initial_counts must have the shape of counts {counts.shape}, got {initial_counts.shape}")
     strategy = Strategy.build(selector, rule)
     update = previous is not None and list(previous.task_ids) == ids
     output = strategy.fit_output(data, counts, update=update)
@@ -75,6 +82,8 @@ def rank(data: Any, counts: Any, *, selector: Selector, rule: str | None = None,
         scores=scores_from_priorities(priorities.priority),
         predicted=probs.argmax(axis=1),
         p_label=probs[np.arange(n), counts.argmax(axis=1)],
+        p_initial=None if initial_counts is None else np.where(
+            initial_counts.sum(axis=1) > 0, probs[np.arange(n), initial_counts.argmax(axis=1)], np.nan),
     )
     return selector, ranking
 

@@ -24,6 +24,7 @@ class Ranking:
     scores: np.ndarray  # (N,) what Label Studio gets: lower = relabel first
     predicted: np.ndarray  # (N,) the selector's most likely class, shown as the prediction's choice
     p_label: np.ndarray | None = None  # (N,) out-of-fold posterior of each task's current majority label
+    p_initial: np.ndarray | None = None  # (N,) out-of-fold posterior of each task's initial label (NaN: none known)
 
     def row(self, task_id: int) -> int | None:
         if not hasattr(self, "_index"):
@@ -41,6 +42,7 @@ class Ranking:
             "scores": _floats(self.scores),
             "predicted": [int(c) for c in self.predicted],
             **({"p_label": _floats(self.p_label)} if self.p_label is not None else {}),
+            **({"p_initial": _floats(self.p_initial)} if self.p_initial is not None else {}),
         }
 
     @classmethod
@@ -56,6 +58,7 @@ class Ranking:
             scores=arr("scores"),
             predicted=np.asarray(data["predicted"], dtype=int),
             p_label=arr("p_label") if "p_label" in data else None,
+            p_initial=arr("p_initial") if "p_initial" in data else None,
         )
 
 

@@ -39,6 +39,7 @@ PROJECT = 7
 TASKS = [11, 12, 13, 14, 15, 16]
 INITIAL = ["cat", "cat", "dog", "bird", "cat", "dog"]
 P_INITIAL = [0.1, 0.9, 0.5, 0.8, 0.6, 0.95]  # the model's probability of each initial label
+P_LABEL = [0.7, *P_INITIAL[1:]]  # ... and of each current label (task 11's is now dog)
 BUDGET = 10
 # re-annotations: task 11 corrected cat -> dog by two annotators, task 12 confirmed, task 13 open for one more
 REANNOTATIONS = [(11, "dog", "ann@example.com", "2026-11-23T10:00:00Z", 4.0),
@@ -78,7 +79,7 @@ def publish_ranking(store: ModelStore) -> None:
     counts = np.eye(3)[[CLASSES.index(label) for label in INITIAL]]
     ranking = Ranking(task_ids=TASKS, class_names=CLASSES, counts=counts, priority=noisiness, noisiness=noisiness,
                       ambiguity=np.zeros(6), scores=-noisiness, predicted=np.zeros(6, dtype=int),
-                      p_label=np.array(P_INITIAL))
+                      p_label=np.array(P_LABEL), p_initial=np.array(P_INITIAL))
     store.publish(PROJECT, None, ranking, {"selector": "linear"})
 
 
@@ -108,12 +109,14 @@ def served(settings, store, sdk, conn, monkeypatch):
 
 def expected(target: float = 0.95) -> dict:
     """scoring.estimate called by hand on the snapshot's arrays (rows in task order, the audit's task as a row,
-    wrong_prob = 1 - p[label] of the ranking): what the status must show."""
+    wrong_prob = 1 - p[label] and initial_wrong_prob = 1 - p[initial label] of the ranking, as the simulation
+    passes them): what the status must show."""
     snap = snapshot()
     estimate = estimate_accuracy(counts=snap.counts, initial_labels=snap.initial_counts.argmax(axis=1),
                                  touched_seq=np.array([SEQ.get(t, -1) for t in TASKS]),
                                  audits=[replace(AUDIT_12, task=TASKS.index(12))],
-                                 wrong_prob=1 - np.array(P_INITIAL), confidence=0.9)
+                                 wrong_prob=1 - np.array(P_LABEL), initial_wrong_prob=1 - np.array(P_INITIAL),
+                                 confidence=0.9)
     low, high = wilson_interval(1, 3)  # one label changed in three re-annotations
     forecast = reannotations_to_reach(estimate, target, reannotations_per_fix=3.0, fix_rate_low=low,
                                       fix_rate_high=high, remaining_budget=BUDGET - 3 - 2)

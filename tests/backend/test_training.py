@@ -97,6 +97,7 @@ def test_probabilities_from_a_file_are_ranked_as_given(settings, fake_ls, conn, 
     rows = [project.task_ids.index(t) for t in ranking.task_ids]
     labels = ranking.counts.argmax(axis=1)
     np.testing.assert_allclose(ranking.p_label, probs[rows, labels] / probs[rows].sum(axis=1))
+    np.testing.assert_allclose(ranking.p_initial, ranking.p_label)  # nothing re-annotated: the initial labels are current
 
 
 def test_a_text_project_is_ranked_with_the_text_selector(settings, fake_ls, conn, image_server):

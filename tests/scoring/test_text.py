@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from scoring.pipeline import rank, scores_from_priorities
+from scoring.ranked import Ranking
 from scoring.selectors import make_selector
 from scoring.selectors.base import Selector
 from scoring.selectors.text import TextSelector, as_texts, load_wordllama
@@ -109,3 +110,26 @@ def test_rank_fills_p_label_and_updates_when_the_tasks_are_the_same():
     assert calls == ["update"]
     with pytest.raises(ValueError, match="data rows"):
         rank(x[:10], counts, selector=selector)
+
+
+def test_rank_gives_the_initial_labels_probability_where_they_are_known():
+    """p_initial is what the accuracy estimate's control variate reads; a re-annotated task's current label
+    differs from its initial one, and a task with no initial label gets NaN."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)
+    x = np.eye(3)[y] * 4 + rng.normal(0, 0.5, (90, 3))
+    initial = np.eye(3)[y]
+    initial[:4] = np.eye(3)[(y[:4] + 1) % 3]  # four wrong initial labels ...
+    counts = initial.copy()
+    counts[:4] += 2 * np.eye(3)[y[:4]]  # ... overturned by two opinions each
+    initial[89] = 0  # a task labelled by annotators only
+    fitted, ranking = rank(x, counts, selector=make_selector("linear", {"folds": 3}), initial_counts=initial)
+    oof = fitted.oof_proba(x)
+    np.testing.assert_allclose(ranking.p_initial[:89], oof[np.arange(89), initial[:89].argmax(axis=1)])
+    np.testing.assert_allclose(ranking.p_label, oof[np.arange(90), counts.argmax(axis=1)])
+    assert np.isnan(ranking.p_initial[89]) and (ranking.p_initial[:4] < ranking.p_label[:4]).all()
+    again = Ranking.from_json(ranking.to_json())
+    np.testing.assert_allclose(again.p_initial, ranking.p_initial)
+    assert rank(x, counts, selector=make_selector("linear", {"folds": 3}))[1].p_initial is None
+    with pytest.raises(ValueError, match="initial_counts must have the shape"):
+        rank(x, counts, selector=make_selector("linear", {"folds": 3}), initial_counts=initial[:10])
