@@ -127,6 +127,19 @@ def test_the_embedding_cache_works_per_image(small, tmp_path):
     assert not list((tmp_path / "embeddings").rglob("*.tmp"))
 
 
+def test_flip_averages_each_images_embedding_with_its_mirror_images(small, tmp_path):
+    images, counts = small
+    plain, flipped = pretrained(tmp_path), pretrained(tmp_path, flip=True)
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    np.testing.assert_allclose(flipped._features(images), (plain._features(images) + plain._features(mirrored)) / 2,
+                               rtol=1e-6)
+    np.testing.assert_allclose(flipped._features(mirrored), flipped._features(images), rtol=1e-6)  # mirror-invariant
+    assert len(list((tmp_path / "embeddings").rglob("*.npy"))) == 2 * N  # each view cached once
+    assert flipped.get_params()["flip"] is True
+    probs = flipped.fit(images, counts).oof_proba(images)
+    assert probs.shape == (N, 10) and np.allclose(probs.sum(axis=1), 1)
+
+
 def test_the_same_picture_twice_is_embedded_once(small, tmp_path):
     images, _ = small
     cache = EmbeddingCache(tmp_path)
