@@ -30,9 +30,10 @@ against the true labels): weight decay 1e-3 gave 64.0%, 1e-2 68.7%, 3e-2 71.6%, 
 dropping the 10% most suspect labels added 1.6 points at 0.1 (75.8%, the default) and 2.7 at 3e-2.
 
 ``flip`` (default False): test-time augmentation; an image's embedding is the mean of its own and its
-mirror image's (two forward passes, each cached). Measured on all 10,000 CIFAR-10H images at T = 1
-(docs/benchmarks/low-noise.md): out-of-fold accuracy 80.7% -> 81.4%, initial wrong labels corrected
-within the budget 47.9% -> 49.1% (seeds 1-3).
+mirror image's (two forward passes, each cached). Measured on CIFAR-10H, 5 seeds
+(docs/benchmarks/low-noise.md): all 10,000 images at T = 1, out-of-fold accuracy 80.7% -> 81.3% and
+initial wrong labels corrected within the budget 48.0% -> 48.7%; 5,000 at T = 2, 617 -> 614
+re-annotations to 90%. Off by default: it doubles a cold fit's embedding time.
 
 ``precision`` (default ``auto``): the encoder runs in bfloat16 where the hardware computes it natively
 (CUDA, a CPU with AVX512-BF16 or AMX), else in float32; measured on CIFAR-10H, see the README.
