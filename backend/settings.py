@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as SourceError
 
 from scoring.audit import DEFAULT_AUDIT_SHARE  # pure Python: the audit's share is the science's default
+from scoring.selectors import DEFAULT_IMAGE_SELECTOR
 
 INITIAL_LABEL_SOURCES = "'annotations', 'data:<field>' or 'predictions:<model_version>'"
 
@@ -50,7 +51,7 @@ class Settings(BaseSettings):
     data_home: Path = Field(
         Path.home() / ".local" / "share" / "alc", validation_alias=AliasChoices("ALC_DATA_HOME", "data_home")
     )
-    selector: str = Field("pretrained-linear", validation_alias=AliasChoices("ALC_SELECTOR", "selector"))
+    selector: str = Field(DEFAULT_IMAGE_SELECTOR, validation_alias=AliasChoices("ALC_SELECTOR", "selector"))
     rule: str | None = Field(None, validation_alias=AliasChoices("ALC_RULE", "rule"))
     selector_options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, validation_alias=AliasChoices("ALC_SELECTOR_OPTIONS", "selector_options")

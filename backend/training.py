@@ -27,6 +27,7 @@ import numpy as np
 from backend.images import ImageError, ImageLoader
 from backend.model_store import ModelStateError, ModelStore, ModelVersion, Ranking
 from backend.settings import Settings
+from scoring.selectors import DEFAULT_FEATURE_SELECTOR
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def selector_name(settings: Settings, kind: str) -> str:
     if kind == "posteriors":
         return "posteriors"
     if kind == "features":
-        return settings.selector if settings.selector in FEATURE_SELECTORS else "pretrained-linear"
+        return settings.selector if settings.selector in FEATURE_SELECTORS else DEFAULT_FEATURE_SELECTOR
     if kind == "text":
         return "text"
     return settings.selector

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads the command may use")
-    parser.add_argument("--selector", default="pretrained-linear")
+    parser.add_argument("--selector", default=None, help="another selector than the command's default")
     args = parser.parse_args()
     data = np.load(Path(os.environ.get("ALC_DATA_DIR", "../shared/data")) / "cifar10h_test1000_lossless.npz")
     images, truth = data["images"], data["labels"].astype(int)
@@ -48,8 +48,8 @@ def main() -> None:
                 writer.writerow([f"{i:04d}.png", names[label]])
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         command = [sys.executable, "-m", "backend.cli", "rank", str(tmp / "labels.csv"), "--images", str(tmp / "images"),
-                   "--out", str(tmp / "ranked.csv"), "--report", str(tmp / "report.html"), "--selector", args.selector,
-                   "--cache-dir", str(tmp / "cold-cache")]
+                   "--out", str(tmp / "ranked.csv"), "--report", str(tmp / "report.html"), "--cache-dir", str(tmp / "cold-cache"),
+                   *(["--selector", args.selector] if args.selector else [])]
         started = time.perf_counter()
         subprocess.run(["taskset", "-c", ",".join(str(c) for c in range(args.threads)), *command], env=env, check=True)
         seconds = time.perf_counter() - started

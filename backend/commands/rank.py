@@ -46,7 +46,7 @@ def rank(
     id_column: Annotated[Optional[str], typer.Option("--id-column", help="the item column (default: file, else id)")] = None,
     label_column: Annotated[str, typer.Option("--label-column", help="the label column")] = "label",
     classes: Annotated[Optional[str], typer.Option("--classes", help="comma-separated class names (default: the labels seen, sorted)")] = None,
-    selector: Annotated[Optional[str], typer.Option("--selector", help="selector (default: pretrained-linear for images and features, text for texts)")] = None,
+    selector: Annotated[Optional[str], typer.Option("--selector", help="selector (default: ensemble for images, pretrained-linear for features, text for texts)")] = None,
     rule: Annotated[Optional[str], typer.Option("--rule", help="priority rule (default: the selector's own)")] = None,
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="embedding cache")] = Path(".alc/cache"),
     seed: Annotated[int, typer.Option(help="seed of the folds and the heads")] = 0,
@@ -203,9 +203,10 @@ def read_images(folder: Path, files: list[str]) -> tuple[Any, list[int], dict[in
 def run_pipeline(dataset: Dataset, data: Any, kept: list[int], is_images: bool, is_text: bool, is_posteriors: bool,
                  selector: str | None, rule: str | None, cache_dir: Path, seed: int) -> tuple[str, Any, Any]:
     from scoring.pipeline import rank as rank_tasks
-    from scoring.selectors import make_selector
+    from scoring.selectors import DEFAULT_FEATURE_SELECTOR, DEFAULT_IMAGE_SELECTOR, make_selector
 
-    name = selector or ("posteriors" if is_posteriors else "text" if is_text else "pretrained-linear")
+    name = selector or ("posteriors" if is_posteriors else "text" if is_text
+                        else DEFAULT_IMAGE_SELECTOR if is_images else DEFAULT_FEATURE_SELECTOR)
     try:
         model = (make_selector("posteriors", posteriors=data) if name == "posteriors"
                  else make_selector(name, seed=seed, cache_dir=cache_dir, n_classes=len(dataset.class_names)))

@@ -14,6 +14,12 @@ from scoring.selectors.base import Selector
 from scoring.selectors.baselines import OracleSelector, PosteriorsSelector, RandomSelector
 from scoring.selectors.linear import LinearSelector
 
+# The selector for images when none is named (the service, `alc rank`): two EfficientNet-Lite heads at 128 px
+# with mirror-image embeddings, the ensemble's ``small`` preset (measured in docs/benchmarks/low-noise.md).
+DEFAULT_IMAGE_SELECTOR = "ensemble"
+# The selector for a team's own embeddings: one calibrated linear head (encoders cannot read features).
+DEFAULT_FEATURE_SELECTOR = "pretrained-linear"
+
 # Targets are imported only when chosen, so torch loads only for learned selectors.
 BUILTIN_SELECTORS: dict[str, str] = {
     "random": "scoring.selectors.baselines:RandomSelector",

@@ -56,6 +56,21 @@ def test_rank_images_writes_every_item_sorted_by_priority_and_a_report(image_dat
     assert "model-based" in page
 
 
+def test_rank_images_defaults_to_the_small_ensemble_and_finds_flipped_labels(image_dataset):
+    """No --selector: the product's default for images (two Lite heads at 128 px with mirror images)."""
+    tmp, truth = image_dataset
+    result = runner.invoke(app, ["rank", str(tmp / "labels.csv"), "--images", str(tmp / "images"), "--out",
+                                 str(tmp / "ranked.csv"), "--cache-dir", str(tmp / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "ranking with ensemble" in result.output
+    rows = rows_of(tmp / "ranked.csv")
+    assert len(rows) == 60
+    flipped = {f"{i}.png" for i in range(0, 60, 5)}  # every fifth label was made wrong
+    top = {r["file"] for r in rows[:12]}
+    assert len(top & flipped) >= 4  # chance: 12 x 12/60 = 2.4
+    assert len(list((tmp / "cache").rglob("*"))) > 0  # the embeddings were cached for the next run
+
+
 def test_rank_features_and_posteriors_in_the_csv_order(tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 90)

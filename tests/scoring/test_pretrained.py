@@ -217,7 +217,10 @@ def test_ensemble_posteriors_average_the_members_and_sum_to_one(small, tmp_path)
 def test_ensemble_presets_name_their_members():
     from scoring.selectors.ensemble import member_specs
 
-    cpu, large, gpu = member_specs("cpu"), member_specs("large"), member_specs("gpu")
+    small, cpu, large, gpu = member_specs("small"), member_specs("cpu"), member_specs("large"), member_specs("gpu")
+    assert [(m["options"]["encoder"], m["options"]["image_size"], m["options"]["flip"]) for m in small] == [
+        ("efficientnet-lite0", 128, True), ("efficientnet-lite2", 128, True)]
+    assert make_selector("ensemble").members == small  # the default preset
     assert [(m["options"]["encoder"], m["options"]["image_size"]) for m in cpu] == [
         ("efficientnet-lite0", 224), ("efficientnet-lite2", 192)]
     assert [(m["options"]["encoder"], m["options"]["image_size"]) for m in large] == [
