@@ -74,6 +74,29 @@ def test_fit_then_update_and_publish(parts, conn):
     assert loaded.version == v1 and loaded.selector().predict_proba(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 10)
 
 
+def test_the_default_selector_ranks_images_at_128_px_and_reloads_from_the_store(parts, conn):
+    """No ALC_SELECTOR: the small ensemble (Lite0 + Lite2 at 128 px, mirror images), fitted, updated, published
+    and loaded back giving the same posteriors; the project's images are kept at the ensemble's input size."""
+    from backend.settings import load_settings
+    from scoring.selectors import DEFAULT_IMAGE_SELECTOR
+
+    settings, store, loader, fake = parts
+    values = {k: v for k, v in settings.model_dump().items() if k not in ("selector", "selector_options")}
+    default = load_settings(**values, use_profile=False)
+    assert (default.selector, default.selector_options) == (DEFAULT_IMAGE_SELECTOR, {}) == ("ensemble", {})
+    selector, ranking, meta = jobs.train_and_score(default, 1, read(conn, default, 1), store, loader)
+    assert meta["mode"] == "fit" and meta["selector"] == "ensemble" and meta["tasks"] == 60
+    assert [m["options"]["image_size"] for m in selector.members] == [128, 128]
+    assert (store.project_dir(1) / "images-128px.npz").is_file()
+    assert np.all(np.isfinite(ranking.priority)) and np.all((ranking.p_label > 0) & (ranking.p_label < 1))
+    store.publish(1, selector, ranking, meta)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    np.testing.assert_allclose(store.load(1).selector().predict_proba(images), selector.predict_proba(images), atol=1e-6)
+    fake.projects[1].add_annotation(fake.projects[1].task_ids[0], 3)
+    _, ranking2, meta2 = jobs.train_and_score(default, 1, read(conn, default, 1), store, loader)
+    assert meta2["mode"] == "update" and ranking2.counts[0].sum() == 2
+
+
 def test_a_version_stored_without_state_is_refitted_not_retried_forever(parts, conn):
     """A third-party selector without save/load is stored without state; the next retrain fits afresh."""
     settings, store, loader, fake = parts
