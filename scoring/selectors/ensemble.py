@@ -5,15 +5,20 @@ different images), so their average is better calibrated and more accurate than 
 ``members`` is a list of selector names or ``{"name": ..., "options": {...}}``; ``weights``
 optionally weights them. Every member gets the same context (seed, cache_dir, device, ...).
 
-Presets: ``small`` (the default, and the product's default selector for images: a Lite0 and a Lite2 head at
-128 px, each on the mean embedding of the image and its mirror image; measured on CIFAR-10H, 5 seeds, float32,
-docs/benchmarks/low-noise.md: all 10,000 images at T = 1, 52.9% of the initial wrong labels corrected within
-the budget against 48.0% for ``pretrained-linear`` alone; the 5,000 subset at T = 2, 584 re-annotations to 90%
-against 617; four forward passes at 128 px cost about as much as ``cpu``'s two at 224 and 192 px minus a
-third), ``cpu`` (a Lite0 head at 224 px and a Lite2 head at 192 px, both with stage features; measured in
-docs/benchmarks/pretrained_selectors_t2.md), ``large`` (Lite0 at 224 and 128 px plus Lite2 at 260 px: the best
-in float32 at T = 2, about 2-3 times ``cpu``'s embedding CPU) and ``gpu`` (``large`` plus ssl-linear adapting
-Lite0 to the images with BYOL; runs on a CPU too, slowly; not measured: no GPU was available).
+Presets:
+
+- ``small`` (the default, and so the product's default selector for images): a Lite0 and a Lite2 head at 128 px,
+  each on the mean embedding of the image and its mirror image. Measured on CIFAR-10H, 5 seeds, float32
+  (docs/benchmarks/low-noise.md): all 10,000 images at T = 1, 52.9% of the initial wrong labels corrected within
+  the budget against 48.0% for ``pretrained-linear``; the 5,000 subset at T = 2, 584 re-annotations to 90%
+  against 617. Its four passes at 128 px cost about half of ``cpu``'s two (593 s cold for 10,000 images on
+  2 float32 cores). Chosen on CIFAR's 32 px images; not measured on larger photographs.
+- ``cpu``: a Lite0 head at 224 px and a Lite2 head at 192 px, both with stage features
+  (docs/benchmarks/pretrained_selectors_t2.md); keeps more of each image's pixels.
+- ``large``: Lite0 at 224 and 128 px plus Lite2 at 260 px; the best in float32 at T = 2, about 2-3 times
+  ``cpu``'s embedding CPU.
+- ``gpu``: ``large`` plus ssl-linear adapting Lite0 to the images with BYOL; runs on a CPU too, slowly; not
+  measured: no GPU was available.
 """
 
 from __future__ import annotations
