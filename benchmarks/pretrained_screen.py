@@ -29,7 +29,7 @@ BUDGET_FACTOR = 3
 
 def main(temperature: float, variants: dict[str, dict], ensembles: list[list[str]]) -> None:
     data = load_cifar10h(None, 5000, temperature, 0, with_images=True)
-    budget = int(round(BUDGET_FACTOR * data.n_tasks * data.initial_noise_rate))
+    budget = data.budget_for(BUDGET_FACTOR)
     posteriors: dict[str, dict[int, np.ndarray]] = {}
     for name, options in variants.items():
         posteriors[name] = {}

@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=5000)
     args = parser.parse_args()
     data = load_cifar10h(args.data_dir, args.subset, 2.0, seed=0)
-    budget = int(round(3 * data.n_tasks * data.initial_noise_rate))
+    budget = data.budget_for(3)
     # a stand-in for a user's model: the truth blurred at T=3 (only the speed is measured here)
     blurred = temperature_scale(data.true_distribution, 3.0)
     strategies = {

@@ -67,6 +67,10 @@ class SimulationData:
         """Fraction of tasks whose initial majority label differs from the true label."""
         return float(np.mean(self.initial_counts.argmax(axis=1) != self.true_labels))
 
+    def budget_for(self, factor: float) -> int:
+        """Re-annotations in a budget of ``factor`` per initially wrong label (the simulation's --budget-factor)."""
+        return int(round(factor * self.n_tasks * self.initial_noise_rate))
+
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     """--data-dir, else $ALC_DATA_DIR, else ../shared/data."""

@@ -121,7 +121,7 @@ def simulate(
     if needs_images and data.images is None:
         raise typer.BadParameter("a learned selector needs --images")
 
-    n_budget = budget if budget is not None else int(round(budget_factor * data.n_tasks * data.initial_noise_rate))
+    n_budget = budget if budget is not None else data.budget_for(budget_factor)
     context = {
         "true_distribution": data.true_distribution,
         "posteriors": posteriors,

@@ -31,7 +31,7 @@ BUDGET_FACTOR = 3
 def main(subset: int, temperature: float, seeds: list[int], variants: dict[str, list], ensembles: list[list[str]],
          out: str | None) -> None:
     data = load_cifar10h(None, subset, temperature, 0, with_images=True)
-    budget = int(round(BUDGET_FACTOR * data.n_tasks * data.initial_noise_rate))
+    budget = data.budget_for(BUDGET_FACTOR)
     print(f"CIFAR-10H N={data.n_tasks} T={temperature}: initial noise {100 * data.initial_noise_rate:.2f}%, "
           f"budget {budget}", flush=True)
     posteriors: dict[str, dict[int, np.ndarray]] = {}

@@ -21,7 +21,7 @@ enc = json.loads(sys.argv[4])  # {"a": {pretrained-linear options}, "b": {...}}
 wanted = sys.argv[5].split(",")
 out = sys.argv[6] if len(sys.argv) > 6 else None
 data = load_cifar10h(None, subset, T, 0, with_images=True)
-budget = int(round(BUDGET_FACTOR * data.n_tasks * data.initial_noise_rate))
+budget = data.budget_for(BUDGET_FACTOR)
 print(f"N={data.n_tasks} T={T} noise {data.initial_noise_rate:.4f} budget {budget}", flush=True)
 feats = {k: PL(cache_dir=".alc/cache", **o)._features(data.images) for k, o in enc.items()}
 names = list(feats)

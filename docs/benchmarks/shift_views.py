@@ -13,7 +13,7 @@ from low_noise import show, BUDGET_FACTOR
 from scoring.data import load_cifar10h
 from scoring.selectors.pretrained_linear import PretrainedLinearSelector as PL
 data = load_cifar10h(None, 10000, 1, 0, with_images=True)
-budget = int(round(BUDGET_FACTOR * data.n_tasks * data.initial_noise_rate))
+budget = data.budget_for(BUDGET_FACTOR)
 imgs = data.images
 def shift(a, dy, dx, pad=3):
     p = np.pad(a, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")

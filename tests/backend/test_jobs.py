@@ -75,8 +75,8 @@ def test_fit_then_update_and_publish(parts, conn):
 
 
 def test_the_default_selector_ranks_images_at_128_px_and_reloads_from_the_store(parts, conn):
-    """No ALC_SELECTOR: the small ensemble (Lite0 + Lite2 at 128 px, mirror images), fitted, updated, published
-    and loaded back giving the same posteriors; the project's images are kept at the ensemble's input size."""
+    """No ALC_SELECTOR: the small ensemble (Lite0 + Lite2 at 128 px, mirror images) is fitted, published, loaded
+    back giving the same posteriors, then updated; the project's images are kept at the ensemble's input size."""
     from backend.settings import load_settings
     from scoring.selectors import DEFAULT_IMAGE_SELECTOR
 

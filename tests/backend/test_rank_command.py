@@ -58,7 +58,7 @@ def test_rank_images_writes_every_item_sorted_by_priority_and_a_report(image_dat
 
 def test_rank_images_defaults_to_the_small_ensemble_and_finds_flipped_labels(image_dataset):
     """No --selector: the product's default for images (two Lite heads at 128 px with mirror images)."""
-    tmp, truth = image_dataset
+    tmp, _ = image_dataset
     result = runner.invoke(app, ["rank", str(tmp / "labels.csv"), "--images", str(tmp / "images"), "--out",
                                  str(tmp / "ranked.csv"), "--cache-dir", str(tmp / "cache")])
     assert result.exit_code == 0, result.output
