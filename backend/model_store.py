@@ -58,19 +58,24 @@ class ModelVersion:
     _selector: Any = field(default=None, repr=False)
 
     def selector(self) -> Any:
-        """The fitted selector, from ``selector/`` by its registered class; ModelStateError if it cannot be."""
+        """The fitted selector that serves this version, loaded once and kept; ModelStateError if it cannot be."""
         if self._selector is None:
-            if self.meta.get("selector_state") != "saved":
-                raise ModelStateError(
-                    f"model {self.version} was stored without its selector's state (a selector without "
-                    "save/load): a retrain is needed to score tasks outside its ranking"
-                )
-            cls = _registered_class(self.meta.get("selector_class"))
-            try:
-                self._selector = cls.load(self.path / SELECTOR_DIR)
-            except Exception as exc:  # torn or hostile files: this version's selector is unusable
-                raise ModelStateError(f"the selector of model {self.version} does not load: {type(exc).__name__}: {exc}") from None
+            self._selector = self.load_selector()
         return self._selector
+
+    def load_selector(self) -> Any:
+        """A fresh copy of the fitted selector from ``selector/`` by its registered class, for a retrain to update
+        in place while the kept one goes on serving this version unchanged; ModelStateError if it cannot be loaded."""
+        if self.meta.get("selector_state") != "saved":
+            raise ModelStateError(
+                f"model {self.version} was stored without its selector's state (a selector without "
+                "save/load): a retrain is needed to score tasks outside its ranking"
+            )
+        cls = _registered_class(self.meta.get("selector_class"))
+        try:
+            return cls.load(self.path / SELECTOR_DIR)
+        except Exception as exc:  # torn or hostile files: this version's selector is unusable
+            raise ModelStateError(f"the selector of model {self.version} does not load: {type(exc).__name__}: {exc}") from None
 
 
 def _registered_class(name: Any) -> type:

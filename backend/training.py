@@ -208,10 +208,11 @@ def _floats(value: Any) -> np.ndarray:
 
 
 def _stored_selector(version: ModelVersion) -> Any | None:
-    """The serving version's fitted selector, or None when it was stored without usable state (a third-party
-    selector without save/load): the retrain then fits a fresh one instead of failing on every retry."""
+    """A fresh copy of the serving version's fitted selector, to update (the served one must not change before the
+    new version is published), or None when it was stored without usable state (a third-party selector without
+    save/load): the retrain then fits a fresh one instead of failing on every retry."""
     try:
-        return version.selector()
+        return version.load_selector()
     except ModelStateError as exc:
         log.info("model %s cannot be updated (%s): fitting a fresh selector", version.version, exc)
         return None

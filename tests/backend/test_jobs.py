@@ -66,12 +66,19 @@ def test_fit_then_update_and_publish(parts, conn):
     v1 = store.publish(1, selector, ranking, meta)
     assert store.current_version(1) == v1 and os.path.islink(store.project_dir(1) / "current")
 
-    first = fake.projects[1].task_ids[0]
-    fake.projects[1].add_annotation(first, 3)
-    _, ranking2, meta2 = jobs.train_and_score(settings, 1, read(conn, settings, 1), store, loader)
+    serving = store.load(1).selector()
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    served = serving.predict_proba(images)
+
+    for task in fake.projects[1].task_ids[:20]:  # enough new labels to move the model
+        fake.projects[1].add_annotation(task, 3)
+    updated, ranking2, meta2 = jobs.train_and_score(settings, 1, read(conn, settings, 1), store, loader)
     assert meta2["mode"] == "update" and ranking2.counts[0].sum() == 2
+    # the update worked on its own copy: until the new version is published, v1 serves what it served
+    assert updated is not serving and not np.allclose(updated.predict_proba(images), served)
     loaded = store.load(1)
-    assert loaded.version == v1 and loaded.selector().predict_proba(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 10)
+    assert loaded.version == v1 and loaded.selector() is serving
+    np.testing.assert_array_equal(serving.predict_proba(images), served)
 
 
 def test_the_default_selector_ranks_images_at_128_px_and_reloads_from_the_store(parts, conn):
