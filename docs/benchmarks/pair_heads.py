@@ -5,7 +5,9 @@ e.g.   .venv/bin/python docs/benchmarks/pair_heads.py 10000 1 1,2,3,4,5 \
            '{"l0": {}, "l2": {"encoder": "efficientnet-lite2", "image_size": 192}}' geo,cat,catwd,cross,cross2
 Per seed, each encoder's `pretrained-linear` posteriors and their average (avg, the `ensemble`), then WANTED of:
 geo (geometric mean), cat (one head on the concatenated features; catwd with weight decay 0.2), cross (each head
-refitted without the 10% of its training tasks the averaged posteriors find most suspect; cross2 twice). Prints
+refitted without the 10% of its training tasks the averaged posteriors find most suspect; cross2 twice), white (each
+encoder's features PCA-whitened on every image, labels unused, eigenvalues shrunk by a tenth of their mean; one head
+each, averaged). Prints
 low_noise.py's figures for each. Embeddings come from the cache (.alc/cache).
 """
 import json, sys, time
@@ -25,6 +27,13 @@ budget = data.budget_for(BUDGET_FACTOR)
 print(f"N={data.n_tasks} T={T} noise {data.initial_noise_rate:.4f} budget {budget}", flush=True)
 feats = {k: PL(cache_dir=".alc/cache", **o)._features(data.images) for k, o in enc.items()}
 names = list(feats)
+if "white" in wanted:
+    def whiten(x: np.ndarray, shrink: float = 0.1) -> np.ndarray:
+        x = np.sign(x) * np.sqrt(np.abs(x))  # what pretrained-linear does before standardising
+        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+        eigenvalues, vectors = np.linalg.eigh(x.T @ x / len(x))
+        return ((x @ vectors) / np.sqrt(eigenvalues + shrink * eigenvalues.mean())).astype(np.float32)
+    whitened = {k: whiten(feats[k]) for k in names}
 counts = data.initial_counts
 post = {}
 
@@ -52,6 +61,8 @@ for seed in seeds:
             avg0 = np.mean([sel[k].oof_proba(feats[k]) for k in names], axis=0)
             P[f"cross{'' if rnd == 1 else 2}"] = avg0
             if "cross2" not in wanted: break
+    if "white" in wanted:
+        P["white"] = np.mean([fit(whitened[k], seed, feature_transform="none").oof_proba(whitened[k]) for k in names], axis=0)
     for k, p in P.items():
         post.setdefault(k, {})[seed] = p
     print(f"seed {seed} fitted in {time.time() - t0:.0f}s", flush=True)
