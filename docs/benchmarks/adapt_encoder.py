@@ -1,0 +1,111 @@
+"""Screens adapting an ImageNet encoder to the project's images (no labels) before the default's frozen pipeline.
+
+Usage: .venv/bin/python docs/benchmarks/adapt_encoder.py bn SEEDS [ENCODER]
+       .venv/bin/python docs/benchmarks/adapt_encoder.py byol SEEDS EPOCHS [ENCODER]
+e.g.   .venv/bin/python docs/benchmarks/adapt_encoder.py byol 1,2,3,4,5 1 efficientnet-lite0
+- ``bn`` (AdaBN, the cheapest adaptation): one pass over every image and its mirror image, no gradients, replaces
+  each BatchNorm's running mean and variance with the project's.
+- ``byol`` (the paper's self-supervised step at a size a CPU affords): BYOL (ssl-linear's networks, views and
+  training loop) trains the whole encoder from its ImageNet weights for EPOCHS epochs (AdamW, lr 2e-4, batch 64),
+  every BatchNorm keeping its ImageNet statistics.
+Then, as for the default's members: each image and its mirror image embedded at 128 px (stage features), a
+`pretrained-linear` head fitted out of fold per seed. Prints low_noise.py's figures (CIFAR-10H, all 10,000 images,
+T = 1) for the adapted encoder and, on the same seeds, for the same encoder unadapted (embeddings from .alc/cache).
+"""
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, "docs/benchmarks")
+from low_noise import BUDGET_FACTOR, show  # noqa: E402
+from scoring.augment import to_tensor  # noqa: E402
+from scoring.data import load_cifar10h  # noqa: E402
+from scoring.embeddings import embed  # noqa: E402
+from scoring.encoders import PretrainedEncoder, build_pretrained_encoder  # noqa: E402
+from scoring.models import MLP  # noqa: E402
+from scoring.selectors.pretrained_linear import PretrainedLinearSelector  # noqa: E402
+from scoring.selectors.ssl_linear import BYOL, pretrain_byol  # noqa: E402
+
+SIZE = 128
+CPU = torch.device("cpu")
+
+
+def batch_norms(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def adapt_batch_norm(encoder: PretrainedEncoder, images: np.ndarray) -> None:
+    backbone = encoder.backbone.eval()  # blocks stay in eval mode (no drop-connect); only BatchNorm re-estimates
+    for norm in batch_norms(backbone):
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over every batch
+        norm.train()
+    with torch.no_grad():
+        for start in range(0, len(images), 250):
+            batch = to_tensor(images[start:start + 250], CPU)
+            backbone(torch.cat([batch, torch.flip(batch, dims=(3,))]))
+    backbone.eval()
+
+
+class KeptStatistics(torch.nn.Module):
+    """A backbone as BYOL's online and target networks want it (``out_dim``), its BatchNorm always in eval mode."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.out_dim = backbone.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def train(self, mode: bool = True) -> "KeptStatistics":
+        super().train(mode)
+        for norm in batch_norms(self):
+            norm.eval()
+        return self
+
+
+def adapt_byol(name: str, encoder: PretrainedEncoder, images: np.ndarray, epochs: int) -> None:
+    online = KeptStatistics(encoder.backbone)
+    for p in online.parameters():
+        p.requires_grad_(True)
+    byol = BYOL.__new__(BYOL)  # BYOL's constructor wraps ssl-linear's from-scratch backbone; the parts are the same
+    torch.nn.Module.__init__(byol)
+    torch.manual_seed(0)
+    byol.online_backbone, byol.online_projector, byol.predictor = online, MLP(online.out_dim, 512, 128), MLP(128, 512, 128)
+    byol.target_backbone = KeptStatistics(build_pretrained_encoder(name, SIZE, None, True, "float32").backbone)
+    byol.target_projector = MLP(online.out_dim, 512, 128)
+    byol.target_projector.load_state_dict(byol.online_projector.state_dict())
+    for p in byol.target_parameters():
+        p.requires_grad_(False)
+    losses = pretrain_byol(byol, images, epochs=epochs, batch_size=64, lr=2e-4, weight_decay=1e-6, tau_base=0.99,
+                           device=CPU, seed=0)
+    print(f"BYOL loss per epoch: {', '.join(f'{x:.3f}' for x in losses)}", flush=True)
+    online.eval()
+    for p in online.parameters():
+        p.requires_grad_(False)
+
+
+def main(mode: str, seeds: list[int], epochs: int, name: str) -> None:
+    data = load_cifar10h(None, 10000, 1.0, 0, with_images=True)
+    budget = data.budget_for(BUDGET_FACTOR)
+    started = time.perf_counter()
+    encoder = build_pretrained_encoder(name, SIZE, None, True, "float32")
+    adapt_batch_norm(encoder, data.images) if mode == "bn" else adapt_byol(name, encoder, data.images, epochs)
+    mirrored = np.ascontiguousarray(data.images[:, :, ::-1])
+    features = {"adapted": (embed(encoder, data.images, CPU) + embed(encoder, mirrored, CPU)) / 2}
+    print(f"{name}: adapted ({mode}) and 10,000 images embedded twice in {time.perf_counter() - started:.0f} s", flush=True)
+    features["frozen"] = PretrainedLinearSelector(encoder=name, image_size=SIZE, flip=True, cache_dir=".alc/cache")._features(data.images)
+    for kind, x in features.items():
+        show(f"{name} {kind}", {s: PretrainedLinearSelector(seed=s).fit(x, data.initial_counts).oof_proba(x) for s in seeds},
+             data, budget)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[0] == "bn":
+        main("bn", [int(s) for s in args[1].split(",")], 0, args[2] if len(args) > 2 else "efficientnet-lite0")
+    else:
+        main("byol", [int(s) for s in args[1].split(",")], int(args[2]), args[3] if len(args) > 3 else "efficientnet-lite0")
