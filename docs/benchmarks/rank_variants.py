@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from scoring.data import load_cifar10h
+from scoring.data import load_cifar10h, temperature_scale
 from scoring.ranking import Strategy
 from scoring.rules import Priorities, Rule, get_rule, normalised_cross_entropy, normalised_entropy
 from scoring.selectors.baselines import PosteriorsSelector
@@ -28,13 +28,6 @@ def weighted_entropy(weight: float) -> Rule:
         ce, h = normalised_cross_entropy(counts, probs), normalised_entropy(probs)
         return Priorities(ce - weight * h, ce, h)
     return Rule(f"ce-{weight}h", rule)
-
-
-def at_temperature(t: float):
-    def transform(p: np.ndarray) -> np.ndarray:
-        q = np.exp(np.log(np.clip(p, 1e-12, 1)) / t)
-        return q / q.sum(1, keepdims=True)
-    return transform
 
 
 def main(saved_file: str, members: list[str], subset: int, temperature: float) -> None:
@@ -55,7 +48,7 @@ def main(saved_file: str, members: list[str], subset: int, temperature: float) -
     variants = {"alc (the paper's rule)": (alc, same)}
     variants |= {f"CE - {w} H": (weighted_entropy(w), same) for w in (0.0, 0.5, 0.75, 1.25, 1.5, 2.0)}
     variants |= {"self-confidence": (get_rule("self-confidence"), same)}
-    variants |= {f"alc, temperature {t}": (alc, at_temperature(t)) for t in (0.7, 1.5, 2.0)}
+    variants |= {f"alc, temperature {t}": (alc, lambda p, t=t: temperature_scale(p, t)) for t in (0.7, 1.5, 2.0)}
     variants |= {"alc, per-class thresholds": (alc, per_class_thresholds), "alc, label frequencies": (alc, label_frequencies)}
     with np.load(saved_file) as saved:
         seeds = sorted({int(k.rsplit("-", 1)[1]) for k in saved.files if k.rsplit("-", 1)[0] == members[0]})
