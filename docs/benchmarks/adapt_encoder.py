@@ -24,7 +24,6 @@ from scoring.augment import to_tensor  # noqa: E402
 from scoring.data import load_cifar10h  # noqa: E402
 from scoring.embeddings import embed  # noqa: E402
 from scoring.encoders import PretrainedEncoder, build_pretrained_encoder  # noqa: E402
-from scoring.models import MLP  # noqa: E402
 from scoring.selectors.pretrained_linear import PretrainedLinearSelector  # noqa: E402
 from scoring.selectors.ssl_linear import BYOL, pretrain_byol  # noqa: E402
 
@@ -67,19 +66,12 @@ class KeptStatistics(torch.nn.Module):
         return self
 
 
-def adapt_byol(name: str, encoder: PretrainedEncoder, images: np.ndarray, epochs: int) -> None:
+def adapt_byol(encoder: PretrainedEncoder, images: np.ndarray, epochs: int) -> None:
     online = KeptStatistics(encoder.backbone)
     for p in online.parameters():
         p.requires_grad_(True)
-    byol = BYOL.__new__(BYOL)  # BYOL's constructor wraps ssl-linear's from-scratch backbone; the parts are the same
-    torch.nn.Module.__init__(byol)
     torch.manual_seed(0)
-    byol.online_backbone, byol.online_projector, byol.predictor = online, MLP(online.out_dim, 512, 128), MLP(128, 512, 128)
-    byol.target_backbone = KeptStatistics(build_pretrained_encoder(name, SIZE, None, True, "float32").backbone)
-    byol.target_projector = MLP(online.out_dim, 512, 128)
-    byol.target_projector.load_state_dict(byol.online_projector.state_dict())
-    for p in byol.target_parameters():
-        p.requires_grad_(False)
+    byol = BYOL(online)  # the target network is a frozen copy of the online one
     losses = pretrain_byol(byol, images, epochs=epochs, batch_size=64, lr=2e-4, weight_decay=1e-6, tau_base=0.99,
                            device=CPU, seed=0)
     print(f"BYOL loss per epoch: {', '.join(f'{x:.3f}' for x in losses)}", flush=True)
@@ -93,7 +85,7 @@ def main(mode: str, seeds: list[int], epochs: int, name: str) -> None:
     budget = data.budget_for(BUDGET_FACTOR)
     started = time.perf_counter()
     encoder = build_pretrained_encoder(name, SIZE, None, True, "float32")
-    adapt_batch_norm(encoder, data.images) if mode == "bn" else adapt_byol(name, encoder, data.images, epochs)
+    adapt_batch_norm(encoder, data.images) if mode == "bn" else adapt_byol(encoder, data.images, epochs)
     mirrored = np.ascontiguousarray(data.images[:, :, ::-1])
     features = {"adapted": (embed(encoder, data.images, CPU) + embed(encoder, mirrored, CPU)) / 2}
     print(f"{name}: adapted ({mode}) and 10,000 images embedded twice in {time.perf_counter() - started:.0f} s", flush=True)
