@@ -1,7 +1,7 @@
 """Screens adapting an ImageNet encoder to the project's images (no labels) before the default's frozen pipeline.
 
-Usage: .venv/bin/python docs/benchmarks/adapt_encoder.py bn SEEDS [ENCODER]
-       .venv/bin/python docs/benchmarks/adapt_encoder.py byol SEEDS EPOCHS [ENCODER]
+Usage: .venv/bin/python docs/benchmarks/adapt_encoder.py bn SEEDS [ENCODER] [--out=RUN.npz]
+       .venv/bin/python docs/benchmarks/adapt_encoder.py byol SEEDS EPOCHS [ENCODER] [--out=RUN.npz]
 e.g.   .venv/bin/python docs/benchmarks/adapt_encoder.py byol 1,2,3,4,5 1 efficientnet-lite0
 - ``bn`` (AdaBN, the cheapest adaptation): one pass over every image and its mirror image, no gradients, replaces
   each BatchNorm's running mean and variance with the project's.
@@ -11,6 +11,8 @@ e.g.   .venv/bin/python docs/benchmarks/adapt_encoder.py byol 1,2,3,4,5 1 effici
 Then, as for the default's members: each image and its mirror image embedded at 128 px (stage features), a
 `pretrained-linear` head fitted out of fold per seed. Prints low_noise.py's figures (CIFAR-10H, all 10,000 images,
 T = 1) for the adapted encoder and, on the same seeds, for the same encoder unadapted (embeddings from .alc/cache).
+``--out=RUN.npz`` saves the posteriors as ``adapted-SEED`` and ``frozen-SEED``, to average with other members through
+low_noise.py's ``saved`` variants.
 """
 import sys
 import time
@@ -80,7 +82,7 @@ def adapt_byol(encoder: PretrainedEncoder, images: np.ndarray, epochs: int) -> N
         p.requires_grad_(False)
 
 
-def main(mode: str, seeds: list[int], epochs: int, name: str) -> None:
+def main(mode: str, seeds: list[int], epochs: int, name: str, out: str | None) -> None:
     data = load_cifar10h(None, 10000, 1.0, 0, with_images=True)
     budget = data.budget_for(BUDGET_FACTOR)
     started = time.perf_counter()
@@ -90,14 +92,20 @@ def main(mode: str, seeds: list[int], epochs: int, name: str) -> None:
     features = {"adapted": (embed(encoder, data.images, CPU) + embed(encoder, mirrored, CPU)) / 2}
     print(f"{name}: adapted ({mode}) and 10,000 images embedded twice in {time.perf_counter() - started:.0f} s", flush=True)
     features["frozen"] = PretrainedLinearSelector(encoder=name, image_size=SIZE, flip=True, cache_dir=".alc/cache")._features(data.images)
+    posteriors = {}
     for kind, x in features.items():
-        show(f"{name} {kind}", {s: PretrainedLinearSelector(seed=s).fit(x, data.initial_counts).oof_proba(x) for s in seeds},
-             data, budget)
+        by_seed = {s: PretrainedLinearSelector(seed=s).fit(x, data.initial_counts).oof_proba(x) for s in seeds}
+        show(f"{name} {kind}", by_seed, data, budget)
+        posteriors |= {f"{kind}-{s}": p for s, p in by_seed.items()}
+    if out:
+        np.savez_compressed(out, **posteriors)
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
+    args = [a for a in sys.argv[1:] if not a.startswith("--out=")]
+    out_file = next((a.partition("=")[2] for a in sys.argv[1:] if a.startswith("--out=")), None)
     if args[0] == "bn":
-        main("bn", [int(s) for s in args[1].split(",")], 0, args[2] if len(args) > 2 else "efficientnet-lite0")
+        main("bn", [int(s) for s in args[1].split(",")], 0, args[2] if len(args) > 2 else "efficientnet-lite0", out_file)
     else:
-        main("byol", [int(s) for s in args[1].split(",")], int(args[2]), args[3] if len(args) > 3 else "efficientnet-lite0")
+        main("byol", [int(s) for s in args[1].split(",")], int(args[2]), args[3] if len(args) > 3 else "efficientnet-lite0",
+             out_file)
