@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, "docs/benchmarks")
-from low_noise import BUDGET_FACTOR, show  # noqa: E402
+from low_noise import BUDGET_FACTOR, show, split_out_option  # noqa: E402
 from scoring.augment import to_tensor  # noqa: E402
 from scoring.data import load_cifar10h  # noqa: E402
 from scoring.embeddings import embed  # noqa: E402
@@ -88,6 +88,7 @@ def main(mode: str, seeds: list[int], epochs: int, name: str, out: str | None) -
     started = time.perf_counter()
     encoder = build_pretrained_encoder(name, SIZE, None, True, "float32")
     adapt_batch_norm(encoder, data.images) if mode == "bn" else adapt_byol(encoder, data.images, epochs)
+    # Embedded here, not through the embedding cache: its key names the ImageNet weights, which the adaptation changed.
     mirrored = np.ascontiguousarray(data.images[:, :, ::-1])
     features = {"adapted": (embed(encoder, data.images, CPU) + embed(encoder, mirrored, CPU)) / 2}
     print(f"{name}: adapted ({mode}) and 10,000 images embedded twice in {time.perf_counter() - started:.0f} s", flush=True)
@@ -102,8 +103,7 @@ def main(mode: str, seeds: list[int], epochs: int, name: str, out: str | None) -
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--out=")]
-    out_file = next((a.partition("=")[2] for a in sys.argv[1:] if a.startswith("--out=")), None)
+    args, out_file = split_out_option(sys.argv[1:])
     if args[0] == "bn":
         main("bn", [int(s) for s in args[1].split(",")], 0, args[2] if len(args) > 2 else "efficientnet-lite0", out_file)
     else:

@@ -80,8 +80,13 @@ def show(name: str, probs: dict[int, np.ndarray], data, budget: int) -> dict:
     return row
 
 
+def split_out_option(argv: list[str]) -> tuple[list[str], str | None]:
+    """The positional arguments, and the FILE of an ``--out=FILE`` among them (None without one)."""
+    return ([a for a in argv if not a.startswith("--out=")],
+            next((a.partition("=")[2] for a in argv if a.startswith("--out=")), None))
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--out")]
-    out_file = next((a.partition("=")[2] for a in sys.argv[1:] if a.startswith("--out=")), None)
+    args, out_file = split_out_option(sys.argv[1:])
     main(int(args[0]), float(args[1]), [int(s) for s in args[2].split(",")], json.loads(args[3]),
          [e.split("+") for e in args[4].split(",")] if len(args) > 4 and args[4] else [], out_file)
