@@ -35,7 +35,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "connectors"))
 from fake_label_studio import FakeLabelStudio  # noqa: E402
 
-from backend import jobs  # noqa: E402
+from backend import jobs, task_window  # noqa: E402
 from backend.queue import EmbeddedRedis, connect  # noqa: E402
 from backend.settings import load_settings  # noqa: E402
 from backend.working_state import WorkingState, compare, rebuild_from_label_studio  # noqa: E402
@@ -184,15 +184,15 @@ def main() -> None:
                 state = WorkingState(conn, pid)
                 with console.status(f"N = {n}, K = {k}: full read, pushes, annotations"):
                     _, read_req, read_s = measure(calls, rebuild_from_label_studio, state, client, "annotations")
-                    first, push_req, push_s = measure(calls, jobs.push_ranking, settings, client, state,
+                    first, push_req, push_s = measure(calls, task_window.push_ranking, settings, client, state,
                                                       ranking_of(ids, 1), "v1")
-                    _, rerank_req, rerank_s = measure(calls, jobs.push_ranking, settings, client, state,
+                    _, rerank_req, rerank_s = measure(calls, task_window.push_ranking, settings, client, state,
                                                       ranking_of(ids, 2), "v2")
                     tie, agree = sorted(first.opened)[:2]
                     annotate(tie, CLASSES[(CLASSES.index(initial(tie)) + 1) % 3])
-                    _, tie_req, tie_s = measure(calls, jobs.settle, settings, client, state, tie)
+                    _, tie_req, tie_s = measure(calls, task_window.settle, settings, client, state, tie)
                     annotate(agree, initial(agree))
-                    _, agree_req, agree_s = measure(calls, jobs.settle, settings, client, state, agree)
+                    _, agree_req, agree_s = measure(calls, task_window.settle, settings, client, state, agree)
                     equal = compare(state, read_project(client, pid)) == []
                 if args.real:
                     client.projects.delete(pid)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from rq import Queue, SimpleWorker
 
-from backend import jobs
+from backend import jobs, task_window
 from backend import queue as q
 from backend.events import NO_CHANGE, handle_event
 from backend.model_store import VERSIONS_KEPT, ModelStateError, Ranking
@@ -298,7 +298,7 @@ def annotate_and_settle(conn, settings, fake, project_id, task_id, class_index, 
     before = len(fake.ls.calls)
     ctx = jobs.configure(settings)
     ls = jobs.client(ctx)
-    outcome = jobs.settle(settings, ls, ensure_state(conn, ls, project_id), task_id)
+    outcome = task_window.settle(settings, ls, ensure_state(conn, ls, project_id), task_id)
     return outcome, requests_of(fake, before)
 
 
@@ -350,7 +350,7 @@ def test_two_workers_racing_for_the_last_slot_open_one(parts, conn):
 
     def worker(tid):
         barrier.wait()
-        jobs.settle(settings, jobs.client(ctx), WorkingState(conn, 1), tid)
+        task_window.settle(settings, jobs.client(ctx), WorkingState(conn, 1), tid)
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in ties]
     [t.start() for t in threads]
@@ -457,7 +457,7 @@ def test_a_push_takes_the_star_off_each_task_it_opens_first_and_leaves_the_rest_
     assert calls.index(("PATCH", f"/api/annotations/{unstarred[PATCH_THREADS]}")) > first_open
     # then the spares' (a refill opens one of them without a request more): after the window opened
     last_open = max(i for i, c in enumerate(calls) if c[0] == "PATCH" and c[1].startswith("/api/tasks/"))
-    assert sorted(unstarred[window:]) == sorted(spare_stars) and len(spares) == jobs.SPARES
+    assert sorted(unstarred[window:]) == sorted(spare_stars) and len(spares) == task_window.SPARES
     assert min(i for i, c in enumerate(calls) if c[1] == f"/api/annotations/{unstarred[window]}") > last_open
     assert stars_in_label_studio(fake, 1) == starred - opened_stars - spare_stars
     # predictions, version switch, the window's stars off and its tasks opened, the spares' stars off
@@ -544,7 +544,7 @@ def test_a_refilled_spare_and_a_reopened_tie_lose_their_star_before_they_open(pa
     closed = next(t for t in project.task_ids if t not in project.open_ids() and state.starred(
         [a["id"] for a in fake.ls.tasks[t]["annotations"]]))
     project.add_annotation(closed, (initial_class(fake, 1, closed) + 1) % 10)  # a re-annotation: a tie
-    jobs.settle(settings, ls, state, closed)
+    task_window.settle(settings, ls, state, closed)
     assert fake.ls.tasks[closed]["overlap"] == 3 and not stars_in_label_studio(fake, 1) & {
         a["id"] for a in fake.ls.tasks[closed]["annotations"]}
 
@@ -650,7 +650,7 @@ def test_a_new_budget_in_the_project_state_is_taken_at_once(parts, conn, setting
     app_state = type("S", (), {"redis": conn, "cadence": q.Cadence.from_settings(settings), "settings": settings})
     body = {"action": "PROJECT_UPDATED", "project": {"id": 1, field: text}}
     assert handle_event(app_state, parse_webhook(body)) == "unchanged"
-    assert state.budget().total == 42 and jobs.window_of(settings, state) == 7
+    assert state.budget().total == 42 and task_window.window_of(settings, state) == 7
 
 
 def test_the_periodic_job_reconciles_every_connected_project_and_schedules_its_successor(parts, conn, settings):

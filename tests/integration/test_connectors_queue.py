@@ -272,7 +272,7 @@ def test_the_incremental_state_equals_a_fresh_reconcile_after_a_mixed_sequence(l
     from rq import Queue, SimpleWorker
     from werkzeug.serving import make_server
 
-    from backend import jobs
+    from backend import jobs, task_window
     from backend import queue as q
     from backend.app import create_app
     from backend.queue import EmbeddedRedis
@@ -306,7 +306,7 @@ def test_the_incremental_state_equals_a_fresh_reconcile_after_a_mixed_sequence(l
         ranking = Ranking(task_ids=ids, class_names=CLASSES, counts=np.ones((len(ids), 3)), priority=-scores,
                           noisiness=-scores, ambiguity=np.zeros(len(ids)), scores=scores,
                           predicted=np.zeros(len(ids), dtype=int))
-        pushed = jobs.push_ranking(settings, ls, state, ranking, "mix-1")
+        pushed = task_window.push_ranking(settings, ls, state, ranking, "mix-1")
         assert pushed.opened == ids[:3] and client.projects.get(pid).model_version == "mix-1"
 
         def submit(annotator: LabelStream, label_of) -> tuple[int, dict]:
