@@ -88,5 +88,7 @@ def split_out_option(argv: list[str]) -> tuple[list[str], str | None]:
 
 if __name__ == "__main__":
     args, out_file = split_out_option(sys.argv[1:])
+    if not 4 <= len(args) <= 5:
+        sys.exit(__doc__.split("\n\n")[1].split("\n")[0] + "  (ENSEMBLES is one argument: a+b,a+b+c)")
     main(int(args[0]), float(args[1]), [int(s) for s in args[2].split(",")], json.loads(args[3]),
          [e.split("+") for e in args[4].split(",")] if len(args) > 4 and args[4] else [], out_file)
