@@ -6,7 +6,9 @@ SAVED.npz holds the posteriors low_noise.py saved (--out=run.json writes run.npz
 posteriors are averaged (as the `ensemble` does). Each seed's simulation (budget factor 3, no refits) then ranks
 with: the paper's rule CE - H; CE - lambda H for other lambdas; cleanlab's self-confidence; the posteriors at another
 temperature; the posteriors divided by per-class thresholds (confident learning: the mean probability of class k
-over the tasks labelled k) or adjusted to the label frequencies. Prints the share of the initial wrong labels
+over the tasks labelled k) or adjusted to the label frequencies; and, with two members or more, rules that use how
+the members disagree: the entropy of the average split into the members' mean entropy (aleatoric) and the rest
+(the members' disagreement, epistemic), and the members' own priorities averaged or at their minimum. Prints the share of the initial wrong labels
 corrected at 100% of the budget (per seed), nAUC and re-annotations to 90%; then, for the first seed's posteriors
 under the paper's rule, what the first 600 tasks of the initial ranking hold, against the true distributions.
 """
@@ -30,6 +32,22 @@ def weighted_entropy(weight: float) -> Rule:
     return Rule(f"ce-{weight}h", rule)
 
 
+def members_rule(name: str, members: np.ndarray) -> Rule:
+    """A rule that sees the members' posteriors (M, N, C) besides their average: ``aleatoric`` is CE - the members'
+    mean entropy, ``disagreement`` is CE - H - 2 x (H - that mean), ``mean phi`` and ``min phi`` average the
+    members' own CE - H or take its minimum (every member must find the label wrong)."""
+    entropies = np.array([normalised_entropy(p) for p in members])
+
+    def rule(counts: np.ndarray, probs: np.ndarray) -> Priorities:
+        ce, h = normalised_cross_entropy(counts, probs), normalised_entropy(probs)
+        if name in ("mean phi", "min phi"):
+            own = np.array([normalised_cross_entropy(counts, p) for p in members]) - entropies
+            return Priorities(own.mean(axis=0) if name == "mean phi" else own.min(axis=0), ce, h)
+        aleatoric = entropies.mean(axis=0)
+        return Priorities(ce - aleatoric if name == "aleatoric" else ce - h - 2 * (h - aleatoric), ce, h)
+    return Rule(name, rule)
+
+
 def main(saved_file: str, members: list[str], subset: int, temperature: float) -> None:
     data = load_cifar10h(None, subset, temperature, 0, with_images=False)
     budget = data.budget_for(BUDGET_FACTOR)
@@ -45,25 +63,35 @@ def main(saved_file: str, members: list[str], subset: int, temperature: float) -
         return q / q.sum(1, keepdims=True)
 
     alc, same = get_rule("alc"), (lambda p: p)
-    variants = {"alc (the paper's rule)": (alc, same)}
-    variants |= {f"CE - {w} H": (weighted_entropy(w), same) for w in (0.0, 0.5, 0.75, 1.25, 1.5, 2.0)}
-    variants |= {"self-confidence": (get_rule("self-confidence"), same)}
-    variants |= {f"alc, temperature {t}": (alc, lambda p, t=t: temperature_scale(p, t)) for t in (0.7, 1.5, 2.0)}
-    variants |= {"alc, per-class thresholds": (alc, per_class_thresholds), "alc, label frequencies": (alc, label_frequencies)}
+    on_average = {"alc (the paper's rule)": (alc, same)}
+    on_average |= {f"CE - {w} H": (weighted_entropy(w), same) for w in (0.0, 0.5, 0.75, 1.25, 1.5, 2.0)}
+    on_average |= {"self-confidence": (get_rule("self-confidence"), same)}
+    on_average |= {f"alc, temperature {t}": (alc, lambda p, t=t: temperature_scale(p, t)) for t in (0.7, 1.5, 2.0)}
+    on_average |= {"alc, per-class thresholds": (alc, per_class_thresholds),
+                   "alc, label frequencies": (alc, label_frequencies)}
+    # each variant: the members' posteriors (M, N, C) -> the rule and the posteriors it ranks with
+    variants = {name: (lambda stack, r=rule, t=transform: (r, t(stack.mean(axis=0))))
+                for name, (rule, transform) in on_average.items()}
+    if len(members) > 1:
+        variants |= {f"members: {name}": (lambda stack, n=name: (members_rule(n, stack), stack.mean(axis=0)))
+                     for name in ("aleatoric", "disagreement", "mean phi", "min phi")}
     with np.load(saved_file) as saved:
         seeds = sorted({int(k.rsplit("-", 1)[1]) for k in saved.files if k.rsplit("-", 1)[0] == members[0]})
-        posteriors = {s: np.mean([saved[f"{m}-{s}"] for m in members], axis=0) for s in seeds}
+        stacks = {s: np.stack([saved[f"{m}-{s}"] for m in members]) for s in seeds}
+    posteriors = {s: stack.mean(axis=0) for s, stack in stacks.items()}
     print(f"CIFAR-10H N={data.n_tasks} T={temperature}: {100 * data.initial_noise_rate:.2f}% wrong, budget {budget}, "
           f"posteriors {'+'.join(members)}, seeds {seeds}", flush=True)
-    for name, (rule, transform) in variants.items():
+    for name, variant in variants.items():
         fixed, nauc, halved = [], [], []
         for seed in seeds:
-            run = simulate_seed(data, Strategy(PosteriorsSelector(transform(posteriors[seed])), rule), budget, seed)
+            rule, ranked_with = variant(stacks[seed])
+            run = simulate_seed(data, Strategy(PosteriorsSelector(ranked_with), rule), budget, seed)
             fixed.append(100 * run.corrected_share(1.0))
             nauc.append(run.nauc)
             halved.append(run.reach_errors_removed(0.5))
         print(f"{name:28s} fixed@100% {np.mean(fixed):5.1f}% ± {np.std(fixed, ddof=1) if len(fixed) > 1 else 0:.1f} "
-              f"[{', '.join(f'{f:.1f}' for f in fixed)}]  nAUC {np.mean(nauc):.4f}  errors halved after {halved}", flush=True)
+              f"[{', '.join(f'{f:.1f}' for f in fixed)}]  nAUC {np.mean(nauc):.4f}  errors halved after "
+              f"[{', '.join('never' if h is None else str(h) for h in halved)}]", flush=True)
 
 
     where_it_fails(data, posteriors[seeds[0]], seeds[0])
