@@ -36,14 +36,13 @@ def members_rule(name: str, members: np.ndarray) -> Rule:
     """A rule that sees the members' posteriors (M, N, C) besides their average: ``aleatoric`` is CE - the members'
     mean entropy, ``disagreement`` is CE - H - 2 x (H - that mean), ``mean phi`` and ``min phi`` average the
     members' own CE - H or take its minimum (every member must find the label wrong)."""
-    entropies = np.array([normalised_entropy(p) for p in members])
+    aleatoric = np.mean([normalised_entropy(p) for p in members], axis=0)
 
     def rule(counts: np.ndarray, probs: np.ndarray) -> Priorities:
         ce, h = normalised_cross_entropy(counts, probs), normalised_entropy(probs)
         if name in ("mean phi", "min phi"):
-            own = np.array([normalised_cross_entropy(counts, p) for p in members]) - entropies
+            own = np.array([get_rule("alc")(counts, p).priority for p in members])
             return Priorities(own.mean(axis=0) if name == "mean phi" else own.min(axis=0), ce, h)
-        aleatoric = entropies.mean(axis=0)
         return Priorities(ce - aleatoric if name == "aleatoric" else ce - h - 2 * (h - aleatoric), ce, h)
     return Rule(name, rule)
 
